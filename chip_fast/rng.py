@@ -1,0 +1,134 @@
+"""Counter-based random numbers: Philox4x32-10, in plain PyTorch integer arithmetic.
+
+Every random number of a distillation run is a pure function of (seed, class, sample, channel,
+element), so any perturbation sample can be regenerated anywhere, in any order, on any worker,
+and a Triton kernel can produce the same masks bit for bit (``kernels/perturb.py`` uses this
+exact counter layout). The arithmetic runs on int64 tensors holding uint32 values, which works on
+every device and dtype-support level of PyTorch.
+
+Counter layout (c0, c1, c2, c3), key (seed low 32 bits, seed high 32 bits):
+
+- keep mask of (sample i, channel k): counter (i, k // 4, 0, TAG_MASK << 28), word k % 4.
+  Masks do not depend on the class: every class sees the same mask stream, so the Gram matrix of
+  the masks is shared by all classes and the solve is one batched problem (METHOD.md).
+- fill noise of (class c, sample i, channel k, element e): counter (i, k, e // 4,
+  (c & 0x0FFFFFFF) | TAG_NOISE << 28), Box-Muller on words (0, 1) and (2, 3), element e takes
+  normal e % 4.
+- augmentation of (class c, view v): counter (v, 0, 0, (c & 0x0FFFFFFF) | TAG_AUGMENT << 28).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+
+TAG_MASK = 1
+TAG_NOISE = 2
+TAG_AUGMENT = 3
+CLASS_BITS = 0x0FFFFFFF
+
+_U32 = 0xFFFFFFFF
+
+
+def seed_key(seed: int) -> tuple[int, int]:
+    """Split a non-negative seed of up to 64 bits into the two 32-bit Philox key words."""
+    if not isinstance(seed, int) or seed < 0 or seed >= 1 << 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return seed & _U32, (seed >> 32) & _U32
+
+
+def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # m * x needs 64 unsigned bits, more than int64 holds: split x into 16-bit halves so every
+    # partial product stays below 2**49.
+    x_lo = x & 0xFFFF
+    p0 = x_lo * m
+    p1 = (x >> 16) * m
+    hi = (p1 + (p0 >> 16)) >> 16
+    lo = (((p1 & 0xFFFF) << 16) + p0) & _U32
+    return hi, lo
+
+
+def philox4x32(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor,
+               seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Philox4x32-10 of broadcastable int64 counter words (values in [0, 2**32)).
+
+    Returns the four output words as int64 tensors holding uint32 values.
+    """
+    k0, k1 = seed_key(seed)
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape)
+    c0, c1, c2, c3 = (t.to(torch.int64).expand(shape) for t in (c0, c1, c2, c3))
+    for _ in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + PHILOX_W0) & _U32
+        k1 = (k1 + PHILOX_W1) & _U32
+    return c0, c1, c2, c3
+
+
+def keep_threshold(p_keep: float) -> int:
+    """The integer t with P(u32 < t) = p_keep (to 2**-32): a channel is kept when its word < t."""
+    if not 0.0 < p_keep < 1.0:
+        raise ValueError(f"p_keep must be in (0, 1), got {p_keep}")
+    return min(int(round(p_keep * 2.0**32)), _U32)
+
+
+def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:
+    """Bernoulli(p_keep) keep masks z of shape (len(samples), channels), as bool.
+
+    ``samples`` are per-class sample indices; the mask of a sample is the same for every class.
+    """
+    device = samples.device
+    blocks = torch.arange((channels + 3) // 4, device=device, dtype=torch.int64)
+    s = samples.to(torch.int64)[:, None]
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    tag = torch.full((), TAG_MASK << 28, dtype=torch.int64, device=device)
+    words = philox4x32(s, blocks[None, :], zero, tag, seed)
+    u = torch.stack(words, dim=-1).reshape(len(samples), -1)[:, :channels]
+    return u < keep_threshold(p_keep)
+
+
+def uniform_from_u32(u: torch.Tensor) -> torch.Tensor:
+    """Map uint32 words to float32 uniforms in (0, 1): the top 24 bits, centred in their cell."""
+    return ((u >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+
+
+def box_muller(w0: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent standard normals from two uint32 words."""
+    u0 = uniform_from_u32(w0)
+    u1 = uniform_from_u32(w1)
+    r = torch.sqrt(-2.0 * torch.log(u0))
+    theta = (2.0 * math.pi) * u1
+    return r * torch.cos(theta), r * torch.sin(theta)
+
+
+def fill_noise(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels: torch.Tensor,
+               elements: int) -> torch.Tensor:
+    """Standard normal noise for (class, sample, channel) triples, shape (len(classes), elements).
+
+    ``classes``, ``samples`` and ``channels`` are 1-D tensors of the same length: one row per
+    disabled channel of one perturbation sample.
+    """
+    device = classes.device
+    n_blocks = (elements + 3) // 4
+    blocks = torch.arange(n_blocks, device=device, dtype=torch.int64)[None, :]
+    c3 = ((classes.to(torch.int64) & CLASS_BITS) | (TAG_NOISE << 28))[:, None]
+    w0, w1, w2, w3 = philox4x32(samples.to(torch.int64)[:, None], channels.to(torch.int64)[:, None],
+                                blocks, c3, seed)
+    n0, n1 = box_muller(w0, w1)
+    n2, n3 = box_muller(w2, w3)
+    return torch.stack((n0, n1, n2, n3), dim=-1).reshape(len(classes), -1)[:, :elements]
+
+
+def augment_words(seed: int, classes: torch.Tensor, views: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four uint32 words per (class, view), to draw that view's augmentation."""
+    c3 = (classes.to(torch.int64) & CLASS_BITS) | (TAG_AUGMENT << 28)
+    zero = torch.zeros((), dtype=torch.int64, device=classes.device)
+    return philox4x32(views.to(torch.int64), zero, zero, c3, seed)
