@@ -1,2 +1,18 @@
-"""chip_fast: fast CHIP (channel-wise disentangled interpretation) for convolutional networks."""
+"""chip_fast: fast CHIP (channel-wise disentangled interpretation) for convolutional networks.
+
+    imp = chip_fast.distill_all_classes(model, chip_fast.ImageFolderSource("train"))
+    maps = chip_fast.explain(model, imp, images, classes)
+"""
 __version__ = "0.1.0"
+
+from .data import ImageError, ImageFolderSource, Preprocess, TensorSource  # noqa: E402
+from .distill import DistillSettings, distill_all_classes  # noqa: E402
+from .explain import explain  # noqa: E402
+from .importance import Importance, ImportanceFileError, load_importance  # noqa: E402
+from .layers import LayerError, default_layers  # noqa: E402
+
+__all__ = [
+    "DistillSettings", "ImageError", "ImageFolderSource", "Importance", "ImportanceFileError",
+    "LayerError", "Preprocess", "TensorSource", "default_layers", "distill_all_classes",
+    "explain", "load_importance",
+]

@@ -1,0 +1,118 @@
+"""Maps of peer methods, each a function ``(model, images, classes) -> (B, H, W)`` numpy float32
+in [0, 1] at the input size. The Grad-CAM family is computed by pytorch-grad-cam itself, so the
+numbers are that library's, not a re-implementation's."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MapFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[int]], np.ndarray]
+
+GRADCAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
+
+
+def _grad_cam_module():
+    try:
+        import pytorch_grad_cam
+    except ImportError:
+        raise ImportError("the Grad-CAM peers need pytorch-grad-cam: "
+                          "pip install chip-fast[eval]") from None
+    return pytorch_grad_cam
+
+
+def module_by_name(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    mods = dict(model.named_modules())
+    if name not in mods:
+        raise KeyError(f"no module named {name!r} in {type(model).__name__}")
+    return mods[name]
+
+
+def name_of_module(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise KeyError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
+
+
+def _labelled(fn: MapFn, method: str, layer: str) -> MapFn:
+    fn.method, fn.layer = method, layer   # the runner reports these
+    return fn
+
+
+def grad_cam_family(method: str, layer: str, batch_size: int = 32) -> MapFn:
+    """pytorch-grad-cam's GradCAM / GradCAMPlusPlus / LayerCAM at the module named ``layer``."""
+    cls_name = GRADCAM_METHODS.get(method.lower())
+    if cls_name is None:
+        raise ValueError(f"unknown Grad-CAM method {method!r}; one of {sorted(GRADCAM_METHODS)}")
+    cam_cls = getattr(_grad_cam_module(), cls_name)
+
+    def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        out = []
+        with cam_cls(model=model, target_layers=[module_by_name(model, layer)]) as cam:
+            for lo in range(0, len(images), batch_size):
+                targets = [ClassifierOutputTarget(int(c)) for c in classes[lo:lo + batch_size]]
+                out.append(cam(input_tensor=images[lo:lo + batch_size], targets=targets))
+        return np.concatenate(out).astype(np.float32)
+
+    return _labelled(fn, method.lower(), layer)
+
+
+def find_gap_head(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+    """(name of the last conv stage, linear head) of a GAP + Linear classifier: torchvision
+    MobileNet/EfficientNet/ConvNeXt-style ``features`` + ``classifier``, ResNet-style ``layer4`` + ``fc``."""
+    if hasattr(model, "fc") and isinstance(model.fc, torch.nn.Linear) and hasattr(model, "layer4"):
+        return "layer4", model.fc
+    if hasattr(model, "features") and hasattr(model, "classifier"):
+        head = model.classifier
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)] \
+            if isinstance(head, torch.nn.Module) else []
+        if len(linears) == 1:
+            return "features", linears[0]
+    raise ValueError(f"CAM needs a model whose last conv features go through global average "
+                     f"pooling into one Linear layer; {type(model).__name__} is not recognised")
+
+
+def cam(layer: str | None = None, batch_size: int = 64) -> MapFn:
+    """CAM (Zhou et al. 2016): the head's class row times the last conv features, no ReLU,
+    bilinearly upsampled and min-max normalised. ``layer`` must be the module whose output feeds
+    the pooling (for MobileNetV2 ``features`` or ``features.18``, the same tensor)."""
+
+    def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+        stage, head = find_gap_head(model)
+        feats: list[torch.Tensor] = []
+        hook = module_by_name(model, layer or stage).register_forward_hook(
+            lambda m, i, o: feats.append(o.detach()))
+        out = []
+        try:
+            with torch.no_grad():
+                for lo in range(0, len(images), batch_size):
+                    feats.clear()
+                    model(images[lo:lo + batch_size])
+                    a = feats[-1]
+                    if a.shape[1] != head.in_features:
+                        raise ValueError(f"CAM at {layer!r}: {a.shape[1]} channels, but the head "
+                                         f"takes {head.in_features}; CAM is only defined at the "
+                                         f"layer feeding the global pooling ({stage!r})")
+                    w = head.weight[torch.as_tensor(list(classes[lo:lo + batch_size]))]
+                    m = torch.einsum("bk,bkhw->bhw", w.to(a.dtype), a)
+                    m = F.interpolate(m[:, None], size=images.shape[-2:], mode="bilinear",
+                                      align_corners=False)[:, 0].flatten(1)
+                    m = m - m.min(1, keepdim=True).values
+                    m = m / m.max(1, keepdim=True).values.clamp(min=1e-12)
+                    out.append(m.view(-1, *images.shape[-2:]).cpu().numpy())
+        finally:
+            hook.remove()
+        return np.concatenate(out).astype(np.float32)
+
+    return _labelled(fn, "cam", layer or "")
+
+
+def peer(method: str, layer: str) -> MapFn:
+    """A peer by name: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` at ``layer``."""
+    if method.lower() == "cam":
+        return cam(layer)
+    return grad_cam_family(method, layer)
