@@ -50,8 +50,8 @@ class DistillSettings:
     classes_per_unit: int = 8
     samples_per_unit: int = 512
     fill_stats_views: int = 1024   # views that estimate each channel's mean and std
-    tol: float = 1e-7
-    max_iter: int = 20000
+    tol: float = 1e-6
+    max_iter: int = 5000
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:

@@ -20,8 +20,13 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     """Min-max normalise each (h, w) map to [0, 1]; a constant map becomes all zeros."""
     flat = maps.flatten(1)
     lo = flat.amin(1, keepdim=True)
-    span = flat.amax(1, keepdim=True) - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), 0.0)
+    hi = flat.amax(1, keepdim=True)
+    span = hi - lo
+    # Upsampling a constant map leaves ~1 ulp of rounding noise; stretching that to [0, 1] would
+    # invent structure, so a span within rounding of the values counts as constant.
+    eps = torch.finfo(flat.dtype).eps
+    flat_enough = span <= 64 * eps * torch.maximum(lo.abs(), hi.abs())
+    out = torch.where(flat_enough, 0.0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny))
     return out.view_as(maps)
 
 

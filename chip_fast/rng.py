@@ -90,7 +90,7 @@ def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -
     zero = torch.zeros((), dtype=torch.int64, device=device)
     tag = torch.full((), TAG_MASK << 28, dtype=torch.int64, device=device)
     words = philox4x32(s, blocks[None, :], zero, tag, seed)
-    u = torch.stack(words, dim=-1).reshape(len(samples), -1)[:, :channels]
+    u = torch.stack(words, dim=-1).reshape(len(samples), 4 * len(blocks))[:, :channels]
     return u < keep_threshold(p_keep)
 
 
@@ -123,7 +123,7 @@ def fill_noise(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels
                                 blocks, c3, seed)
     n0, n1 = box_muller(w0, w1)
     n2, n3 = box_muller(w2, w3)
-    return torch.stack((n0, n1, n2, n3), dim=-1).reshape(len(classes), -1)[:, :elements]
+    return torch.stack((n0, n1, n2, n3), dim=-1).reshape(len(classes), 4 * n_blocks)[:, :elements]
 
 
 def augment_words(seed: int, classes: torch.Tensor, views: torch.Tensor

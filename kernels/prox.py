@@ -9,9 +9,12 @@ and v_next. One launch per iteration instead of ~8 element-wise PyTorch kernels.
 Precision:
 - float32: ``tl.dot(..., input_precision="ieee")``, i.e. true fp32 products (no TF32), as the
   PyTorch reference with its default ``allow_tf32 = False`` for matmul.
-- float64: ``tl.dot`` has no fp64 operands, so the product is accumulated by an explicit
-  broadcast-multiply-sum over BLOCK_K-wide slices in fp64 (CUDA-core FMAs, slower than tensor
-  cores but exact fp64 arithmetic). The solver runs in float64, so this is the default path.
+- float64: ``tl.dot`` has no fp64 operands (Triton documents int8/fp8/fp16/bf16/fp32), so the
+  product is accumulated in fp64 by an explicit loop of rank-1 updates over K (CUDA-core FMAs:
+  exact fp64 arithmetic, but not the fp64 tensor cores cuBLAS DGEMM can use on H100, so for
+  large K the product itself may be slower than the reference's matmul; what this path saves is
+  the ~7 element-wise launches and their memory round trips). The solver runs in float64, so
+  this is its path.
 - eta and momentum travel as a 2-element tensor of the working dtype: a Python float kernel
   argument would be rounded to float32, which is not acceptable for the float64 solve.
 """
@@ -33,18 +36,24 @@ def _fista_kernel(g_ptr, w_ptr, v_ptr, r_ptr, lam_ptr, scal_ptr, w_out_ptr, v_ou
     dtype = g_ptr.dtype.element_ty
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=dtype)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = rk < K
-        # Masked-out entries load as 0, so partial tiles contribute nothing to the sum.
-        a = tl.load(g_ptr + rm[:, None] * K + rk[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        b = tl.load(v_ptr + rk[:, None] * C + rn[None, :], mask=k_ok[:, None] & n_ok[None, :],
-                    other=0.0)
-        if USE_DOT:
+    if USE_DOT:
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = rk < K
+            # Masked-out entries load as 0, so partial tiles contribute nothing to the sum.
+            a = tl.load(g_ptr + rm[:, None] * K + rk[None, :],
+                        mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(v_ptr + rk[:, None] * C + rn[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc += tl.dot(a, b, input_precision="ieee")
-        else:
-            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        # fp64: rank-1 updates, one column of gram and one row of v per step. Plain FMAs on the
+        # register tile, no 3-D temporaries or cross-thread reductions; the column loads of
+        # gram hit the same cache lines for 8 consecutive steps.
+        for kk in range(0, K):
+            a = tl.load(g_ptr + rm * K + kk, mask=m_ok, other=0.0)
+            b = tl.load(v_ptr + kk * C + rn, mask=n_ok, other=0.0)
+            acc += a[:, None] * b[None, :]
 
     # Epilogue, in the reference's operation order: u = v - eta * ((G v) - r).
     eta = tl.load(scal_ptr)
@@ -97,9 +106,9 @@ def fista_step_triton(gram: torch.Tensor, w: torch.Tensor, v: torch.Tensor, r: t
         return w_next, v_next
     scal = torch.tensor([float(eta), float(momentum)], dtype=dtype, device=gram.device)
     use_dot = dtype == torch.float32
-    # tl.dot needs tiles of at least 16; the fp64 broadcast product keeps its 3-D temporary
-    # (BLOCK_M x BLOCK_K x BLOCK_N) small enough for registers.
-    bm, bn, bk = (32, 32, 32) if use_dot else (32, 32, 4)
+    # tl.dot needs tiles of at least 16. fp64: a 64 x 64 tile is 32 accumulators per thread
+    # (4 warps), enough FMAs per loaded element; BLOCK_K is unused there.
+    bm, bn, bk = (32, 32, 32) if use_dot else (64, 64, 1)
     grid = (triton.cdiv(k, bm), triton.cdiv(c, bn))
     _fista_kernel[grid](gram, w, v, r, lam, scal, w_next, v_next, k, c,
                         NONNEG=bool(nonneg), USE_DOT=use_dot,
