@@ -121,7 +121,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    report = run_demo(args.out, samples_per_class=args.samples_per_class, seed=args.seed)
+    kwargs = {} if args.samples_per_class is None else {"samples_per_class": args.samples_per_class}
+    report = run_demo(args.out, seed=args.seed, **kwargs)
     print(f"open {report}")
     return 0
 
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="distil and explain real photos with a real network, offline")
     m.add_argument("--out", default="chip-demo", help="output folder for the report")
-    m.add_argument("--samples-per-class", type=int, default=1024)
+    m.add_argument("--samples-per-class", type=int, help="default: the demo's own (about a minute)")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_demo)
     return parser

@@ -52,6 +52,9 @@ class DistillSettings:
     fill_stats_views: int = 1024   # views that estimate each channel's mean and std
     tol: float = 1e-6
     max_iter: int = 5000
+    # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
+    # "auto" means bfloat16 on CUDA and float32 elsewhere. Responses are always float32.
+    tail_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -66,6 +69,14 @@ class DistillSettings:
         need(self.batch_size >= 1 and self.classes_per_unit >= 1 and self.samples_per_unit >= 1,
              "batch_size, classes_per_unit and samples_per_unit must be >= 1")
         views_per_image(self.augment)
+        need(self.tail_dtype in ("auto", "float32", "bfloat16"),
+             f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
+
+    def resolved(self, device: torch.device) -> "DistillSettings":
+        """These settings with "auto" made concrete for ``device`` (so the file records it)."""
+        if self.tail_dtype != "auto":
+            return self
+        return dataclasses.replace(self, tail_dtype="bfloat16" if device.type == "cuda" else "float32")
 
 
 def response_of(logits: torch.Tensor, classes: torch.Tensor, kind: str) -> torch.Tensor:
@@ -91,12 +102,12 @@ class DistillJob:
                  settings: DistillSettings, classes: Iterable[int] | None = None) -> None:
         self.model = model
         self.source = as_source(data)
-        self.settings = settings
+        self.device = next(model.parameters()).device
+        self.settings = settings = settings.resolved(self.device)
         if layers is None:
             layers = default_layers(model)
             logger.warning("chip_fast: layers=None, distilling the default layers %s", layers)
         self.layers = check_layers(model, layers)
-        self.device = next(model.parameters()).device
         have = self.source.classes
         if classes is None:
             self.classes = have
@@ -224,7 +235,7 @@ class DistillJob:
                                           seed=st.seed, p_keep=st.p_keep, fill=st.fill,
                                           mu=self.mu.get(layer, torch.zeros(k, device=dev)),
                                           sigma=self.sigma.get(layer, torch.zeros(k, device=dev)))
-                    logits = self.split.run_tail(layer, pert, prefix_out, row_view[sl])
+                    logits = self._tail(layer, pert, prefix_out, row_view[sl])
                     y = response_of(logits, row_class[sl], st.response)
                     if not torch.isfinite(y).all():
                         bad = int((~torch.isfinite(y)).nonzero()[0])
@@ -239,6 +250,14 @@ class DistillJob:
                     sy += b
                 result[layer] = (szy.cpu(), sy.cpu())
         return result
+
+    def _tail(self, layer: str, pert: torch.Tensor, prefix_out: dict[str, torch.Tensor],
+              rows: torch.Tensor) -> torch.Tensor:
+        if self.settings.tail_dtype == "bfloat16" and pert.dim() == 4:
+            pert = pert.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.settings.tail_dtype == "bfloat16"):
+            return self.split.run_tail(layer, pert, prefix_out, rows).float()
 
     def add(self, unit: Unit, partial: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         slots = torch.tensor([self.slot[c] for c in self.groups[unit.group]])
