@@ -49,23 +49,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from .data import ImageFolderSource
-    from .distill import distill_all_classes
+    from .distributed import distill_distributed, distributed_options
     from .models import load_model, preprocess_for
-    device = _device(args.device)
-    model = load_model(args.arch, args.weights, device)
     data = ImageFolderSource(args.data, mapping_file=args.mapping_file,
                              preprocess=preprocess_for(args.arch), on_error=args.on_error)
     kwargs = dict(layers=parse_layers(args.layers), classes=parse_classes(args.classes),
                   samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
                   fill=args.fill, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                   augment=args.augment, batch_size=args.batch_size)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
-        from .distributed import distill_distributed
-        return distill_distributed(model, data, out=args.out, checkpoint_dir=args.checkpoint,
-                                   max_memory=args.max_memory, **kwargs)
-    imp = distill_all_classes(model, data, checkpoint=args.checkpoint, **kwargs)
-    imp.save(args.out)
-    print(f"wrote {args.out}: {len(imp.classes)} classes at {', '.join(imp.layers)}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("layers", "classes")}
+    # One path for one process and for torchrun's many: distill_distributed runs alone when no
+    # process group is launched, and shards class groups across ranks when one is.
+    # The model loads on the CPU: each rank then picks its own device (cuda:LOCAL_RANK), so no
+    # rank opens a context on GPU 0.
+    model = load_model(args.arch, args.weights, "cpu")
+    distill_distributed(model, data, out=args.out, checkpoint_dir=args.checkpoint,
+                        device=args.device, **distributed_options(args), **kwargs)
     return 0
 
 
@@ -148,9 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")
     d.add_argument("--augment", type=int, default=1,
                    help="views per image: 1 = none, 2 = with mirror, more = random crops too")
-    d.add_argument("--batch-size", type=int, default=256, help="perturbed samples per forward")
-    d.add_argument("--checkpoint", help="checkpoint file (a folder under torchrun) to resume from")
-    d.add_argument("--max-memory", help="memory budget under torchrun, e.g. 8GiB")
+    d.add_argument("--batch-size", type=int, help="perturbed samples per forward (default 256, "
+                                                  "or chosen from --max-memory)")
+    d.add_argument("--checkpoint", help="checkpoint folder: saved every --checkpoint-every seconds; "
+                                         "rerunning the same command resumes from it")
+    d.add_argument("--max-memory", help="memory budget per process, e.g. 8GiB: sets the batch sizes")
+    from .distributed import configure_distributed_args
+    configure_distributed_args(d)
     d.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="an image that cannot be decoded: name it and go on, or stop")
     d.add_argument("--out", required=True, help="importance file to write")
