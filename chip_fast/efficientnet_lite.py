@@ -69,17 +69,27 @@ def same_padding(kernel: int, stride: int) -> tuple[int, int, int, int]:
     return (lo, total - lo, lo, total - lo)
 
 
+class SameConv2d(nn.Conv2d):
+    """Bias-free Conv2d with TF 'same' zero padding (see ``same_padding``)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+        self.same_pad = same_padding(kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.same_pad))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, same_pad={self.same_pad}"
+
+
 class ConvBNAct(nn.Sequential):
-    """Zero-pad ('same'), conv without bias, batch norm, optional ReLU6."""
+    """'Same' conv (index 0), batch norm (index 1), optional ReLU6, like torchvision's."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
                  act: bool = True):
-        layers: list[nn.Module] = []
-        pad = same_padding(kernel, stride)
-        if any(pad):
-            layers.append(nn.ZeroPad2d(pad))
-        layers += [nn.Conv2d(cin, cout, kernel, stride, groups=groups, bias=False),
-                   nn.BatchNorm2d(cout, eps=BN_EPS)]
+        layers: list[nn.Module] = [SameConv2d(cin, cout, kernel, stride, groups),
+                                   nn.BatchNorm2d(cout, eps=BN_EPS)]
         if act:
             layers.append(nn.ReLU6(inplace=True))
         super().__init__(*layers)
@@ -125,6 +135,20 @@ class EfficientNetLite0(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+def efficientnet_lite0_transform(crop_only: bool = False):
+    """torchvision transform PIL image -> model input (3, 224, 224) in [-1, 1].
+
+    crop_only=True stops after the resize and centre crop (a PIL image), e.g. to draw maps on
+    exactly the pixels the model saw.
+    """
+    import torchvision.transforms as T
+    pre = EFFICIENTNET_LITE0_PREPROCESS
+    steps = [T.Resize(pre["resize"]), T.CenterCrop(pre["size"])]
+    if not crop_only:
+        steps += [T.ToTensor(), T.Normalize(pre["mean"], pre["std"])]
+    return T.Compose(steps)
+
+
 def default_weights_path() -> Path:
     """The weight file shipped by the pip package, or FileNotFoundError saying what to install."""
     try:
@@ -145,33 +169,26 @@ def _bn_keys(src: str, dst: str) -> dict[str, str]:
             for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
 
 
-def _conv_bn_keys(src_conv: str, src_bn: str, dst: str, has_pad: bool) -> dict[str, str]:
-    """Keys of one ConvBNAct: its conv/BN sit at indices 0/1, or 1/2 after a ZeroPad2d."""
-    i = 1 if has_pad else 0
-    return {f"{src_conv}.weight": f"{dst}.{i}.weight", **_bn_keys(src_bn, f"{dst}.{i + 1}")}
+def _conv_bn_keys(src_conv: str, src_bn: str, dst: str) -> dict[str, str]:
+    """Keys of one ConvBNAct ``dst``: its conv at index 0, its batch norm at 1."""
+    return {f"{src_conv}.weight": f"{dst}.0.weight", **_bn_keys(src_bn, f"{dst}.1")}
 
 
 def key_mapping(model: EfficientNetLite0) -> dict[str, str]:
     """efficientnet_pytorch state-dict key -> key of ``model``."""
-    def padded(m: nn.Sequential) -> bool:
-        return isinstance(m[0], nn.ZeroPad2d)
-
-    mapping = _conv_bn_keys("_conv_stem", "_bn0", "features.0", padded(model.features[0]))
+    mapping = _conv_bn_keys("_conv_stem", "_bn0", "features.0")
     n = 0  # efficientnet_pytorch numbers blocks flat over all stages
     for s in range(1, len(LITE0_STAGES) + 1):
         for b, block in enumerate(model.features[s]):
             src, dst = f"_blocks.{n}", f"features.{s}.{b}.block"
-            parts = list(block.block)
             # (conv, bn) source names of each ConvBNAct; blocks without expansion lack the first
-            pairs = [("_expand_conv", "_bn0")] if len(parts) == 3 else []
+            pairs = [("_expand_conv", "_bn0")] if len(block.block) == 3 else []
             pairs += [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
-            for j, (part, (conv, bn)) in enumerate(zip(parts, pairs)):
-                mapping.update(_conv_bn_keys(f"{src}.{conv}", f"{src}.{bn}", f"{dst}.{j}",
-                                             padded(part)))
+            for j, (conv, bn) in enumerate(pairs):
+                mapping.update(_conv_bn_keys(f"{src}.{conv}", f"{src}.{bn}", f"{dst}.{j}"))
             n += 1
     head = len(LITE0_STAGES) + 1
-    mapping.update(_conv_bn_keys("_conv_head", "_bn1", f"features.{head}",
-                                 padded(model.features[head])))
+    mapping.update(_conv_bn_keys("_conv_head", "_bn1", f"features.{head}"))
     mapping.update({"_fc.weight": "classifier.1.weight", "_fc.bias": "classifier.1.bias"})
     return mapping
 
