@@ -132,6 +132,13 @@ class DistillJob:
         big = [c for c in self.classes if c >= self.num_classes]
         if big:
             raise ValueError(f"classes {big[:10]} are outside the model's {self.num_classes} outputs")
+        # A sparse support is recoverable from fewer samples than channels (compressed sensing),
+        # but not from far fewer: then FISTA crawls and the support is arbitrary.
+        thin = {l: k for l, k in self.channels.items() if 4 * settings.samples_per_class < k}
+        if thin:
+            warnings.warn(f"samples_per_class={settings.samples_per_class} is under a quarter of "
+                          f"the channels of {thin}: the sparse fit is underdetermined there (slow "
+                          "to converge, unstable support); use more samples", stacklevel=3)
         self.mu: dict[str, torch.Tensor] = {}
         self.sigma: dict[str, torch.Tensor] = {}
         c_d = len(self.classes)
@@ -253,7 +260,7 @@ class DistillJob:
 
     def _tail(self, layer: str, pert: torch.Tensor, prefix_out: dict[str, torch.Tensor],
               rows: torch.Tensor) -> torch.Tensor:
-        if self.settings.tail_dtype == "bfloat16" and pert.dim() == 4:
+        if pert.dim() == 4:  # channels-last convolutions are faster on CPUs and tensor cores alike
             pert = pert.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.settings.tail_dtype == "bfloat16"):

@@ -59,7 +59,7 @@ def test_demo_end_to_end(tmp_path):
             pytest.skip(f"demo extras missing ({mod}): pip install 'chip-fast[demo]'")
     import chip_fast
     from chip_fast.demo import run_demo
-    path = run_demo(tmp_path, samples_per_class=32)
+    path = run_demo(tmp_path, samples_per_class=96, layers=["features.5", "features.7"])
     page = path.read_text()
     assert (tmp_path / "demo.chip").is_file()
     imp = chip_fast.load_importance(tmp_path / "demo.chip")
