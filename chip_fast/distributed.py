@@ -649,6 +649,7 @@ def distill_distributed(model: nn.Module, data, layers: Sequence[str] | None = N
         peers.post_failure(f"{type(e).__name__}: {e}")
         raise
     finally:
+        job.close()
         peers.stop()
         if dist.is_initialized():
             dist.destroy_process_group()

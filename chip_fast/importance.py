@@ -85,6 +85,8 @@ class Importance:
     class_names: list[str] | None = None
     gram: dict[str, torch.Tensor] = field(default_factory=dict)   # (K, K) float64
     r: dict[str, torch.Tensor] = field(default_factory=dict)      # (len(classes), K) float64
+    fill_mean: dict[str, torch.Tensor] = field(default_factory=dict)  # (K,) channel means
+    fill_std: dict[str, torch.Tensor] = field(default_factory=dict)   # (K,) channel stds
 
     @property
     def layers(self) -> list[str]:
@@ -117,6 +119,10 @@ class Importance:
                    for k, v in self.weights.items()}
         tensors.update({f"gram/{k}": v.detach().cpu().contiguous() for k, v in self.gram.items()})
         tensors.update({f"r/{k}": v.detach().cpu().contiguous() for k, v in self.r.items()})
+        tensors.update({f"fill_mean/{k}": v.detach().to("cpu", torch.float32).contiguous()
+                        for k, v in self.fill_mean.items()})
+        tensors.update({f"fill_std/{k}": v.detach().to("cpu", torch.float32).contiguous()
+                        for k, v in self.fill_std.items()})
         meta = {"chip_fast": json.dumps(self.metadata())}
         _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         return path
@@ -153,7 +159,7 @@ def load_importance(path: str | Path) -> Importance:
     for key in ("layers", "channels", "num_classes", "classes", "model", "settings"):
         if key not in meta:
             raise bad(f"metadata lacks {key!r}")
-    weights, gram, r = {}, {}, {}
+    weights, gram, r, fill_mean, fill_std = {}, {}, {}, {}, {}
     n, classes = meta["num_classes"], meta["classes"]
     if any(not isinstance(c, int) or not 0 <= c < n for c in classes):
         raise bad(f"classes must be indices below num_classes={n}")
@@ -169,11 +175,20 @@ def load_importance(path: str | Path) -> Importance:
         weights[layer] = w
         if f"gram/{layer}" in tensors:
             gram[layer] = tensors[f"gram/{layer}"]
-            r[layer] = tensors[f"r/{layer}"]
+            r[layer] = tensors.get(f"r/{layer}")
+            if r[layer] is None or tuple(gram[layer].shape) != (k, k) \
+                    or tuple(r[layer].shape) != (len(classes), k):
+                raise bad(f"the statistics of layer {layer} are missing or misshapen")
+        for name, store in (("fill_mean", fill_mean), ("fill_std", fill_std)):
+            t = tensors.get(f"{name}/{layer}")
+            if t is not None:
+                if tuple(t.shape) != (k,):
+                    raise bad(f"{name}/{layer} has shape {tuple(t.shape)}, expected ({k},)")
+                store[layer] = t
     for key in ("class_ids", "class_names"):
         if meta.get(key) is not None and len(meta[key]) != n:
             raise bad(f"{key} has {len(meta[key])} entries for {n} classes")
     return Importance(weights=weights, classes=list(classes), num_classes=n,
                       fingerprint=meta["model"], settings=meta["settings"],
                       class_ids=meta.get("class_ids"), class_names=meta.get("class_names"),
-                      gram=gram, r=r)
+                      gram=gram, r=r, fill_mean=fill_mean, fill_std=fill_std)

@@ -1,7 +1,8 @@
 """ILSVRC localization annotations: CSV / Pascal-VOC XML reading and boxes through preprocessing.
 
-Boxes are float arrays (N, 4) of ``x_min, y_min, x_max, y_max`` in pixel coordinates of the image
-they belong to, inclusive of the last pixel as in the ILSVRC / Pascal VOC files.
+Boxes are float arrays (N, 4) of ``x_min, y_min, x_max, y_max`` in the coordinates of the image
+they belong to, as written in the ILSVRC files; preprocessing scales them as continuous
+coordinates (the metrics treat them so, see metrics.py).
 """
 from __future__ import annotations
 
@@ -164,11 +165,9 @@ def crop_boxes(boxes: np.ndarray, offset: tuple[int, int], crop_size: tuple[int,
     the crop; boxes left with no area inside the crop are dropped (they are not in the input)."""
     left, top = offset
     out = boxes - np.array([left, top, left, top], dtype=np.float64)
-    inside = ((out[:, 2] >= 0) & (out[:, 3] >= 0)
-              & (out[:, 0] <= crop_size[0] - 1) & (out[:, 1] <= crop_size[1] - 1))
-    out = out[inside]
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, crop_size[0] - 1)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, crop_size[1] - 1)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, crop_size[0])
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, crop_size[1])
+    out = out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
     return out
 
 

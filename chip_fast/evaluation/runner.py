@@ -1,0 +1,325 @@
+"""``evaluate``: every method scored on the same images in one run, and the ``chip-fast
+evaluate`` subcommand (``configure_parser`` / ``main``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .dataset import LocSample
+from .peers import MapFn
+
+
+@dataclass
+class EvalSettings:
+    """What ``evaluate`` measures and how; recorded in results.json."""
+    batch_size: int = 32                 # images per method call
+    thresholds: list[float] = field(default_factory=lambda: M.DEFAULT_THRESHOLDS.tolist())
+    iou_threshold: float = 0.5
+    top1_threshold: float = 0.2          # the CAM paper's threshold for top-1 loc error
+    pointing_tolerance: float = 15.0     # px, Zhang et al. 2016
+    faithfulness_limit: int | None = 50  # first N images get deletion/insertion (0: none)
+    faithfulness_steps: int = 16
+    substrate: str = "blur"              # blur | mean | zero
+    faithfulness_batch: int = 64         # forward batch of the (image, step) pairs
+    sanity_limit: int | None = 50        # first N images get the randomization check (0: none)
+    sanity_top_blocks: int = 4           # re-initialised blocks, from the logits down
+    sanity_seed: int = 0
+
+
+def _check_maps(maps: np.ndarray, name: str, n: int, size: tuple[int, int]) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape != (n, *size):
+        raise ValueError(f"method {name!r} returned maps of shape {maps.shape}, expected "
+                         f"{(n, *size)}")
+    if not np.isfinite(maps).all():
+        raise ValueError(f"method {name!r} returned non-finite map values")
+    return maps
+
+
+def _batches(dataset: Sequence[LocSample], batch_size: int):
+    for lo in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]
+        yield (lo, torch.stack([s.image for s in items]), [s.label for s in items],
+               [s.boxes for s in items], [s.image_id for s in items])
+
+
+def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequence[LocSample],
+             out_dir: str | Path, settings: EvalSettings | None = None, *, plots: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    """Score every map function of ``methods`` on the same images of ``dataset``.
+
+    ``methods`` maps a display name to ``(model, images, classes) -> (B, H, W)`` in [0, 1]; a
+    ``layer`` attribute on the function is reported. Writes ``results.json``, ``results.md``
+    and (with matplotlib) plots to ``out_dir``; returns the results dict. A method that raises
+    is reported with its error and skipped, so one bad peer does not lose the run.
+    """
+    s = settings or EvalSettings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    dev = next(model.parameters()).device
+    thresholds = np.asarray(s.thresholds, dtype=np.float64)
+    n_faith = len(dataset) if s.faithfulness_limit is None else min(s.faithfulness_limit, len(dataset))
+    n_sanity = len(dataset) if s.sanity_limit is None else min(s.sanity_limit, len(dataset))
+    rnd_model, rnd_blocks = (M.randomized_copy(model, s.sanity_top_blocks, s.sanity_seed)
+                             if n_sanity else (None, []))
+
+    acc = {name: {"ious": [], "point": [], "del": [], "ins": [], "rho": [], "seconds": 0.0,
+                  "error": None, "sanity_error": None} for name in methods}
+    correct, ids, fraction = [], [], None
+    t_run = time.perf_counter()
+    for lo, x, labels, boxes, batch_ids in _batches(dataset, s.batch_size):
+        x = x.to(dev)
+        with torch.no_grad():
+            correct += (model(x).argmax(1).cpu() == torch.tensor(labels)).tolist()
+        ids += batch_ids
+        n_f, n_s = max(0, min(len(x), n_faith - lo)), max(0, min(len(x), n_sanity - lo))
+        for name, fn in methods.items():
+            a = acc[name]
+            if a["error"]:
+                continue
+            try:
+                t0 = time.perf_counter()
+                maps = fn(model, x, labels)
+                a["seconds"] += time.perf_counter() - t0
+                maps = _check_maps(maps, name, len(x), tuple(x.shape[-2:]))
+                a["ious"].append(M.localization_ious(maps, boxes, thresholds))
+                a["point"].append(M.pointing_game(maps, boxes, s.pointing_tolerance))
+                if n_f:
+                    c = M.deletion_insertion_curves(
+                        model, x[:n_f], maps[:n_f], labels[:n_f], n_steps=s.faithfulness_steps,
+                        substrate=s.substrate, batch_size=s.faithfulness_batch)
+                    a["del"].append(c["deletion"])
+                    a["ins"].append(c["insertion"])
+                    fraction = c["fraction"]
+            except Exception as e:  # noqa: BLE001 - reported in the results, run goes on
+                a["error"] = f"{type(e).__name__}: {e}"
+                log(f"[evaluate] {name}: skipped ({a['error']})")
+                continue
+            if n_s and not a["sanity_error"]:
+                try:
+                    rmaps = _check_maps(fn(rnd_model, x[:n_s], labels[:n_s]), name, n_s,
+                                        tuple(x.shape[-2:]))
+                    a["rho"].append(M.spearman_rows(maps[:n_s], rmaps))
+                except Exception as e:  # noqa: BLE001 - the other metrics stand
+                    a["sanity_error"] = f"{type(e).__name__}: {e}"
+                    log(f"[evaluate] {name}: no sanity check ({a['sanity_error']})")
+        log(f"[evaluate] {lo + len(x)}/{len(dataset)} images, "
+            f"{time.perf_counter() - t_run:.0f} s")
+
+    correct_arr = np.asarray(correct, bool)
+    results = {
+        "n_images": len(ids), "top1_acc": float(correct_arr.mean()) if len(ids) else None,
+        "settings": asdict(s), "sanity_randomized_blocks": rnd_blocks,
+        "faithfulness_images": n_faith, "sanity_images": n_sanity,
+        "fraction": None if fraction is None else fraction.tolist(),
+        "image_ids": ids, "methods": {},
+    }
+    for name, fn in methods.items():
+        a = acc[name]
+        r: dict = {"method": getattr(fn, "method", name), "layer": getattr(fn, "layer", "")}
+        if a["error"] or not a["ious"]:
+            r["error"] = a["error"] or "no images"
+            results["methods"][name] = r
+            continue
+        ious = np.concatenate(a["ious"])
+        r.update(M.localization_summary(ious, correct_arr, thresholds, s.iou_threshold,
+                                        s.top1_threshold))
+        r["pointing"] = float(np.concatenate(a["point"]).mean())
+        r["ms_per_image"] = 1000.0 * a["seconds"] / len(ious)
+        if a["del"]:
+            d, i = np.concatenate(a["del"]), np.concatenate(a["ins"])
+            r["deletion_auc"] = float(M.auc(d, fraction).mean())
+            r["insertion_auc"] = float(M.auc(i, fraction).mean())
+            r["deletion_curve"], r["insertion_curve"] = d.mean(0).tolist(), i.mean(0).tolist()
+        if a["sanity_error"]:
+            r["sanity_error"] = a["sanity_error"]
+        elif a["rho"]:
+            rho = np.concatenate(a["rho"])
+            r["sanity_spearman"] = float(np.nanmean(rho)) if np.isfinite(rho).any() else None
+        r["iou_at_top1_threshold"] = ious[:, M.threshold_index(thresholds, s.top1_threshold)].tolist()
+        results["methods"][name] = r
+
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "results.md").write_text(markdown_table(results))
+    if plots:
+        write_plots(results, out_dir, log)
+    return results
+
+
+COLUMNS = [("layer", "layer", "{}"), ("GT-known@0.2", "gt_known@0.2", "{:.3f}"),
+           ("GT-known@0.15", "gt_known@0.15", "{:.3f}"), ("MaxBoxAcc", "max_box_acc", "{:.3f}"),
+           ("top-1 loc err", "top1_loc_err", "{:.3f}"), ("pointing", "pointing", "{:.3f}"),
+           ("deletion AUC", "deletion_auc", "{:.3f}"), ("insertion AUC", "insertion_auc", "{:.3f}"),
+           ("sanity rho", "sanity_spearman", "{:.3f}"), ("ms/image", "ms_per_image", "{:.1f}")]
+
+
+def markdown_table(results: dict) -> str:
+    s = results["settings"]
+    lines = [f"{results['n_images']} images, top-1 accuracy {results['top1_acc']:.3f}; "
+             f"box accuracy at IoU >= {s['iou_threshold']}; MaxBoxAcc over "
+             f"{len(s['thresholds'])} thresholds; deletion/insertion on "
+             f"{results['faithfulness_images']} images, {s['faithfulness_steps']} steps, "
+             f"substrate {s['substrate']}; sanity rho (Spearman, original vs "
+             f"{', '.join(results['sanity_randomized_blocks']) or '-'} re-initialised) on "
+             f"{results['sanity_images']} images.", "",
+             "| method | " + " | ".join(c[0] for c in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, r in results["methods"].items():
+        if "error" in r:
+            lines.append(f"| {name} | {r.get('layer', '')} | error: {r['error']} |"
+                         + " |" * (len(COLUMNS) - 2))
+            continue
+        cells = [fmt.format(r[k]) if r.get(k) is not None else "-" for _, k, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(results: dict, out_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Box accuracy vs threshold, and mean deletion / insertion curves (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("[evaluate] matplotlib missing: no plots (pip install chip-fast[eval])")
+        return
+    ok = {n: r for n, r in results["methods"].items() if "error" not in r}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, r in ok.items():
+        ax.plot(results["settings"]["thresholds"], r["box_acc_curve"], label=n)
+    ax.set(xlabel="threshold (fraction of map max)", ylabel="GT-known box accuracy",
+           title="Box accuracy vs threshold")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "box_accuracy.png", dpi=120)
+    plt.close(fig)
+    if results["fraction"] is not None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, key, title in zip(axes, ("deletion_curve", "insertion_curve"),
+                                  ("Deletion", "Insertion")):
+            for n, r in ok.items():
+                if key in r:
+                    ax.plot(results["fraction"], r[key], label=n)
+            ax.set(xlabel="fraction of pixels", ylabel="class probability", title=title)
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "deletion_insertion.png", dpi=120)
+        plt.close(fig)
+
+
+# --- the chip-fast evaluate subcommand ---------------------------------------------------------
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--arch", default="mobilenet_v2", help="torchvision architecture name")
+    parser.add_argument("--weights", required=True, help="state_dict file of --arch")
+    parser.add_argument("--importance", help="chip_fast importance file (adds the CHIP methods)")
+    parser.add_argument("--val-dir", required=True,
+                        help="folder with images/ and LOC_val_solution.csv (or an XML folder) "
+                             "and LOC_synset_mapping.txt")
+    parser.add_argument("--xml-dir", help="per-image Pascal-VOC XML annotations (instead of CSV)")
+    parser.add_argument("--synsets", help="LOC_synset_mapping.txt (default: in --val-dir)")
+    parser.add_argument("--preprocess", choices=("resize", "center_crop"), default="resize")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--limit", type=int, help="first N images only")
+    parser.add_argument("--methods", default="chip,gradcam,gradcam++,layercam,cam",
+                        help="comma list of chip, chip-refined, cam, gradcam, gradcam++, layercam")
+    parser.add_argument("--layers", help="comma list of layer names (default: the importance's "
+                                         "layers, else the last conv stage)")
+    parser.add_argument("--threshold-step", type=float, default=0.01,
+                        help="grid step of the MaxBoxAcc threshold search (Choe et al.: 0.01)")
+    parser.add_argument("--faithfulness-limit", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
+    parser.add_argument("--substrate", choices=M.SUBSTRATES, default="blur")
+    parser.add_argument("--sanity-limit", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="out/evaluate", help="output folder")
+    parser.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def build_methods(model: torch.nn.Module, names: Sequence[str], layers: Sequence[str],
+                  importance=None) -> dict[str, MapFn]:
+    """``{"gradcam@features.18": fn, ...}`` for each method at each layer; CAM only at layers
+    that feed the global pooling, CHIP only at distilled layers, chip-refined once."""
+    from .interop import chip_method
+    from .peers import find_gap_head, peer
+    methods: dict[str, MapFn] = {}
+    for name in names:
+        if name == "chip-refined":
+            if importance is None:
+                raise ValueError("method chip-refined needs --importance")
+            methods["chip-refined"] = chip_method(importance, None)
+            continue
+        for layer in layers:
+            if name == "chip":
+                if importance is None:
+                    raise ValueError("method chip needs --importance")
+                if layer not in importance.layers:
+                    print(f"[evaluate] chip@{layer}: skipped, not distilled (the importance "
+                          f"holds {importance.layers})")
+                    continue
+                methods[f"chip@{layer}"] = chip_method(importance, [layer])
+            elif name == "cam":
+                stage, head = find_gap_head(model)
+                mod = dict(model.named_modules())[layer]
+                if not (layer == stage or layer.startswith(stage + ".")) or _out_channels(mod) != head.in_features:
+                    # CAM is only defined where the features feed the pooling
+                    print(f"[evaluate] cam@{layer}: skipped, CAM needs the layer feeding the "
+                          f"global pooling ({stage})")
+                    continue
+                methods[f"cam@{layer}"] = peer("cam", layer)
+            else:
+                methods[f"{name}@{layer}"] = peer(name, layer)
+    return methods
+
+
+def _out_channels(module: torch.nn.Module) -> int | None:
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    return convs[-1].out_channels if convs else None
+
+
+def main(args: argparse.Namespace) -> int:
+    import torchvision
+    from .dataset import load_val_dir
+    from .peers import find_gap_head
+    model = torchvision.models.get_model(args.arch, weights=None)
+    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True),
+                          strict=True)
+    model = model.to(args.device).eval()
+    importance = None
+    if args.importance:
+        import chip_fast
+        importance = chip_fast.load_importance(args.importance)
+    names = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    if importance is None:
+        names = [n for n in names if not n.startswith("chip")]
+    if args.layers:
+        layers = [l.strip() for l in args.layers.split(",") if l.strip()]
+    elif importance is not None:
+        layers = list(importance.layers)
+    else:
+        stage = find_gap_head(model)[0]
+        children = [n for n, _ in dict(model.named_modules())[stage].named_children()]
+        layers = [f"{stage}.{children[-1]}" if children else stage]
+    dataset = load_val_dir(args.val_dir, xml_dir=args.xml_dir, synsets=args.synsets,
+                           limit=args.limit, mode=args.preprocess, size=args.size)
+    methods = build_methods(model, names, layers, importance)
+    steps = int(round(1 / args.threshold_step))
+    grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
+    settings = EvalSettings(batch_size=args.batch_size, thresholds=grid,
+                            faithfulness_limit=args.faithfulness_limit,
+                            faithfulness_steps=args.steps, substrate=args.substrate,
+                            sanity_limit=args.sanity_limit)
+    results = evaluate(model, methods, dataset, args.out, settings, plots=not args.no_plots)
+    print((Path(args.out) / "results.md").read_text())
+    return 0 if all("error" not in r for r in results["methods"].values()) else 1
