@@ -11,8 +11,16 @@ from .explain import explain  # noqa: E402
 from .importance import Importance, ImportanceFileError, load_importance  # noqa: E402
 from .layers import LayerError, default_layers  # noqa: E402
 
+
+def __getattr__(name: str):
+    # The evaluation harness imports matplotlib/grad-cam lazily; keep `import chip_fast` light.
+    if name in ("evaluate", "ChipCAM", "explain_func"):
+        from . import evaluation
+        return getattr(evaluation, name)
+    raise AttributeError(f"module 'chip_fast' has no attribute {name!r}")
+
 __all__ = [
     "DistillSettings", "ImageError", "ImageFolderSource", "Importance", "ImportanceFileError",
-    "LayerError", "Preprocess", "TensorSource", "default_layers", "distill_all_classes",
-    "explain", "load_importance",
+    "ChipCAM", "LayerError", "Preprocess", "TensorSource", "default_layers", "distill_all_classes",
+    "evaluate", "explain", "explain_func", "load_importance",
 ]

@@ -46,9 +46,12 @@ class LocDataset(torch.utils.data.Dataset):
     """Photos + ground truth; images load lazily, boxes follow the preprocessing."""
 
     def __init__(self, image_paths: list[Path], truth: list[ImageBoxes], labels: list[int],
-                 mode: str = "resize", size: int = 224, resize_short: int = 256) -> None:
+                 mode: str = "resize", size: int = 224, resize_short: int = 256,
+                 mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> None:
         self.image_paths, self.truth, self.labels = image_paths, truth, labels
         self.mode, self.size, self.resize_short = mode, size, resize_short
+        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -62,13 +65,15 @@ class LocDataset(torch.utils.data.Dataset):
                 # XML of the original release with a re-scaled photo: boxes follow the photo.
                 boxes = boxes * np.array([img.size[0] / gt.size[0], img.size[1] / gt.size[1]] * 2)
             boxes = transform_boxes(boxes, img.size, self.mode, self.size, self.resize_short)
-            x = preprocess(img, self.mode, self.size, self.resize_short)
+            x = preprocess(img, self.mode, self.size, self.resize_short, self.mean, self.std)
         return LocSample(gt.image_id, x, self.labels[i], boxes)
 
 
 def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
                  synsets: str | Path | None = None, limit: int | None = None,
-                 mode: str = "resize", size: int = 224, resize_short: int = 256) -> LocDataset:
+                 mode: str = "resize", size: int = 224, resize_short: int = 256,
+                 mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD) -> LocDataset:
     """A folder with ``images/`` and either ``LOC_val_solution.csv`` or per-image XML files
     (``xml_dir``, else ``val_dir/xml`` or ``val_dir/Annotations``), plus ``LOC_synset_mapping.txt``.
 
@@ -108,7 +113,7 @@ def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
             break
     if not paths:
         raise FileNotFoundError(f"{img_dir}: no images with annotations in {source}")
-    return LocDataset(paths, gts, labels, mode, size, resize_short)
+    return LocDataset(paths, gts, labels, mode, size, resize_short, mean, std)
 
 
 def collate(samples: list[LocSample]) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray],

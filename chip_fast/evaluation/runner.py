@@ -219,8 +219,10 @@ def write_plots(results: dict, out_dir: Path, log: Callable[[str], None] = print
 # --- the chip-fast evaluate subcommand ---------------------------------------------------------
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--arch", default="mobilenet_v2", help="torchvision architecture name")
-    parser.add_argument("--weights", required=True, help="state_dict file of --arch")
+    parser.add_argument("--arch", default="mobilenet_v2",
+                        help="torchvision classifier name or efficientnet_lite0")
+    parser.add_argument("--weights", help="state_dict file of --arch (default: its pretrained "
+                                           "weights, which needs internet once)")
     parser.add_argument("--importance", help="chip_fast importance file (adds the CHIP methods)")
     parser.add_argument("--val-dir", required=True,
                         help="folder with images/ and LOC_val_solution.csv (or an XML folder) "
@@ -289,13 +291,10 @@ def _out_channels(module: torch.nn.Module) -> int | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torchvision
+    from ..models import load_model, preprocess_for
     from .dataset import load_val_dir
     from .peers import find_gap_head
-    model = torchvision.models.get_model(args.arch, weights=None)
-    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True),
-                          strict=True)
-    model = model.to(args.device).eval()
+    model = load_model(args.arch, args.weights, args.device)
     importance = None
     if args.importance:
         import chip_fast
@@ -312,7 +311,8 @@ def main(args: argparse.Namespace) -> int:
         children = [n for n, _ in dict(model.named_modules())[stage].named_children()]
         layers = [f"{stage}.{children[-1]}" if children else stage]
     dataset = load_val_dir(args.val_dir, xml_dir=args.xml_dir, synsets=args.synsets,
-                           limit=args.limit, mode=args.preprocess, size=args.size)
+                           limit=args.limit, mode=args.preprocess, size=args.size,
+                           mean=preprocess_for(args.arch).mean, std=preprocess_for(args.arch).std)
     methods = build_methods(model, names, layers, importance)
     steps = int(round(1 / args.threshold_step))
     grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
