@@ -52,7 +52,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .distributed import distill_distributed, distributed_options
     from .models import load_model, preprocess_for
     data = ImageFolderSource(args.data, mapping_file=args.mapping_file,
-                             preprocess=preprocess_for(args.arch), on_error=args.on_error)
+                             preprocess=preprocess_for(args.arch), on_error=args.on_error,
+                             decode_device=args.decode_device)
     kwargs = dict(layers=parse_layers(args.layers), classes=parse_classes(args.classes),
                   samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
                   fill=args.fill, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     configure_distributed_args(d)
     d.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="an image that cannot be decoded: name it and go on, or stop")
+    d.add_argument("--decode-device", help="decode JPEGs with torchvision on this device "
+                                           "(cuda: nvJPEG); default PIL on CPU threads")
     d.add_argument("--out", required=True, help="importance file to write")
     d.set_defaults(func=cmd_distill)
 

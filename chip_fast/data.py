@@ -40,16 +40,33 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, image) -> torch.Tensor:
+        """A PIL image, or a (3, H, W) uint8 tensor (decoded by torchvision, on any device)."""
         from torchvision.transforms import functional as TF
-        image = image.convert("RGB")  # grayscale, CMYK and palette photos exist in ImageNet
-        image = TF.resize(image, self.resize)
-        image = TF.center_crop(image, self.size)
-        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
+        if torch.is_tensor(image):
+            image = TF.resize(image, self.resize, antialias=True)
+            image = TF.center_crop(image, self.size).float().div_(255)
+        else:
+            image = image.convert("RGB")  # grayscale, CMYK and palette photos exist in ImageNet
+            image = TF.to_tensor(TF.center_crop(TF.resize(image, self.resize), self.size))
+        return TF.normalize(image, self.mean, self.std)
 
 
-def load_image(path: str | Path, preprocess: Preprocess) -> torch.Tensor:
-    """Decode and preprocess one image; a file that cannot be decoded raises ImageError naming it."""
+def load_image(path: str | Path, preprocess: Preprocess,
+               decode_device: str | torch.device | None = None) -> torch.Tensor:
+    """Decode and preprocess one image; a file that cannot be decoded raises ImageError naming it.
+
+    With ``decode_device`` (e.g. "cuda"), JPEGs are decoded by torchvision on that device (nvJPEG
+    on CUDA) and preprocessed there; other formats, and JPEGs it rejects, go through PIL.
+    """
     from PIL import Image, UnidentifiedImageError
+    if decode_device is not None and Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+        try:
+            data = read_file(str(path))
+            image = decode_jpeg(data, mode=ImageReadMode.RGB, device=decode_device)
+            return preprocess(image)
+        except RuntimeError:
+            pass  # CMYK and other JPEG flavours nvJPEG refuses: PIL reads them or names the file
     try:
         with Image.open(path) as im:
             im.load()
@@ -67,12 +84,15 @@ class ImageFolderSource:
     all wnids and have no mapping get the sorted-folder order of torchvision's ImageFolder.
     Empty folders are skipped with a warning. An image that cannot be decoded is reported by
     name and replaced by the class's next image (``on_error="skip"``) or stops the job
-    (``on_error="raise"``).
+    (``on_error="raise"``). ``decode_device="cuda"`` decodes JPEGs on the GPU (torchvision's
+    nvJPEG); the default decodes with PIL on the CPU threads of the distillation job.
     """
 
     def __init__(self, root: str | Path, *, mapping_file: str | Path | None = None,
-                 preprocess: Preprocess | None = None, on_error: str = "skip") -> None:
+                 preprocess: Preprocess | None = None, on_error: str = "skip",
+                 decode_device: str | torch.device | None = None) -> None:
         self.root = Path(root)
+        self.decode_device = decode_device
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         if on_error not in ("skip", "raise"):
@@ -128,7 +148,7 @@ class ImageFolderSource:
         for attempt in range(len(files)):
             path = files[(j + attempt) % len(files)]
             try:
-                return load_image(path, self.preprocess)
+                return load_image(path, self.preprocess, self.decode_device)
             except ImageError as e:
                 if self.on_error == "raise":
                     raise
