@@ -75,7 +75,22 @@ def load_image(path: str | Path, preprocess: Preprocess,
         raise ImageError(f"cannot decode image {path}: {e}") from e
 
 
-class ImageFolderSource:
+class _Source:
+    """What distillation asks of a source: its classes, how many images each has, image j."""
+    files: dict[int, list]
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self.files)
+
+    def count(self, c: int) -> int:
+        return len(self.files[c])
+
+    def load(self, c: int, j: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ImageFolderSource(_Source):
     """Images in ``root/<class folder>/<image>``, as in ILSVRC ``train/`` and torchvision ImageFolder.
 
     Class indices: a folder named by an ImageNet wnid keeps its ImageNet index (the standard
@@ -136,13 +151,6 @@ class ImageFolderSource:
                              f"{mapping_file}")
         return {n: position[n] for n in names}, wnids, labels
 
-    @property
-    def classes(self) -> list[int]:
-        return sorted(self.files)
-
-    def count(self, c: int) -> int:
-        return len(self.files[c])
-
     def load(self, c: int, j: int) -> torch.Tensor:
         files = self.files[c]
         for attempt in range(len(files)):
@@ -158,7 +166,7 @@ class ImageFolderSource:
         raise ImageError(f"no image of class {c} in {self.root} can be decoded")
 
 
-class TensorSource:
+class TensorSource(_Source):
     """Preprocessed images in memory: ``images`` (N, 3, H, W) float and ``labels`` (N,) int."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int],
@@ -179,13 +187,6 @@ class TensorSource:
         for i, c in enumerate(labels.tolist()):
             self.files.setdefault(int(c), []).append(i)
         self.skipped: list = []
-
-    @property
-    def classes(self) -> list[int]:
-        return sorted(self.files)
-
-    def count(self, c: int) -> int:
-        return len(self.files[c])
 
     def load(self, c: int, j: int) -> torch.Tensor:
         return self.images[self.files[c][j % len(self.files[c])]]
