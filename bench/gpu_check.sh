@@ -31,5 +31,10 @@ timeout 200 "$PY" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
     --benchmark-columns=min,median,mean,rounds --benchmark-sort=name 2>&1 | tail -80
 bench_rc=${PIPESTATUS[0]}
 
+echo "== distillation: breakdown (MobileNetV2 features.16) and the ImageNet-run projection (VGG16 conv5_3)"
+timeout 150 "$PY" bench/distill_breakdown.py --batch-size 2048 --out "$OUT_DIR" 2>&1 | tail -15
+timeout 150 "$PY" bench/project_imagenet_run.py 2>&1 | tail -15
+cp bench/results/imagenet_projection_cuda.json "$OUT_DIR"/ 2>/dev/null
+
 echo "== results in $OUT_DIR (tests rc=$test_rc, bench rc=$bench_rc)"
 [ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
