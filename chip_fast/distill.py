@@ -279,8 +279,12 @@ class DistillJob:
                             enabled=self.settings.tail_dtype == "bfloat16"):
             return self.split.run_tail(layer, pert, prefix_out, rows).float()
 
+    def group_rows(self, g: int) -> torch.Tensor:
+        """Rows of class group ``g`` in the per-class sums."""
+        return torch.tensor([self.slot[c] for c in self.groups[g]])
+
     def add(self, unit: Unit, partial: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        slots = torch.tensor([self.slot[c] for c in self.groups[unit.group]])
+        slots = self.group_rows(unit.group)
         for layer, (szy, sy) in partial.items():
             self.sum_zy[layer][slots] += szy
             self.sum_y[layer][slots] += sy
@@ -303,29 +307,54 @@ class DistillJob:
                                                     "done_blocks": self.done_blocks})}
         _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Resume from ``path``; a checkpoint of another job or a damaged file is refused."""
+    def _read_checkpoint(self, path: Path, identity: str) -> tuple[list[int], Any]:
+        """(done_blocks, open file) of a checkpoint after checking that it belongs to this job;
+        a damaged file or one of another job is refused, naming it."""
         from safetensors import SafetensorError, safe_open
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["chip_fast_checkpoint"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            f = safe_open(str(path), framework="pt")
+            meta = json.loads((f.metadata() or {})["chip_fast_checkpoint"])
         except (SafetensorError, OSError, KeyError, ValueError) as e:
-            raise ValueError(f"checkpoint {path} is damaged or not a chip_fast checkpoint: {e}") from e
-        if meta.get("identity") != self.identity():
+            raise ValueError(f"checkpoint {path} is damaged or not a chip_fast checkpoint ({e}): "
+                             "delete it (its progress is lost) or use another checkpoint") from e
+        if meta.get("identity") != identity:
             raise ValueError(f"checkpoint {path} belongs to another job (different model, data, "
-                             "layers, classes or settings): delete it or change --checkpoint")
-        for l in self.layers:
-            self.sum_zy[l] = tensors[f"sum_zy/{l}"]
-            self.sum_y[l] = tensors[f"sum_y/{l}"]
-            if f"mu/{l}" in tensors:
-                self.mu[l] = tensors[f"mu/{l}"].to(self.device)
-                self.sigma[l] = tensors[f"sigma/{l}"].to(self.device)
+                             "layers, classes or settings): delete it or use another checkpoint")
         done = meta.get("done_blocks")
         if (not isinstance(done, list) or len(done) != len(self.groups)
                 or any(not isinstance(d, int) or not 0 <= d <= self.blocks for d in done)):
-            raise ValueError(f"checkpoint {path} has a malformed progress record")
-        self.done_blocks = done
+            raise ValueError(f"checkpoint {path} has a malformed progress record: delete it")
+        return done, f
+
+    def restore(self, paths: Sequence[str | Path]) -> bool:
+        """Resume from checkpoint files: each class group takes the most advanced state found
+        in any of them (so files written by any number of processes combine). Returns True
+        when the fill statistics were among them."""
+        identity = self.identity()
+        found = [(Path(p), *self._read_checkpoint(Path(p), identity)) for p in paths]
+        best: dict[int, tuple[int, int]] = {}   # group -> (blocks done, index in found)
+        for i, (_, done, _) in enumerate(found):
+            for g, d in enumerate(done):
+                if d > best.get(g, (0, -1))[0]:
+                    best[g] = (d, i)
+        have_stats = False
+        for i, (_, _, f) in enumerate(found):
+            keys = set(f.keys())
+            if not have_stats and all(f"mu/{l}" in keys for l in self.layers):
+                for l in self.layers:
+                    self.mu[l] = f.get_tensor(f"mu/{l}").to(self.device)
+                    self.sigma[l] = f.get_tensor(f"sigma/{l}").to(self.device)
+                have_stats = True
+            groups = [g for g, (_, j) in best.items() if j == i]
+            for layer in self.layers if groups else []:
+                zy, y = f.get_tensor(f"sum_zy/{layer}"), f.get_tensor(f"sum_y/{layer}")
+                for g in groups:
+                    rows = self.group_rows(g)
+                    self.sum_zy[layer][rows] = zy[rows]
+                    self.sum_y[layer][rows] = y[rows]
+            for g in groups:
+                self.done_blocks[g] = best[g][0]
+        return have_stats
 
     # -- the whole job ----------------------------------------------------------------------
     def pending(self, groups: Iterable[int] | None = None) -> list[Unit]:
@@ -342,7 +371,7 @@ class DistillJob:
     def prepare(self, checkpoint: str | Path | None = None) -> None:
         """Resume from ``checkpoint`` when it exists, else measure the fill statistics."""
         if checkpoint is not None and Path(checkpoint).exists():
-            self.load_checkpoint(checkpoint)
+            self.restore([checkpoint])
             logger.warning("chip_fast: resuming from %s (%d of %d units done)", checkpoint,
                            sum(self.done_blocks), len(self.units))
         elif self.settings.fill != "zero":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import logging
 import math
 import os
@@ -345,10 +344,6 @@ def _check_same_job(identity: str, world: World) -> None:
                          "differ between processes; every node needs the same files and options")
 
 
-def _slots(job: DistillJob, g: int) -> torch.Tensor:
-    return torch.tensor([job.slot[c] for c in job.groups[g]])
-
-
 def _gather_sums(job: DistillJob, world: World) -> None:
     """Copy every group's rows and progress from its owner to all ranks (broadcast, no sums)."""
     if world.size == 1:
@@ -361,7 +356,7 @@ def _gather_sums(job: DistillJob, world: World) -> None:
         parts = []
         if world.rank == owner:
             for g in groups:
-                s = _slots(job, g)
+                s = job.group_rows(g)
                 for layer in job.layers:
                     parts += [job.sum_zy[layer][s].flatten(), job.sum_y[layer][s]]
                 parts.append(torch.tensor([float(job.done_blocks[g])], dtype=torch.float64))
@@ -374,7 +369,7 @@ def _gather_sums(job: DistillJob, world: World) -> None:
             continue
         flat, at = flat.cpu(), 0
         for g in groups:
-            s = _slots(job, g)
+            s = job.group_rows(g)
             for layer in job.layers:
                 k, n = job.channels[layer], len(s)
                 job.sum_zy[layer][s] = flat[at:at + n * k].view(n, k)
@@ -389,31 +384,10 @@ def checkpoint_path(checkpoint_dir: str | Path, world: World) -> Path:
     return Path(checkpoint_dir) / f"rank-{world.rank}-of-{world.size}.ckpt"
 
 
-def _read_progress(path: Path, job: DistillJob, identity: str) -> list[int]:
-    """``done_blocks`` of a checkpoint file, after checking it belongs to ``job``."""
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["chip_fast_checkpoint"])
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise ValueError(f"checkpoint {path} is damaged or not a chip_fast checkpoint ({e}): "
-                         "delete it (its progress is lost) or use another checkpoint folder") from e
-    if meta.get("identity") != identity:
-        raise ValueError(f"checkpoint {path} belongs to another job (different model, data, "
-                         "layers, classes or settings): delete the folder's checkpoints or give "
-                         "another checkpoint folder")
-    done = meta.get("done_blocks")
-    if (not isinstance(done, list) or len(done) != len(job.groups)
-            or any(not isinstance(d, int) or not 0 <= d <= job.blocks for d in done)):
-        raise ValueError(f"checkpoint {path} has a malformed progress record: delete it")
-    return done
-
-
 def resume(job: DistillJob, checkpoint_dir: str | Path | None) -> bool:
-    """Load, per group, the most advanced state found in the folder's checkpoint files.
-
-    Returns True when fill statistics were found (so they need not be measured again).
-    """
+    """Load, per group, the most advanced state found in the folder's checkpoint files (written
+    by any world size). Returns True when fill statistics were found (so they need not be
+    measured again)."""
     if checkpoint_dir is None:
         return False
     folder = Path(checkpoint_dir)
@@ -421,36 +395,11 @@ def resume(job: DistillJob, checkpoint_dir: str | Path | None) -> bool:
         raise ValueError(f"checkpoint folder {folder} is a file: distributed runs keep one "
                          "checkpoint per rank in a folder")
     files = sorted(folder.glob(CHECKPOINT_GLOB)) if folder.is_dir() else []
-    best: dict[int, tuple[int, Path]] = {}
-    identity = job.identity() if files else ""
-    for path in files:
-        for g, d in enumerate(_read_progress(path, job, identity)):
-            if d > best.get(g, (0, path))[0]:
-                best[g] = (d, path)
-    have_stats = False
-    from safetensors import safe_open
-    for path in files:
-        groups = [g for g, (_, p) in best.items() if p == path]
-        if not groups and have_stats:
-            continue
-        with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            if not have_stats and all(f"mu/{l}" in keys for l in job.layers):
-                for l in job.layers:
-                    job.mu[l] = f.get_tensor(f"mu/{l}").to(job.device)
-                    job.sigma[l] = f.get_tensor(f"sigma/{l}").to(job.device)
-                have_stats = True
-            for layer in job.layers if groups else []:
-                zy, y = f.get_tensor(f"sum_zy/{layer}"), f.get_tensor(f"sum_y/{layer}")
-                for g in groups:
-                    s = _slots(job, g)
-                    job.sum_zy[layer][s] = zy[s]
-                    job.sum_y[layer][s] = y[s]
-        for g in groups:
-            job.done_blocks[g] = best[g][0]
-    if files:
-        logger.warning("chip_fast: resuming from %d checkpoint file(s) in %s (%d of %d units done)",
-                       len(files), folder, sum(job.done_blocks), len(job.units))
+    if not files:
+        return False
+    have_stats = job.restore(files)
+    logger.warning("chip_fast: resuming from %d checkpoint file(s) in %s (%d of %d units done)",
+                   len(files), folder, sum(job.done_blocks), len(job.units))
     return have_stats
 
 
