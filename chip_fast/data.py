@@ -2,8 +2,8 @@
 
 A source answers three questions: which classes it has, how many images each class has, and the
 preprocessed (3, H, W) tensor of image j of class c. Views (the original, its mirror image and
-random crops, each keyed by (seed, class, view)) are made from those tensors in ``views.py``-free
-code below, so both kinds of source augment the same way.
+random crops, each keyed by (seed, class, view)) are made from those tensors by ``make_view``,
+so both kinds of source augment the same way.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,17 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return {"class": type(model).__name__, "shapes": shapes, "sha256": h.hexdigest()}
+
+
+# Models already checked against a fingerprint, with the version counters of their tensors then:
+# hashing every weight on each explain call would cost more than the maps themselves, and any
+# in-place change of a weight (load_state_dict, an optimiser step) bumps a version counter.
+_checked: "weakref.WeakKeyDictionary[nn.Module, tuple[str, tuple]]" = weakref.WeakKeyDictionary()
+
+
+def _versions(model: nn.Module) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in
+                 list(model.parameters()) + list(model.buffers()))
 
 
 def fingerprint_mismatch(stored: dict[str, Any], model: nn.Module) -> str | None:
@@ -97,9 +109,13 @@ class Importance:
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse a model other than the one this was distilled from, with the reason."""
+        key = (self.fingerprint.get("sha256", ""), _versions(model))
+        if _checked.get(model) == key:
+            return
         why = fingerprint_mismatch(self.fingerprint, model)
         if why:
             raise ImportanceFileError(f"this importance does not belong to the model: {why}")
+        _checked[model] = key
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -132,3 +132,13 @@ def test_bad_tensor_sources():
         chip_fast.TensorSource(torch.zeros(3, 3, 8, 8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN"):
         chip_fast.TensorSource(torch.full((1, 3, 8, 8), float("nan")), [0])
+
+
+def test_model_changed_in_place_is_refused_again(tiny_net, tiny_data):
+    imp = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], samples_per_class=8,
+                                        progress=False)
+    chip_fast.explain(tiny_net, imp, tiny_data[0][:2], [0, 1])  # checked and remembered
+    with torch.no_grad():
+        tiny_net.classifier.weight.add_(1.0)
+    with pytest.raises(ImportanceFileError, match="weights differ"):
+        chip_fast.explain(tiny_net, imp, tiny_data[0][:2], [0, 1])
