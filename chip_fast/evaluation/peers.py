@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..layers import capture_activations
+from ..maps import upsample_normalize_reference
 
 MapFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[int]], np.ndarray]
 
@@ -83,29 +85,19 @@ def cam(layer: str | None = None, batch_size: int = 64) -> MapFn:
 
     def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
         stage, head = find_gap_head(model)
-        feats: list[torch.Tensor] = []
-        hook = module_by_name(model, layer or stage).register_forward_hook(
-            lambda m, i, o: feats.append(o.detach()))
+        name = layer or stage
         out = []
-        try:
-            with torch.no_grad():
-                for lo in range(0, len(images), batch_size):
-                    feats.clear()
-                    model(images[lo:lo + batch_size])
-                    a = feats[-1]
-                    if a.shape[1] != head.in_features:
-                        raise ValueError(f"CAM at {layer!r}: {a.shape[1]} channels, but the head "
-                                         f"takes {head.in_features}; CAM is only defined at the "
-                                         f"layer feeding the global pooling ({stage!r})")
-                    w = head.weight[torch.as_tensor(list(classes[lo:lo + batch_size]))]
-                    m = torch.einsum("bk,bkhw->bhw", w.to(a.dtype), a)
-                    m = F.interpolate(m[:, None], size=images.shape[-2:], mode="bilinear",
-                                      align_corners=False)[:, 0].flatten(1)
-                    m = m - m.min(1, keepdim=True).values
-                    m = m / m.max(1, keepdim=True).values.clamp(min=1e-12)
-                    out.append(m.view(-1, *images.shape[-2:]).cpu().numpy())
-        finally:
-            hook.remove()
+        with torch.no_grad(), capture_activations(model, [name]) as acts:
+            for lo in range(0, len(images), batch_size):
+                model(images[lo:lo + batch_size])
+                a = acts[name]
+                if a.shape[1] != head.in_features:
+                    raise ValueError(f"CAM at {layer!r}: {a.shape[1]} channels, but the head "
+                                     f"takes {head.in_features}; CAM is only defined at the "
+                                     f"layer feeding the global pooling ({stage!r})")
+                w = head.weight[torch.as_tensor(list(classes[lo:lo + batch_size]))]
+                m = torch.einsum("bk,bkhw->bhw", w.to(a.dtype), a).float()
+                out.append(upsample_normalize_reference(m, tuple(images.shape[-2:])).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
     return _labelled(fn, "cam", layer or "")
