@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .importance import Importance
-from .layers import check_layers
+from .layers import capture_activations, check_layers
 from .maps import layer_maps, refine
 
 
@@ -40,14 +40,14 @@ def explain(model: nn.Module, importance: Importance, images: torch.Tensor,
     if missing:
         raise ValueError(f"layers {missing} were not distilled; the file holds {importance.layers}")
     size = size or tuple(images.shape[-2:])
-    from .layers import capture_activations
     with torch.inference_mode(), capture_activations(model, layers) as acts:
         logits = model(images)
         if classes is None:
             cls = logits.argmax(1)
         else:
             cls = _as_classes(classes, len(images), images.device)
-        bad = [c for c in cls.unique().tolist() if c not in set(importance.classes)]
+        distilled = set(importance.classes)
+        bad = [c for c in cls.unique().tolist() if c not in distilled]
         if bad:
             raise ValueError(f"classes {bad[:10]} were not distilled (the file holds "
                              f"{len(importance.classes)} classes)")
