@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -378,34 +378,46 @@ class DistillJob:
             with torch.inference_mode():
                 self.fill_statistics()
 
-    def run_pending(self, units: list[Unit], *, progress: bool = True,
-                    checkpoint: str | Path | None = None, checkpoint_every: float = 300.0) -> None:
-        """Run ``units`` in order, with a progress bar and periodic atomic checkpoints."""
+    def progress_bar(self, enabled: bool = True, label: str = ""):
+        """A tqdm bar over all the job's samples, starting at those already done."""
         from tqdm.auto import tqdm
         total = sum(self.unit_samples(u) for u in self.units)
         done = total - sum(self.unit_samples(u) for u in self.pending())
-        bar = tqdm(total=total, initial=done, unit="sample", unit_scale=True, disable=not progress,
-                   desc=f"CHIP {len(self.classes)} classes @ {', '.join(self.layers)}")
+        return tqdm(total=total, initial=done, unit="sample", unit_scale=True, disable=not enabled,
+                    dynamic_ncols=True,
+                    desc=f"CHIP {len(self.classes)} classes @ {', '.join(self.layers)}{label}")
+
+    def run_pending(self, units: list[Unit], *, checkpoint: str | Path | None = None,
+                    checkpoint_every: float = 300.0,
+                    on_unit: Callable[[int], None] | None = None,
+                    critical: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
+        """Run ``units`` in order; checkpoint atomically every ``checkpoint_every`` seconds and
+        at the end. ``on_unit(samples)`` follows each unit (progress). Adding a unit's sums and
+        writing a checkpoint happen inside ``critical()``, so a signal handler that saves (the
+        distributed runner's) never sees a half-added unit."""
         last_save = time.monotonic()
-        try:
-            for unit in units:
-                self.add(unit, self.run_unit(unit))
+        for unit in units:
+            partial = self.run_unit(unit)
+            with critical():
+                self.add(unit, partial)
                 self.done_blocks[unit.group] = unit.block + 1
-                bar.update(self.unit_samples(unit))
-                if checkpoint is not None and time.monotonic() - last_save > checkpoint_every:
+            if on_unit is not None:
+                on_unit(self.unit_samples(unit))
+            if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every:
+                with critical():
                     self.save_checkpoint(checkpoint)
-                    last_save = time.monotonic()
-        finally:
-            bar.close()
+                last_save = time.monotonic()
         if checkpoint is not None:
-            self.save_checkpoint(checkpoint)
+            with critical():
+                self.save_checkpoint(checkpoint)
 
     def run(self, *, progress: bool = True, checkpoint: str | Path | None = None,
             checkpoint_every: float = 300.0) -> Importance:
         try:
             self.prepare(checkpoint)
-            self.run_pending(self.pending(), progress=progress, checkpoint=checkpoint,
-                             checkpoint_every=checkpoint_every)
+            with self.progress_bar(progress) as bar:
+                self.run_pending(self.pending(), checkpoint=checkpoint,
+                                 checkpoint_every=checkpoint_every, on_unit=bar.update)
         finally:
             self.close()
         return self.finish()

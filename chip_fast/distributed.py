@@ -500,44 +500,28 @@ def _settings(model: nn.Module, source, layers: list[str], max_memory: str | int
 
 def _run_own_units(job: DistillJob, units: list[Unit], peers: _Peers, world: World,
                    ckpt: Path | None, checkpoint_every: float, progress: bool) -> None:
-    from tqdm.auto import tqdm
-    total = sum(job.unit_samples(u) for u in job.units)
-    done_before = total - sum(job.unit_samples(u) for u in job.pending())
-    bar = tqdm(total=total, initial=done_before, unit="sample", unit_scale=True,
-               disable=not (progress and world.is_main), dynamic_ncols=True,
-               desc=f"CHIP {len(job.classes)} classes @ {', '.join(job.layers)} x{world.size}")
+    """This rank's units through the job's one unit loop, with a SIGTERM/SIGINT handler that
+    saves, and a bar (rank 0's) that counts every rank's samples."""
+    mine = 0
+    bar = job.progress_bar(progress and world.is_main, label=f" x{world.size}")
+    done_before = bar.n
 
     def refresh() -> None:
         if not bar.disable:
             bar.update(done_before + peers.total_progress() - bar.n)
 
-    def save() -> None:
-        if ckpt is not None:
-            job.save_checkpoint(ckpt)
+    def on_unit(samples: int) -> None:
+        nonlocal mine
+        mine += samples
+        peers.post_progress(mine)
+        refresh()
 
-    stopper = _Stopper(save)
-    mine = 0
-    with stopper.installed():
-        try:
-            last_save = time.monotonic()
-            for unit in units:
-                partial = job.run_unit(unit)
-                with stopper.critical():
-                    job.add(unit, partial)
-                    job.done_blocks[unit.group] = unit.block + 1
-                mine += job.unit_samples(unit)
-                peers.post_progress(mine)
-                refresh()
-                if ckpt is not None and time.monotonic() - last_save >= checkpoint_every:
-                    with stopper.critical():
-                        save()
-                    last_save = time.monotonic()
-            with stopper.critical():
-                save()
-            peers.wait_for_all("done", on_poll=refresh)
-            refresh()
-        finally:
-            bar.close()
+    stopper = _Stopper(lambda: job.save_checkpoint(ckpt) if ckpt is not None else None)
+    with stopper.installed(), bar:
+        job.run_pending(units, checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                        on_unit=on_unit, critical=stopper.critical)
+        peers.wait_for_all("done", on_poll=refresh)
+        refresh()
 
 
 def distill_distributed(model: nn.Module, data, layers: Sequence[str] | None = None, *,

@@ -66,7 +66,7 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data):
                                classes_per_unit=2, batch_size=7)
     job = DistillJob(tiny_net, tiny_data, ["features.1"], settings, classes=[1, 4])
     job.prepare()
-    job.run_pending(job.pending(), progress=False)
+    job.run_pending(job.pending())
     images, labels = tiny_data
     n_views = 2 * 3  # 2 images per class x 3 views
     for slot, c in enumerate([1, 4]):

@@ -226,7 +226,7 @@ def test_resume_with_another_world_size(tmp_path, reference):
         def partial(units, name):
             job = DistillJob(make_model(), make_data(), LAYERS, DistillSettings(**SETTINGS))
             job.prepare()
-            job.run_pending([u for u in job.units if (u.group, u.block) in units], progress=False)
+            job.run_pending([u for u in job.units if (u.group, u.block) in units])
             job.save_checkpoint(ckpt / name)
         partial({(0, 0), (0, 1), (0, 2), (0, 3), (2, 0), (2, 1)}, "rank-0-of-2.ckpt")
         partial({(1, 0)}, "rank-1-of-2.ckpt")

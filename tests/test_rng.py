@@ -44,3 +44,15 @@ def test_noise_depends_on_class():
     a = rng.fill_noise(0, t(1, 2), t(5, 5), t(3, 3), 9)
     assert not torch.equal(a[0], a[1])
     assert torch.equal(a, rng.fill_noise(0, t(1, 2), t(5, 5), t(3, 3), 9))
+
+
+def test_noise_is_keyed_not_chunked(monkeypatch):
+    # The CPU path generates noise in cache-sized chunks; a row must not depend on the chunking.
+    n = 300
+    args = (3, torch.arange(n) % 7, torch.arange(n) // 7, torch.arange(n) % 11, 13)
+    whole = rng.fill_noise(*args)
+    monkeypatch.setattr(rng, "_NOISE_CHUNK", 16)   # 4 rows of 4 blocks per chunk, 75 chunks
+    chunked = rng.fill_noise(*args)
+    assert torch.equal(whole, chunked)
+    # Row 264 is (class 5, sample 37, channel 0): generated alone, it is the same row.
+    assert torch.equal(rng.fill_noise(3, t(5), t(37), t(0), 13)[0], whole[264])
