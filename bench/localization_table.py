@@ -3,14 +3,13 @@ and Layer-CAM on the real ILSVRC val photos of ../shared/data, in one run.
 
     python bench/localization_table.py [--limit 630] [--samples 256] [--out bench/results/loc]
 
-Distils MobileNetV2 on imagenet-sample/train (one photo per class, 8 views each: the photo,
-its mirror image and 6 random crops) for the classes of the evaluated photos, then scores every
-method with chip_fast.evaluation on the same photos (224x224 resize, IoU >= 0.5 with any box).
-Besides the METHOD.md maps it scores two map variants from the same importance, to measure
-what the map formula costs or gains:
-  centred   ReLU(sum_k W[c,k] (A_k - mu_k)): the regression measures the effect of a channel
-            against its fill (mean mu_k), so deviation from the mean is what carries evidence;
-  positive  ReLU(sum_k max(W[c,k], 0) A_k): positive evidence only.
+Distils MobileNetV2 at its default layers on imagenet-sample/train (one photo per class, 8 views
+each: the photo, its mirror image and 6 random crops) for the classes of the evaluated photos,
+then scores every method with chip_fast.evaluation on the same photos (224x224 resize, IoU >= 0.5
+with any box). CHIP's maps are explain's defaults (positive channel importance); the same maps
+with importance of both signs (METHOD.md's formula) are scored beside them, refined. Peers run at the
+last convolutional layer, at every layer CHIP uses, and Layer-CAM also at features.16 (the
+issue's reference for it).
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 
@@ -28,34 +26,11 @@ from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.peers import peer
 from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.layers import capture_activations
-from chip_fast.maps import normalize_maps, refine, upsample_normalize_reference
+from chip_fast.layers import default_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
-
-
-def variant(imp, layers: list[str], kind: str):
-    """A CHIP map function with another map formula, from the same importance."""
-    def one(acts, layer, classes, size):
-        a = acts[layer].float()
-        w = imp.weights[layer][classes].float()
-        if kind == "centred":
-            a = a - imp.fill_mean[layer].float()[None, :, None, None]
-        elif kind == "positive":
-            w = w.clamp(min=0)
-        m = torch.relu(torch.einsum("bk,bkhw->bhw", w, a))
-        return upsample_normalize_reference(m, size)
-
-    def fn(model, images, classes):
-        classes = torch.as_tensor(list(classes))
-        with torch.inference_mode(), capture_activations(model, layers) as acts:
-            model(images)
-            maps = [one(acts, l, classes, tuple(images.shape[-2:])) for l in layers]
-        return refine(maps).numpy()
-
-    fn.method, fn.layer = f"chip-{kind}", "+".join(layers)
-    return fn
+LAST_CONV = "features.18"
 
 
 def main() -> None:
@@ -63,8 +38,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=630)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--augment", type=int, default=8)
-    ap.add_argument("--layers", default="features.16,features.18")
-    ap.add_argument("--faithfulness", type=int, default=100, help="photos with deletion/insertion")
+    ap.add_argument("--layers", help="layers to distil (default: chip_fast's default layers)")
+    ap.add_argument("--faithfulness", type=int, default=50, help="photos with deletion/insertion")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "localization"))
     ap.add_argument("--importance", help="reuse a distilled file instead of distilling")
     ap.add_argument("--no-peers", action="store_true")
@@ -72,11 +47,11 @@ def main() -> None:
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    layers = args.layers.split(",")
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(torch.load(DATA / "weights" / "mobilenet_v2_imagenet1k.pth",
                                      weights_only=True))
     model.eval()
+    layers = args.layers.split(",") if args.layers else default_layers(model)
     dataset = load_val_dir(DATA / "imagenet-val-dev", limit=args.limit)
     classes = sorted(set(dataset.labels))
     t0 = time.perf_counter()
@@ -89,19 +64,18 @@ def main() -> None:
                                             seed=0)
         imp.save(out / "mnv2.chip")
     distill_s = time.perf_counter() - t0
-    methods = {}
+    methods = {"chip-refined": chip_method(imp, layers)}
     for layer in layers:
         methods[f"chip@{layer}"] = chip_method(imp, [layer])
-    methods["chip-refined"] = chip_method(imp, layers)
-    for kind in ("centred", "positive"):
-        for layer in layers:
-            methods[f"chip-{kind}@{layer}"] = variant(imp, [layer], kind)
-        methods[f"chip-{kind}-refined"] = variant(imp, layers, kind)
+    methods["chip-refined-signed"] = chip_method(imp, layers, positive=False)
     if not args.no_peers:
-        methods["cam@features.18"] = peer("cam", "features.18")
+        methods[f"cam@{LAST_CONV}"] = peer("cam", LAST_CONV)
+        peer_layers = list(dict.fromkeys([LAST_CONV] + layers))
         for name in ("gradcam", "gradcam++", "layercam"):
-            for layer in layers:
+            for layer in peer_layers:
                 methods[f"{name}@{layer}"] = peer(name, layer)
+        if "features.16" not in peer_layers:
+            methods["layercam@features.16"] = peer("layercam", "features.16")
     settings = EvalSettings(faithfulness_limit=args.faithfulness, sanity_limit=50)
     t1 = time.perf_counter()
     results = evaluate(model, methods, dataset, out, settings)

@@ -109,7 +109,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             pred = model(x).argmax(1)
         targets = classes or [int(pred)]
         for c in targets:
-            m = explain(model, imp, x, [c], layers=parse_layers(args.layers))[0].cpu().numpy()
+            m = explain(model, imp, x, [c], layers=parse_layers(args.layers),
+                        positive=not args.signed)[0].cpu().numpy()
             name = imp.class_names[c] if imp.class_names else str(c)
             target = out / f"{path.stem}_class{c}.png"
             save_png(blend(denormalize(x[0], prep.mean, prep.std), m), target)
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", nargs="+", required=True, help="image files or folders")
     e.add_argument("--classes", help="classes to explain (default: each image's top-1)")
     e.add_argument("--layers", help="layers to use (default: all in the file, Refined CHIP)")
+    e.add_argument("--signed", action="store_true",
+                   help="weight channels by importance of both signs (METHOD.md's formula) "
+                        "instead of the positive importance only")
     e.add_argument("--on-error", choices=["skip", "raise"], default="skip")
     e.add_argument("--out", default="chip-overlays", help="output folder")
     e.set_defaults(func=cmd_explain)

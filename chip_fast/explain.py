@@ -23,12 +23,14 @@ def _as_classes(classes, batch: int, device) -> torch.Tensor:
 def explain(model: nn.Module, importance: Importance, images: torch.Tensor,
             classes: int | Sequence[int] | torch.Tensor | None = None, *,
             layers: Sequence[str] | None = None, size: tuple[int, int] | None = None,
-            check_model: bool = True) -> torch.Tensor:
+            positive: bool = True, check_model: bool = True) -> torch.Tensor:
     """CHIP maps (B, H, W) in [0, 1] for ``images`` (B, 3, H, W) and one class per image.
 
     ``classes=None`` explains each image's top-1 class. With several layers (by default all of
     the importance's) the result is the Refined CHIP map; with one, that layer's CHIP map.
-    ``size`` defaults to the images' size. The model must be the one the importance was
+    ``size`` defaults to the images' size. ``positive`` (default) weights each layer's channels
+    by their positive importance only; ``positive=False`` uses every sign, as METHOD.md writes
+    it (docs/evaluation.md measures both). The model must be the one the importance was
     distilled from (checked by fingerprint unless ``check_model=False``).
     """
     if images.dim() != 4:
@@ -59,5 +61,5 @@ def explain(model: nn.Module, importance: Importance, images: torch.Tensor,
             if a.shape[1] != w.shape[1]:
                 raise ValueError(f"layer {layer} has {a.shape[1]} channels, the importance "
                                  f"{w.shape[1]}")
-            maps.append(layer_maps(a, w, index, cls, size))
+            maps.append(layer_maps(a, w, index, cls, size, positive=positive))
     return refine(maps)

@@ -37,11 +37,18 @@ def upsample_normalize_reference(maps: torch.Tensor, size: tuple[int, int]) -> t
 
 
 def layer_maps(acts: torch.Tensor, weights: torch.Tensor, image_index: torch.Tensor,
-               class_index: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+               class_index: torch.Tensor, size: tuple[int, int], *,
+               positive: bool = True) -> torch.Tensor:
     """Normalised CHIP maps at ``size`` for P (image, class) pairs: (P, H, W) in [0, 1].
 
-    On CUDA the weighted sum, ReLU, upsampling and normalisation run as Triton kernels.
+    ``positive`` keeps only the channels with positive importance (docs/evaluation.md): a
+    channel whose presence lowers the class score marks where the evidence is *not*, and in a
+    weighted sum it cuts holes into the object and, in the Refined product, into every layer.
+    ``positive=False`` is METHOD.md's formula with all signs. On CUDA the weighted sum, ReLU,
+    upsampling and normalisation run as Triton kernels.
     """
+    if positive:
+        weights = weights.clamp(min=0)
     from .backend import use_triton
     if use_triton(acts):
         from .kernels.reweight import layer_maps_triton

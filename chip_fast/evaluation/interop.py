@@ -26,11 +26,13 @@ class ChipCAM:
     """``with ChipCAM(model, imp, target_layers=[model.features[18]]) as cam:
     maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(c), ...])`` -> (B, H, W) float32
     in [0, 1]. ``target_layers=None`` uses the importance's layers (Refined CHIP); several target
-    layers give the Refined CHIP over them. ``targets=None`` explains the model's top-1 class."""
+    layers give the Refined CHIP over them. ``targets=None`` explains the model's top-1 class.
+    ``positive=False``: channel weights of both signs (METHOD.md's formula), see ``explain``."""
 
     def __init__(self, model: torch.nn.Module, importance: Any,
-                 target_layers: Sequence[torch.nn.Module | str] | None = None) -> None:
-        self.model, self.importance = model, importance
+                 target_layers: Sequence[torch.nn.Module | str] | None = None, *,
+                 positive: bool = True) -> None:
+        self.model, self.importance, self.positive = model, importance, positive
         self.layers = None if target_layers is None else [
             t if isinstance(t, str) else name_of_module(model, t) for t in target_layers]
 
@@ -41,7 +43,8 @@ class ChipCAM:
             classes = [_target_class(t) for t in targets]
             if len(classes) != len(input_tensor):
                 raise ValueError(f"ChipCAM: {len(classes)} targets for {len(input_tensor)} images")
-        return _explain(self.model, self.importance, input_tensor, classes, self.layers)
+        return _explain(self.model, self.importance, input_tensor, classes, self.layers,
+                        self.positive)
 
     def __enter__(self) -> "ChipCAM":
         return self
@@ -53,7 +56,8 @@ class ChipCAM:
 def explain_func(model: torch.nn.Module, inputs: np.ndarray | torch.Tensor,
                  targets: np.ndarray | Sequence[int] | torch.Tensor, **kwargs: Any) -> np.ndarray:
     """Quantus ``explain_func``: (B, C, H, W) inputs and (B,) targets -> (B, 1, H, W) float32
-    CHIP maps. kwargs: ``importance=`` (required), ``layers=``, ``device=``; others are ignored
+    CHIP maps. kwargs: ``importance=`` (required), ``layers=``, ``positive=``, ``device=``; others
+    are ignored
     (Quantus passes its own)."""
     importance = kwargs.get("importance")
     if importance is None:
@@ -63,13 +67,17 @@ def explain_func(model: torch.nn.Module, inputs: np.ndarray | torch.Tensor,
                         dtype=torch.float32, device=device)
     classes = [int(c) for c in np.asarray(
         targets.cpu() if torch.is_tensor(targets) else targets).reshape(-1)]
-    return _explain(model, importance, x, classes, kwargs.get("layers"))[:, None]
+    return _explain(model, importance, x, classes, kwargs.get("layers"),
+                    kwargs.get("positive", True))[:, None]
 
 
 def _explain(model: torch.nn.Module, importance: Any, x: torch.Tensor,
-             classes: Sequence[int] | None, layers: Sequence[str] | None) -> np.ndarray:
+             classes: Sequence[int] | None, layers: Sequence[str] | None,
+             positive: bool = True) -> np.ndarray:
     import chip_fast
-    kw = {} if layers is None else {"layers": list(layers)}   # None: the core's default layers
+    kw: dict[str, Any] = {"positive": positive}
+    if layers is not None:   # None: the core's default, all the importance's layers
+        kw["layers"] = list(layers)
     if getattr(model, "chip_fast_randomized_blocks", None):
         # the sanity check's re-initialised copy: the importance of the trained model is applied
         # to the changed activations on purpose, so the fingerprint check must not refuse it
@@ -78,11 +86,12 @@ def _explain(model: torch.nn.Module, importance: Any, x: torch.Tensor,
     return maps.detach().float().cpu().numpy().astype(np.float32, copy=False)
 
 
-def chip_method(importance: Any, layers: Sequence[str] | None = None):
+def chip_method(importance: Any, layers: Sequence[str] | None = None, *, positive: bool = True):
     """CHIP as a ``(model, images, classes) -> (B, H, W)`` map function for ``evaluate``:
     one layer, or the Refined CHIP over several (None: the importance's layers)."""
     def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-        return _explain(model, importance, images, classes, layers)
+        return _explain(model, importance, images, classes, layers, positive)
     shown = list(layers) if layers is not None else list(getattr(importance, "layers", []))
-    fn.method, fn.layer = ("chip" if len(shown) == 1 else "chip-refined"), "+".join(shown)
+    fn.method = ("chip" if len(shown) == 1 else "chip-refined") + ("" if positive else "-signed")
+    fn.layer = "+".join(shown)
     return fn
