@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--layer", default="features.16")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, help="default: the library's (64 on CPU, 256 on GPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
@@ -90,12 +90,13 @@ def main() -> None:
                                       samples_per_class=args.samples, augment=2,
                                       batch_size=args.batch_size, progress=False)
         wall = time.perf_counter() - t0
+    batch = args.batch_size or chip_fast.DistillSettings().resolved(device).batch_size
     samples = args.classes * args.samples
     overhead = totals["perturbation"] + totals["statistics"] + totals["solve"]
     result = {
         "device": device_name(device), "torch": torch.__version__,
         "model": "mobilenet_v2", "layer": args.layer, "classes": args.classes,
-        "samples_per_class": args.samples, "batch_size": args.batch_size,
+        "samples_per_class": args.samples, "batch_size": batch,
         "wall_s": wall, "samples_per_s": samples / wall,
         "stages_s": dict(totals),
         "overhead_over_tail": overhead / totals["tail forward"],
@@ -106,7 +107,7 @@ def main() -> None:
     (out / f"distill_breakdown_{tag}.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Distillation time breakdown ({result['device']}, torch {torch.__version__})", "",
              f"MobileNetV2 @ {args.layer}, {args.classes} classes x {args.samples} samples "
-             f"= {samples} perturbed networks, batch {args.batch_size}.", "",
+             f"= {samples} perturbed networks, batch {batch}.", "",
              "| stage | seconds | share of tail forward |", "|---|---|---|"]
     for stage, s in sorted(totals.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {stage} | {s:.2f} | {s / totals['tail forward']:.1%} |")

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")
     d.add_argument("--augment", type=int, default=1,
                    help="views per image: 1 = none, 2 = with mirror, more = random crops too")
-    d.add_argument("--batch-size", type=int, help="perturbed samples per forward (default 256, "
+    d.add_argument("--batch-size", type=int, help="perturbed samples per forward (default 64 on CPU, 256 on GPU, "
                                                   "or chosen from --max-memory)")
     d.add_argument("--checkpoint", help="checkpoint folder: saved every --checkpoint-every seconds; "
                                          "rerunning the same command resumes from it")
