@@ -13,7 +13,8 @@ d_c = E_views[abar(x)] - mu is the class's mean channel deviation over its disti
 so the Lasso solution is the soft-threshold of W_fc[c] * d_c at alpha * max|.|. This script
 builds that limit for every class (same views, fill statistics and alpha as distill_all_classes
 with augment=8), and scores its maps, the same with positive weights, and W_fc itself (which is
-CAM: a check that the evaluation reproduces the CAM peer), on the same photos.
+CAM: a check that the evaluation reproduces the CAM peer), on the same photos. With
+fill="zero" the fill's mean is 0 and d_c becomes E_views[abar(x)]: scored too.
 """
 from __future__ import annotations
 
@@ -37,33 +38,36 @@ DATA = ROOT / ".." / "shared" / "data"
 LAYER = "features.18"
 
 
-def class_deviations(model: torch.nn.Module, classes: list[int]) -> tuple[torch.Tensor, int]:
-    """d_c for every class (rows of a (num_classes, K) float64 tensor) and num_classes."""
+def class_deviations(model: torch.nn.Module, classes: list[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """d_c and mu_c = E_views[abar] for every class (rows of (num_classes, K) float64
+    tensors), and num_classes. With fill="zero" the fill's mean is 0, so d_c becomes mu_c."""
     job = DistillJob(model, chip_fast.ImageFolderSource(DATA / "imagenet-sample" / "train"),
                      [LAYER], DistillSettings(samples_per_class=2048, augment=8), classes)
     try:
         with torch.inference_mode():
             job.fill_statistics()
             d = torch.zeros(job.num_classes, job.channels[LAYER], dtype=torch.float64)
+            m = torch.zeros_like(d)
             for c in classes:
                 views = job._load_views([(c, v) for v in range(job.plan.views[c])])
                 a = job.split.activation(job._prefix(views), LAYER).double()
-                d[c] = a.mean((0, 2, 3)) - job.mu[LAYER].double()
+                m[c] = a.mean((0, 2, 3))
+                d[c] = m[c] - job.mu[LAYER].double()
     finally:
         job.close()
-    return d, job.num_classes
+    return d, m, job.num_classes
 
 
 def limit_importance(model: torch.nn.Module, classes: list[int], coef: torch.Tensor,
-                     alpha: float, positive: bool) -> Importance:
+                     alpha: float) -> Importance:
     """The Lasso limit soft(coef, alpha * max|coef|) per class, as an importance."""
     weights = torch.zeros(coef.shape)
     for c in classes:
         w = coef[c].sign() * (coef[c].abs() - alpha * coef[c].abs().max()).clamp(min=0)
-        weights[c] = (w.clamp(min=0) if positive else w).float()
+        weights[c] = w.float()
     return Importance(weights={LAYER: weights}, classes=classes, num_classes=coef.shape[0],
-                      fingerprint=model_fingerprint(model),
-                      settings={"limit": True, "alpha": alpha, "positive": positive})
+                      fingerprint=model_fingerprint(model), settings={"limit": True, "alpha": alpha})
 
 
 def main() -> None:
@@ -80,15 +84,18 @@ def main() -> None:
     dataset = load_val_dir(DATA / "imagenet-val-dev", limit=args.limit)
     classes = sorted(set(dataset.labels))
     t0 = time.perf_counter()
-    d, num_classes = class_deviations(model, classes)
+    d, m, num_classes = class_deviations(model, classes)
     w_fc = model.classifier[1].weight.detach().double()
+    # Maps with signed weights, ReLU(sum_k W A_k), except where "positive" says max(W, 0).
     methods = {"W_fc (= CAM, check)": chip_method(
-        limit_importance(model, classes, w_fc, 0.0, False), [LAYER])}
+        limit_importance(model, classes, w_fc, 0.0), [LAYER], positive=False)}
     for alpha in (0.0, 0.01, 0.1):
+        imp = limit_importance(model, classes, w_fc * d, alpha)
         for positive in (False, True):
             name = f"CHIP limit, alpha {alpha}{', positive' if positive else ''}"
-            methods[name] = chip_method(limit_importance(model, classes, w_fc * d, alpha, positive),
-                                        [LAYER])
+            methods[name] = chip_method(imp, [LAYER], positive=positive)
+    methods["CHIP limit, fill zero, alpha 0.1, positive"] = chip_method(
+        limit_importance(model, classes, w_fc * m, 0.1), [LAYER])
     out = Path(args.out)
     evaluate(model, methods, dataset, out,
              EvalSettings(faithfulness_limit=args.faithfulness, sanity_limit=0))

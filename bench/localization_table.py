@@ -1,7 +1,13 @@
 """The README's evaluation table: CHIP (per layer and Refined) against CAM, Grad-CAM, Grad-CAM++
 and Layer-CAM on the real ILSVRC val photos of ../shared/data, in one run.
 
-    python bench/localization_table.py [--limit 630] [--samples 256] [--out bench/results/loc]
+    python bench/localization_table.py [--limit 630] [--samples 192] [--out bench/results/loc]
+
+The CPU timing in docs/evaluation.md was taken with glibc told to keep freed memory instead of
+returning it to the system (the tails allocate and free tens of MB per batch; with the defaults
+a third of the CPU time went to page faults):
+    MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=4294967296 \
+    MALLOC_TOP_PAD_=268435456 python bench/localization_table.py
 
 Distils MobileNetV2 at its default layers on imagenet-sample/train (one photo per class, 8 views
 each: the photo, its mirror image and 6 random crops) for the classes of the evaluated photos,
@@ -36,7 +42,8 @@ LAST_CONV = "features.18"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=630)
-    ap.add_argument("--samples", type=int, default=256)
+    # 192 samples per class is what a 30-minute run of the whole table allows on 2 CPU threads.
+    ap.add_argument("--samples", type=int, default=192)
     ap.add_argument("--augment", type=int, default=8)
     ap.add_argument("--layers", help="layers to distil (default: chip_fast's default layers)")
     ap.add_argument("--faithfulness", type=int, default=50, help="photos with deletion/insertion")

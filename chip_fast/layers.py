@@ -49,9 +49,9 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
 
 # Deepest convolutional stage and one at twice its resolution, for common torchvision families.
 # MobileNetV2's stage outputs at 14x14 are linear bottlenecks (no ReLU): a signed channel's value
-# is not its presence, and its CHIP map localises poorly (MaxBoxAcc 0.50 against 0.53 for the
-# ReLU'd expansion inside the next block, and 0.71 against 0.51 once refined with features.18:
-# docs/evaluation.md). So its mid layer is that expansion, the last non-negative 14x14 map.
+# is not its presence. Measured (bench/results/mid_layers, positive weights, 150 photos), the
+# ReLU6'd expansion that opens the next block, still 14x14, localises better alone (MaxBoxAcc
+# 0.53 vs 0.51) and far better refined with features.18 (0.71 vs 0.51), so it is the mid layer.
 _KNOWN_DEFAULTS = {
     "MobileNetV2": ["features.14.conv.0", "features.18"],
     "MobileNetV3": ["features.12", "features.16"],
