@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 import chip_fast
 from chip_fast.distill import DistillJob, DistillSettings
@@ -32,6 +31,7 @@ from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
 from chip_fast.importance import Importance, model_fingerprint
+from chip_fast.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -77,10 +77,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chip_limit"))
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(DATA / "weights" / "mobilenet_v2_imagenet1k.pth",
-                                     weights_only=True))
-    model.eval()
+    model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     dataset = load_val_dir(DATA / "imagenet-val-dev", limit=args.limit)
     classes = sorted(set(dataset.labels))
     t0 = time.perf_counter()

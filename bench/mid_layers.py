@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
 import chip_fast
 from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
+from chip_fast.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -40,10 +40,7 @@ def main() -> None:
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(DATA / "weights" / "mobilenet_v2_imagenet1k.pth",
-                                     weights_only=True))
-    model.eval()
+    model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     dataset = load_val_dir(DATA / "imagenet-val-dev", limit=args.limit)
     classes = sorted(set(dataset.labels))
     mids = args.candidates.split(",")
