@@ -312,13 +312,13 @@ class DistillJob:
                                                     "done_blocks": self.done_blocks})}
         _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
-    def _read_checkpoint(self, path: Path, identity: str) -> tuple[list[int], Any]:
-        """(done_blocks, open file) of a checkpoint after checking that it belongs to this job;
-        a damaged file or one of another job is refused, naming it."""
+    def _read_progress(self, path: Path, identity: str) -> list[int]:
+        """done_blocks of a checkpoint, after checking that it belongs to this job; a damaged
+        file or one of another job is refused, naming it."""
         from safetensors import SafetensorError, safe_open
         try:
-            f = safe_open(str(path), framework="pt")
-            meta = json.loads((f.metadata() or {})["chip_fast_checkpoint"])
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["chip_fast_checkpoint"])
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             raise ValueError(f"checkpoint {path} is damaged or not a chip_fast checkpoint ({e}): "
                              "delete it (its progress is lost) or use another checkpoint") from e
@@ -329,34 +329,38 @@ class DistillJob:
         if (not isinstance(done, list) or len(done) != len(self.groups)
                 or any(not isinstance(d, int) or not 0 <= d <= self.blocks for d in done)):
             raise ValueError(f"checkpoint {path} has a malformed progress record: delete it")
-        return done, f
+        return done
 
     def restore(self, paths: Sequence[str | Path]) -> bool:
         """Resume from checkpoint files: each class group takes the most advanced state found
         in any of them (so files written by any number of processes combine). Returns True
         when the fill statistics were among them."""
+        from safetensors import safe_open
         identity = self.identity()
-        found = [(Path(p), *self._read_checkpoint(Path(p), identity)) for p in paths]
-        best: dict[int, tuple[int, int]] = {}   # group -> (blocks done, index in found)
-        for i, (_, done, _) in enumerate(found):
-            for g, d in enumerate(done):
+        paths = [Path(p) for p in paths]
+        best: dict[int, tuple[int, int]] = {}   # group -> (blocks done, index in paths)
+        for i, path in enumerate(paths):
+            for g, d in enumerate(self._read_progress(path, identity)):
                 if d > best.get(g, (0, -1))[0]:
                     best[g] = (d, i)
         have_stats = False
-        for i, (_, _, f) in enumerate(found):
-            keys = set(f.keys())
-            if not have_stats and all(f"mu/{l}" in keys for l in self.layers):
-                for l in self.layers:
-                    self.mu[l] = f.get_tensor(f"mu/{l}").to(self.device)
-                    self.sigma[l] = f.get_tensor(f"sigma/{l}").to(self.device)
-                have_stats = True
+        for i, path in enumerate(paths):
             groups = [g for g, (_, j) in best.items() if j == i]
-            for layer in self.layers if groups else []:
-                zy, y = f.get_tensor(f"sum_zy/{layer}"), f.get_tensor(f"sum_y/{layer}")
-                for g in groups:
-                    rows = self.group_rows(g)
-                    self.sum_zy[layer][rows] = zy[rows]
-                    self.sum_y[layer][rows] = y[rows]
+            if not groups and have_stats:
+                continue   # nothing left to read in this file
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+                if not have_stats and all(f"mu/{l}" in keys for l in self.layers):
+                    for l in self.layers:
+                        self.mu[l] = f.get_tensor(f"mu/{l}").to(self.device)
+                        self.sigma[l] = f.get_tensor(f"sigma/{l}").to(self.device)
+                    have_stats = True
+                for layer in self.layers if groups else []:
+                    zy, y = f.get_tensor(f"sum_zy/{layer}"), f.get_tensor(f"sum_y/{layer}")
+                    for g in groups:
+                        rows = self.group_rows(g)
+                        self.sum_zy[layer][rows] = zy[rows]
+                        self.sum_y[layer][rows] = y[rows]
             for g in groups:
                 self.done_blocks[g] = best[g][0]
         return have_stats

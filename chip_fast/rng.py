@@ -123,7 +123,7 @@ def fill_noise(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels
     s = samples.to(torch.int64)[:, None]
     k = channels.to(torch.int64)[:, None]
     out = torch.empty(len(classes), 4 * n_blocks, dtype=torch.float32, device=device)
-    rows = len(classes) if device.type != "cpu" else max(1, _NOISE_CHUNK // n_blocks)
+    rows = max(1, len(classes) if device.type != "cpu" else _NOISE_CHUNK // n_blocks)
     for i in range(0, len(classes), rows):
         w0, w1, w2, w3 = philox4x32(s[i:i + rows], k[i:i + rows], blocks, c3[i:i + rows], seed)
         n0, n1 = box_muller(w0, w1)
