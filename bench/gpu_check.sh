@@ -21,12 +21,14 @@ PYEOF
 [ $? -eq 0 ] || exit 1
 
 echo "== kernel tests on the GPU"
-timeout 240 "$PY" -m pytest tests/test_kernels.py -q -x -p no:cacheprovider \
+timeout 240 "$PY" -m pytest tests/test_perturb.py tests/test_response_sums.py \
+    tests/test_class_maps.py tests/test_prox.py -q -x -p no:cacheprovider \
     --junitxml="$OUT_DIR/test_kernels.xml" 2>&1 | tail -40
 test_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks"
-timeout 200 "$PY" -m pytest bench/bench_kernels.py -q -p no:cacheprovider \
+timeout 200 "$PY" -m pytest bench/bench_perturb.py bench/bench_response_sums.py \
+    bench/bench_class_maps.py bench/bench_prox.py -q -p no:cacheprovider \
     --benchmark-json="$OUT_DIR/bench_kernels.json" --benchmark-max-time=0.5 \
     --benchmark-columns=min,median,mean,rounds --benchmark-sort=name 2>&1 | tail -80
 bench_rc=${PIPESTATUS[0]}

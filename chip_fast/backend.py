@@ -1,4 +1,10 @@
-"""Which implementation runs a hot path: the Triton kernels on CUDA, plain PyTorch elsewhere."""
+"""Which implementation runs a hot path: the Triton kernels on CUDA, plain PyTorch elsewhere.
+
+This module owns the one predicate, ``use_triton``, that every op module (``perturb``,
+``response_sums``, ``class_maps``, ``prox``) asks before importing its kernel. It may not import
+triton at module level (only ``triton_available`` tries, on first use with a CUDA tensor) nor
+know any op.
+"""
 from __future__ import annotations
 
 import functools

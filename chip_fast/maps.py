@@ -1,39 +1,14 @@
-"""Stage 2: CHIP maps from a layer's feature maps and the distilled channel importance."""
+"""Stage 2: CHIP maps from a layer's feature maps and the distilled channel importance.
+
+This module owns which channels a map uses (the positive clamp of ``layer_maps``) and how layers
+combine (``refine``). The map of one layer itself is the op ``chip_fast.class_maps`` (reference
+and kernel dispatch), which this module may not duplicate.
+"""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def class_maps_reference(acts: torch.Tensor, weights: torch.Tensor, image_index: torch.Tensor,
-                         class_index: torch.Tensor) -> torch.Tensor:
-    """ReLU(sum_k W[c, k] A_k) for P (image, class) pairs, float32 of shape (P, h, w).
-
-    acts: (B, K, h, w) feature maps; weights: (C, K); image_index, class_index: (P,).
-    """
-    a = acts.index_select(0, image_index).float()
-    w = weights.index_select(0, class_index).float()
-    return torch.relu(torch.einsum("pk,pkhw->phw", w, a))
-
-
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each (h, w) map to [0, 1]; a constant map becomes all zeros."""
-    flat = maps.flatten(1)
-    lo = flat.amin(1, keepdim=True)
-    hi = flat.amax(1, keepdim=True)
-    span = hi - lo
-    # Upsampling a constant map leaves ~1 ulp of rounding noise; stretching that to [0, 1] would
-    # invent structure, so a span within rounding of the values counts as constant.
-    eps = torch.finfo(flat.dtype).eps
-    flat_enough = span <= 64 * eps * torch.maximum(lo.abs(), hi.abs())
-    out = torch.where(flat_enough, 0.0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny))
-    return out.view_as(maps)
-
-
-def upsample_normalize_reference(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=False) of (P, h, w) maps to ``size``, then min-max."""
-    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return normalize_maps(up)
+from .class_maps import class_maps, normalize_maps
 
 
 def layer_maps(acts: torch.Tensor, weights: torch.Tensor, image_index: torch.Tensor,
@@ -49,12 +24,7 @@ def layer_maps(acts: torch.Tensor, weights: torch.Tensor, image_index: torch.Ten
     """
     if positive:
         weights = weights.clamp(min=0)
-    from .backend import use_triton
-    if use_triton(acts):
-        from .kernels.reweight import layer_maps_triton
-        return layer_maps_triton(acts, weights, image_index, class_index, size)
-    m = class_maps_reference(acts, weights.to(acts.device), image_index, class_index)
-    return upsample_normalize_reference(m, size)
+    return class_maps(acts, weights, image_index, class_index, size)
 
 
 def refine(maps: list[torch.Tensor]) -> torch.Tensor:

@@ -3,6 +3,11 @@
 A perturbed network replaces layer l's output A by  z * A + (1 - z) * F  with a keep mask z per
 channel and the fill F of a disabled channel (METHOD.md). The masks and the noise come from
 ``chip_fast.rng``, keyed by (seed, class, sample, channel, element), so nothing is stored.
+
+This module owns the op ``perturb``: its PyTorch reference and the dispatch to the Triton kernel
+(``chip_fast.kernels.perturb``). It may not define random streams (the counter layout is
+``rng``'s; the kernel gets it from here as arguments) nor import triton or the kernels at module
+level: the PyTorch path must run where Triton is absent.
 """
 from __future__ import annotations
 
@@ -47,14 +52,24 @@ def perturb_reference(acts: torch.Tensor, view: torch.Tensor, classes: torch.Ten
     return out, masks
 
 
+def perturb_kernel(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
+                   samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
+                   mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``perturb_reference`` by the Triton kernel, whatever the device (the tests run it on CPU
+    under Triton's interpreter): ``rng``'s key words, keep threshold and counter tags, handed to
+    ``chip_fast.kernels.perturb.perturb_triton``."""
+    from .kernels.perturb import perturb_triton
+    return perturb_triton(acts, view, classes, samples, key=rng.seed_key(seed),
+                          threshold=rng.keep_threshold(p_keep), mask_tag=rng.MASK_TAG_WORD,
+                          noise_tag=rng.NOISE_TAG_WORD, class_mask=rng.CLASS_BITS, fill=fill,
+                          mu=mu, sigma=sigma)
+
+
 def perturb(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor, samples: torch.Tensor,
             *, seed: int, p_keep: float, fill: str, mu: torch.Tensor, sigma: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``perturb_reference``, on CUDA by the fused Triton kernel when it is available."""
     from .backend import use_triton
-    if use_triton(acts):
-        from .kernels.perturb import perturb_triton
-        return perturb_triton(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill,
-                              mu=mu, sigma=sigma)
-    return perturb_reference(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill,
-                             mu=mu, sigma=sigma)
+    impl = perturb_kernel if use_triton(acts) else perturb_reference
+    return impl(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill, mu=mu,
+                sigma=sigma)

@@ -2,19 +2,25 @@
 
 Every random number of a distillation run is a pure function of (seed, class, sample, channel,
 element), so any perturbation sample can be regenerated anywhere, in any order, on any worker,
-and a Triton kernel can produce the same masks bit for bit (``kernels/perturb.py`` uses this
-exact counter layout). The arithmetic runs on int64 tensors holding uint32 values, which works on
-every device and dtype-support level of PyTorch.
+and a Triton kernel can produce the same masks bit for bit (``kernels/perturb.py`` and
+``kernels/response_sums.py`` use this exact counter layout). The arithmetic runs on int64 tensors
+holding uint32 values, which works on every device and dtype-support level of PyTorch.
 
-Counter layout (c0, c1, c2, c3), key (seed low 32 bits, seed high 32 bits):
+This module alone owns the counter layout. The kernels (``chip_fast.kernels``, which may not
+import chip_fast) receive its pieces as arguments: the tag words and class mask below, the key
+words of ``seed_key`` and the threshold of ``keep_threshold``, passed by the dispatching modules
+(``chip_fast.perturb``, ``chip_fast.response_sums``).
 
-- keep mask of (sample i, channel k): counter (i, k // 4, 0, TAG_MASK << 28), word k % 4.
+Counter layout (c0, c1, c2, c3), key (seed low 32 bits, seed high 32 bits); the top 4 bits of
+c3 (from TAG_SHIFT up) say which stream a counter belongs to, the low 28 (CLASS_BITS) the class:
+
+- keep mask of (sample i, channel k): counter (i, k // 4, 0, MASK_TAG_WORD), word k % 4.
   Masks do not depend on the class: every class sees the same mask stream, so the Gram matrix of
   the masks is shared by all classes and the solve is one batched problem (METHOD.md).
 - fill noise of (class c, sample i, channel k, element e): counter (i, k, e // 4,
-  (c & 0x0FFFFFFF) | TAG_NOISE << 28), Box-Muller on words (0, 1) and (2, 3), element e takes
+  (c & CLASS_BITS) | NOISE_TAG_WORD), Box-Muller on words (0, 1) and (2, 3), element e takes
   normal e % 4.
-- augmentation of (class c, view v): counter (v, 0, 0, (c & 0x0FFFFFFF) | TAG_AUGMENT << 28).
+- augmentation of (class c, view v): counter (v, 0, 0, (c & CLASS_BITS) | AUGMENT_TAG_WORD).
 """
 from __future__ import annotations
 
@@ -31,7 +37,13 @@ PHILOX_ROUNDS = 10
 TAG_MASK = 1
 TAG_NOISE = 2
 TAG_AUGMENT = 3
-CLASS_BITS = 0x0FFFFFFF
+TAG_SHIFT = 28
+CLASS_BITS = (1 << TAG_SHIFT) - 1  # 0x0FFFFFFF
+# The tags as they sit in counter word c3. All are < 2**31, so a kernel types them as int32
+# constants like any literal.
+MASK_TAG_WORD = TAG_MASK << TAG_SHIFT
+NOISE_TAG_WORD = TAG_NOISE << TAG_SHIFT
+AUGMENT_TAG_WORD = TAG_AUGMENT << TAG_SHIFT
 
 _U32 = 0xFFFFFFFF
 
@@ -84,7 +96,7 @@ def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -
     blocks = torch.arange((channels + 3) // 4, device=device, dtype=torch.int64)
     s = samples.to(torch.int64)[:, None]
     zero = torch.zeros((), dtype=torch.int64, device=device)
-    tag = torch.full((), TAG_MASK << 28, dtype=torch.int64, device=device)
+    tag = torch.full((), MASK_TAG_WORD, dtype=torch.int64, device=device)
     words = philox4x32(s, blocks[None, :], zero, tag, seed)
     u = torch.stack(words, dim=-1).reshape(len(samples), 4 * len(blocks))[:, :channels]
     return u < keep_threshold(p_keep)
@@ -119,7 +131,7 @@ def fill_noise(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels
     device = classes.device
     n_blocks = (elements + 3) // 4
     blocks = torch.arange(n_blocks, device=device, dtype=torch.int64)[None, :]
-    c3 = ((classes.to(torch.int64) & CLASS_BITS) | (TAG_NOISE << 28))[:, None]
+    c3 = ((classes.to(torch.int64) & CLASS_BITS) | NOISE_TAG_WORD)[:, None]
     s = samples.to(torch.int64)[:, None]
     k = channels.to(torch.int64)[:, None]
     out = torch.empty(len(classes), 4 * n_blocks, dtype=torch.float32, device=device)
@@ -135,6 +147,6 @@ def fill_noise(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels
 def augment_words(seed: int, classes: torch.Tensor, views: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Four uint32 words per (class, view), to draw that view's augmentation."""
-    c3 = (classes.to(torch.int64) & CLASS_BITS) | (TAG_AUGMENT << 28)
+    c3 = (classes.to(torch.int64) & CLASS_BITS) | AUGMENT_TAG_WORD
     zero = torch.zeros((), dtype=torch.int64, device=classes.device)
     return philox4x32(views.to(torch.int64), zero, zero, c3, seed)

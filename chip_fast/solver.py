@@ -4,6 +4,10 @@ For every class c:  min_w  1/2 w^T G w - r_c^T w + lam_c |w|_1   (optionally w >
 with G the (K, K) covariance of the keep masks, shared by all classes because they share the
 mask stream, and r_c the covariance of the masks with the class's response. One iteration for
 all classes is one (K, K) @ (K, C) product plus an element-wise epilogue (``fista_step``).
+
+This module owns the solve around the step: penalties, step size, momentum schedule and the
+stopping test. The iteration itself is the op ``chip_fast.prox`` (reference and kernel
+dispatch), which this module may not duplicate.
 """
 from __future__ import annotations
 
@@ -11,37 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def soft_threshold(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """S_t(v) = sign(v) * max(|v| - t, 0)."""
-    return torch.sign(v) * torch.clamp(v.abs() - t, min=0)
-
-
-def fista_step_reference(gram: torch.Tensor, w: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
-                         eta: float, lam: torch.Tensor, nonneg: bool, momentum: float
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One FISTA iteration for all classes.
-
-    gram: (K, K); w: (K, C) current iterate; v: (K, C) momentum point; r: (K, C); lam: (C,).
-    Returns (w_next, v_next) with
-      w_next = prox(v - eta * (gram @ v - r)),  prox = soft-threshold at eta*lam (then clamp >= 0)
-      v_next = w_next + momentum * (w_next - w).
-    """
-    u = v - eta * (gram @ v - r)
-    w_next = soft_threshold(u, eta * lam[None, :])
-    if nonneg:
-        w_next = torch.clamp(w_next, min=0)
-    v_next = w_next + momentum * (w_next - w)
-    return w_next, v_next
-
-
-def fista_step(gram, w, v, r, eta, lam, nonneg, momentum):
-    """``fista_step_reference``, on CUDA by the fused Triton kernel when it is available."""
-    from .backend import use_triton
-    if use_triton(gram):
-        from .kernels.prox import fista_step_triton
-        return fista_step_triton(gram, w, v, r, eta, lam, nonneg, momentum)
-    return fista_step_reference(gram, w, v, r, eta, lam, nonneg, momentum)
+from .prox import fista_step
 
 
 @dataclass

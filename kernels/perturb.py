@@ -1,15 +1,14 @@
 """Fused perturbation: T perturbed activation tensors and their keep masks in one launch.
 
-Reference: ``chip_fast.perturb.perturb_reference``. The masks and the fill noise are regenerated
-in-kernel from Philox4x32-10 with exactly the counter layout of ``chip_fast.rng`` (see its module
-docstring), so nothing random is read from memory and the masks are bit-identical to
-``rng.keep_masks``. Philox is written out here with plain uint32 arithmetic (``tl.umulhi`` for the
-high word) instead of ``tl.randint``, whose counter/key conventions are Triton internals that may
-change between versions.
+Reference: ``chip_fast.perturb.perturb_reference``; ``chip_fast.perturb`` dispatches here on CUDA.
+The masks and the fill noise are regenerated in-kernel from Philox4x32-10 (``philox.py``), so
+nothing random is read from memory and the masks are bit-identical to ``rng.keep_masks``.
 
-32-bit values that may exceed 2**31 (key words, the keep threshold) are passed as int32 bit
-patterns and bitcast to uint32 in the kernel: a Python int >= 2**31 would otherwise become an
-int64 kernel argument and the uint32 comparisons would silently turn signed/64-bit.
+The counter layout is ``chip_fast.rng``'s, received as arguments rather than imported (this
+package may not import chip_fast): the Philox key words, the keep threshold and the tag words
+MASK_TAG / NOISE_TAG with the class mask CLASS_MASK of counter word c3. Key words and threshold
+may exceed 2**31, so they travel as int32 bit patterns (``launch.u32_as_i32``) and are bitcast
+back to uint32 in the kernel.
 """
 from __future__ import annotations
 
@@ -17,79 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from chip_fast import rng
+from .launch import check_index, u32_as_i32
+from .philox import box_muller, philox4x32_10
 
 _FILL_CODES = {"noise": 0, "zero": 1, "mean": 2}
 
 
-# --------------------------------------------------------------------------------------------
-# Philox4x32-10 and Box-Muller, shared with kernels/reweight.py
-# --------------------------------------------------------------------------------------------
-@triton.jit
-def philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 of uint32 counter blocks (c0..c3) under the uint32 key (k0, k1).
-
-    Same round function as ``chip_fast.rng.philox4x32`` (Random123): the multiplier constants
-    are Python ints < 2**32, which Triton types as uint32, so every product wraps mod 2**32.
-    """
-    for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, 0xD2511F53)
-        lo0 = c0 * 0xD2511F53
-        hi1 = tl.umulhi(c2, 0xCD9E8D57)
-        lo1 = c2 * 0xCD9E8D57
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = k0 + 0x9E3779B9
-        k1 = k1 + 0xBB67AE85
-    return c0, c1, c2, c3
-
-
-@triton.jit
-def uniform_from_u32(w):
-    """``rng.uniform_from_u32``: top 24 bits, centred in their cell, as float32 in (0, 1)."""
-    return ((w >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-
-
-@triton.jit
-def box_muller(w0, w1):
-    """``rng.box_muller``: two standard normals from two uint32 words (float32)."""
-    u0 = uniform_from_u32(w0)
-    u1 = uniform_from_u32(w1)
-    r = tl.sqrt(-2.0 * tl.log(u0))
-    theta = 6.283185307179586 * u1
-    return r * tl.cos(theta), r * tl.sin(theta)
-
-
-def u32_as_i32(x: int) -> int:
-    """The int32 with the bit pattern of the uint32 ``x`` (to pass it as an i32 kernel argument)."""
-    if not 0 <= x < 1 << 32:
-        raise ValueError(f"not a uint32: {x}")
-    return x - (1 << 32) if x >= 1 << 31 else x
-
-
-def check_index(index: torch.Tensor, bound: int | None, name: str, device: torch.device
-                ) -> torch.Tensor:
-    """1-D integer index on ``device`` with values in [0, bound) (unchecked when ``bound`` is
-    None), as contiguous int64.
-
-    The kernels gather with these indices, so an out-of-range value would read out of bounds;
-    checking costs one small device-to-host read.
-    """
-    if index.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(index.shape)}")
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
-    if index.device != device:
-        raise ValueError(f"{name} is on {index.device}, expected {device}")
-    if bound is not None and index.numel():
-        lo, hi = (int(x) for x in torch.aminmax(index))
-        if lo < 0 or hi >= bound:
-            raise IndexError(f"{name} has values in [{lo}, {hi}], outside [0, {bound})")
-    return index.to(torch.int64).contiguous()
-
-
-# --------------------------------------------------------------------------------------------
-# Perturbation kernel
-# --------------------------------------------------------------------------------------------
 @triton.jit
 def _fill_quarter(a_row, o_row, e, row_ok, E, keep, fill):
     """Write out[t, k, e] = acts[v, k, e] where kept else ``fill``, for one quarter of the quads.
@@ -105,7 +37,8 @@ def _fill_quarter(a_row, o_row, e, row_ok, E, keep, fill):
 @triton.jit(do_not_specialize=["key0", "key1", "threshold"])
 def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr,
                     out_ptr, mask_ptr, K, E, key0, key1, threshold,
-                    FILL: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+                    FILL: tl.constexpr, MASK_TAG: tl.constexpr, NOISE_TAG: tl.constexpr,
+                    CLASS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
     # One program: one sample t and BLOCK_C channels, looping over the E spatial elements in
     # quads of 4 (one Philox call gives the noise of 4 consecutive elements, as in rng.fill_noise).
     t = tl.program_id(0).to(tl.int64)
@@ -119,11 +52,11 @@ def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr
     s = tl.load(sample_ptr + t).to(tl.uint32)
     cls = tl.load(class_ptr + t)
 
-    # Keep mask of (t, k): counter (sample, k // 4, 0, TAG_MASK << 28), word k % 4. Computed once
-    # per (sample, channel) here and stored for the statistics.
+    # Keep mask of (t, k): counter (sample, k // 4, 0, MASK_TAG), word k % 4. Computed once per
+    # (sample, channel) here and stored for the statistics.
     zero = tl.zeros([BLOCK_C], dtype=tl.uint32)
     m0, m1, m2, m3 = philox4x32_10(zero + s, (k // 4).to(tl.uint32), zero,
-                                   zero + (1 << 28), k0, k1)
+                                   zero + MASK_TAG, k0, k1)
     j = k % 4
     word = tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
     keep = word < thr
@@ -136,8 +69,8 @@ def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr
     # Skip the Philox and Box-Muller work for blocks without a disabled channel (with BLOCK_C == 1,
     # for large maps, that is every kept channel).
     n_drop = tl.sum((~keep & row_ok).to(tl.int32), axis=0)
-    # Noise counter (sample, channel, quad, (class & 0x0FFFFFFF) | TAG_NOISE << 28).
-    c3 = ((cls & 0x0FFFFFFF) | (2 << 28)).to(tl.uint32)
+    # Noise counter (sample, channel, quad, (class & CLASS_MASK) | NOISE_TAG).
+    c3 = ((cls & CLASS_MASK) | NOISE_TAG).to(tl.uint32)
     ck = k.to(tl.uint32)
 
     Q = (E + 3) // 4
@@ -179,10 +112,14 @@ def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr
 
 
 def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
-                   samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
+                   samples: torch.Tensor, *, key: tuple[int, int], threshold: int,
+                   mask_tag: int, noise_tag: int, class_mask: int, fill: str,
                    mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``perturb_reference`` in one launch: (T, K, *spatial) activations and (T, K) bool masks.
 
+    key, threshold: the uint32 Philox key words and keep threshold (``rng.seed_key``,
+    ``rng.keep_threshold``); mask_tag, noise_tag, class_mask: the counter layout's tag words and
+    class bits (``rng.MASK_TAG_WORD``, ``rng.NOISE_TAG_WORD``, ``rng.CLASS_BITS``).
     Masks are bit-identical to ``rng.keep_masks``; noise matches ``rng.fill_noise`` to float32
     rounding of log/cos/sin (~1e-6 relative).
     """
@@ -201,7 +138,7 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
             raise ValueError(f"view, classes and samples must be 1-D of one length, got "
                              f"{tuple(view.shape)}, {tuple(classes.shape)}, {tuple(samples.shape)}")
     view = check_index(view, v_count, "view", device)
-    classes = check_index(classes, None, "classes", device)  # only its low 28 bits are used
+    classes = check_index(classes, None, "classes", device)  # only its class_mask bits are used
     samples = check_index(samples, 1 << 32, "samples", device)
     for name, stat in (("mu", mu), ("sigma", sigma)):
         if stat.shape != (k,):
@@ -210,8 +147,8 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
             raise ValueError(f"{name} is on {stat.device}, expected {device}")
     mu = mu.to(torch.float32).contiguous()
     sigma = sigma.to(torch.float32).contiguous()
-    key0, key1 = rng.seed_key(seed)
-    threshold = rng.keep_threshold(p_keep)
+    key0, key1 = (u32_as_i32(x) for x in key)
+    threshold = u32_as_i32(threshold)
     acts = acts.contiguous()
 
     out = torch.empty((t, k, *spatial), dtype=acts.dtype, device=device)
@@ -226,6 +163,7 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
     block_c = 1 if block_q >= 256 else min(triton.next_power_of_2(k), max(1, 256 // block_q))
     grid = (t, triton.cdiv(k, block_c))
     _perturb_kernel[grid](acts, view, classes, samples, mu, sigma, out, masks, k, e,
-                          u32_as_i32(key0), u32_as_i32(key1), u32_as_i32(threshold),
-                          FILL=_FILL_CODES[fill], BLOCK_C=block_c, BLOCK_Q=block_q)
+                          key0, key1, threshold,
+                          FILL=_FILL_CODES[fill], MASK_TAG=mask_tag, NOISE_TAG=noise_tag,
+                          CLASS_MASK=class_mask, BLOCK_C=block_c, BLOCK_Q=block_q)
     return out, masks.view(torch.bool)

@@ -1,10 +1,11 @@
 """One FISTA iteration for all classes: a tiled (K, K) @ (K, C) product with a fused epilogue.
 
-Reference: ``chip_fast.solver.fista_step_reference``. Per output tile (BLOCK_M channels x BLOCK_N
-classes) the program accumulates (gram @ v) over K, then, without writing the product back,
-applies the gradient step u = v - eta (gram v - r), the soft-threshold at eta * lam_c, the
-optional clamp at 0 and the momentum v_next = w_next + momentum (w_next - w), and stores w_next
-and v_next. One launch per iteration instead of ~8 element-wise PyTorch kernels.
+Reference: ``chip_fast.prox.fista_step_reference``; ``chip_fast.prox.fista_step`` dispatches
+here on CUDA. Per output tile (BLOCK_M channels x BLOCK_N classes) the program accumulates
+(gram @ v) over K, then, without writing the product back, applies the gradient step
+u = v - eta (gram v - r), the soft-threshold at eta * lam_c, the optional clamp at 0 and the
+momentum v_next = w_next + momentum (w_next - w), and stores w_next and v_next. One launch per
+iteration instead of ~8 element-wise PyTorch kernels.
 
 Precision:
 - float32: ``tl.dot(..., input_precision="ieee")``, i.e. true fp32 products (no TF32), as the
