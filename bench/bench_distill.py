@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 import chip_fast
-from chip_fast.layers import SplitModel
+from chip_fast.split import SplitModel
 
 CLASSES = int(os.environ.get("CHIP_BENCH_CLASSES", "100"))
 SAMPLES = int(os.environ.get("CHIP_BENCH_SAMPLES", "512"))

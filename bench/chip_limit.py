@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.distill import DistillJob, DistillSettings
+from chip_fast.distill import DistillJob
+from chip_fast.plan import DistillSettings
 from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
@@ -46,17 +47,18 @@ def class_deviations(model: torch.nn.Module, classes: list[int]
                      [LAYER], DistillSettings(samples_per_class=2048, augment=8), classes)
     try:
         with torch.inference_mode():
-            job.fill_statistics()
-            d = torch.zeros(job.num_classes, job.channels[LAYER], dtype=torch.float64)
+            job.measure_fill_statistics()
+            d = torch.zeros(job.plan.num_classes, job.plan.channels[LAYER], dtype=torch.float64)
             m = torch.zeros_like(d)
+            runner = job.runner
             for c in classes:
-                views = job._load_views([(c, v) for v in range(job.plan.views[c])])
-                a = job.split.activation(job._prefix(views), LAYER).double()
+                views = runner.load_views([(c, v) for v in range(job.plan.views.views[c])])
+                a = runner.split.activation(runner.prefix(views), LAYER).double()
                 m[c] = a.mean((0, 2, 3))
-                d[c] = m[c] - job.mu[LAYER].double()
+                d[c] = m[c] - job.state.mu[LAYER].double()
     finally:
         job.close()
-    return d, m, job.num_classes
+    return d, m, job.plan.num_classes
 
 
 def limit_importance(model: torch.nn.Module, classes: list[int], coef: torch.Tensor,

@@ -21,8 +21,10 @@ import torch
 import torchvision
 
 import chip_fast
-import chip_fast.distill as distill_mod
-from chip_fast.layers import SplitModel
+import chip_fast.fit as fit_mod
+import chip_fast.unit_runner as runner_mod
+from chip_fast.plan import resolve_settings
+from chip_fast.split import SplitModel
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / ".." / "shared" / "data" / "weights" / "mobilenet_v2_imagenet1k.pth"
@@ -54,10 +56,10 @@ def timed_stages(device: torch.device):
         setattr(owner, name, timed)
         return owner, name, real
 
-    patches = [wrap(distill_mod, "perturb", "perturbation"),
-               wrap(distill_mod, "response_sums", "statistics"),
-               wrap(distill_mod, "solve_lasso", "solve"),
-               wrap(distill_mod, "mask_moments", "statistics"),
+    patches = [wrap(runner_mod, "perturb", "perturbation"),
+               wrap(runner_mod, "response_sums", "statistics"),
+               wrap(fit_mod, "solve_lasso", "solve"),
+               wrap(fit_mod, "mask_moments", "statistics"),
                wrap(SplitModel, "run_tail", "tail forward"),
                wrap(SplitModel, "run_prefix", "prefix forward")]
     try:
@@ -90,7 +92,7 @@ def main() -> None:
                                       samples_per_class=args.samples, augment=2,
                                       batch_size=args.batch_size, progress=False)
         wall = time.perf_counter() - t0
-    batch = args.batch_size or chip_fast.DistillSettings().resolved(device).batch_size
+    batch = args.batch_size or resolve_settings(chip_fast.DistillSettings(), device).batch_size
     samples = args.classes * args.samples
     overhead = totals["perturbation"] + totals["statistics"] + totals["solve"]
     result = {

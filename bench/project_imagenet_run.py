@@ -19,7 +19,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import chip_fast
-from chip_fast.layers import SplitModel
+from chip_fast.split import SplitModel
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = 1e8

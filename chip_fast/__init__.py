@@ -5,11 +5,13 @@
 """
 __version__ = "0.1.0"
 
-from .data import ImageError, ImageFolderSource, Preprocess, TensorSource  # noqa: E402
-from .distill import DistillSettings, distill_all_classes  # noqa: E402
+from .data import ImageError, ImageFolderSource, TensorSource  # noqa: E402
+from .preprocess import Preprocess  # noqa: E402
+from .distill import distill_all_classes  # noqa: E402
 from .explain import explain  # noqa: E402
 from .importance import Importance, ImportanceFileError, load_importance  # noqa: E402
 from .layers import LayerError, default_layers  # noqa: E402
+from .plan import DistillSettings  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -1,4 +1,8 @@
-"""The ``chip-fast`` command: distill, explain, evaluate, demo."""
+"""The ``chip-fast`` command: distill, explain, evaluate, demo.
+
+Owns the command line: parsing options and turning errors into messages. Every subcommand calls
+the library's one function for it (``distill_all_classes``, ``explain``, ``evaluate``,
+``run_demo``) and computes nothing itself."""
 from __future__ import annotations
 
 import argparse
@@ -48,8 +52,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from .data import ImageFolderSource
-    from .distributed import distill_distributed, distributed_options
-    from .models import load_model, preprocess_for
+    from .distill import distill_all_classes
+    from .models import load_model
+    from .preprocess import preprocess_for
     data = ImageFolderSource(args.data, mapping_file=args.mapping_file,
                              preprocess=preprocess_for(args.arch), on_error=args.on_error,
                              decode_device=args.decode_device)
@@ -57,14 +62,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
                   samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
                   fill=args.fill, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                   augment=args.augment, batch_size=args.batch_size)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("layers", "classes")}
-    # One path for one process and for torchrun's many: distill_distributed runs alone when no
+    # One path for one process and for torchrun's many: distill_all_classes runs alone when no
     # process group is launched, and shards class groups across ranks when one is.
     # The model loads on the CPU: each rank then picks its own device (cuda:LOCAL_RANK), so no
     # rank opens a context on GPU 0.
     model = load_model(args.arch, args.weights, "cpu")
-    distill_distributed(model, data, out=args.out, checkpoint_dir=args.checkpoint,
-                        device=args.device, **distributed_options(args), **kwargs)
+    distill_all_classes(model, data, out=args.out, checkpoint=args.checkpoint,
+                        device=_device(args.device), max_memory=args.max_memory,
+                        timeout=args.dist_timeout, checkpoint_every=args.checkpoint_every,
+                        **kwargs)
     return 0
 
 
@@ -88,8 +94,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .data import ImageError, load_image
     from .explain import explain
     from .importance import load_importance
-    from .models import load_model, preprocess_for
-    from .overlay import blend, denormalize, save_png
+    from .models import load_model
+    from .preprocess import preprocess_for
+    from .overlay import blend, save_png
     device = _device(args.device)
     model = load_model(args.arch, args.weights, device)
     imp = load_importance(args.importance)
@@ -113,7 +120,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                         positive=not args.signed)[0].cpu().numpy()
             name = imp.class_names[c] if imp.class_names else str(c)
             target = out / f"{path.stem}_class{c}.png"
-            save_png(blend(denormalize(x[0], prep.mean, prep.std), m), target)
+            save_png(blend(prep.denormalize(x[0]), m), target)
             print(f"{target}  ({name})")
             written += 1
     return 0 if written else 1
@@ -152,9 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or chosen from --max-memory)")
     d.add_argument("--checkpoint", help="checkpoint folder: saved every --checkpoint-every seconds; "
                                          "rerunning the same command resumes from it")
-    d.add_argument("--max-memory", help="memory budget per process, e.g. 8GiB: sets the batch sizes")
-    from .distributed import configure_distributed_args
-    configure_distributed_args(d)
+    d.add_argument("--checkpoint-every", type=float, default=300.0, metavar="S",
+                   help="seconds between checkpoints (default 300)")
+    d.add_argument("--max-memory", metavar="SIZE",
+                   help="memory budget per process, e.g. 8GiB: chooses the batch size and the "
+                        "samples per unit (recorded in the output; do not give --batch-size)")
+    d.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                   help="under torchrun: seconds a collective or a silent rank may take before "
+                        "the job fails (default 600)")
     d.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="an image that cannot be decoded: name it and go on, or stop")
     d.add_argument("--decode-device", help="decode JPEGs with torchvision on this device "

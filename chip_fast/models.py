@@ -1,19 +1,13 @@
-"""Loading the classifiers the command line works on, with their preprocessing."""
+"""Loading the classifiers the command line works on.
+
+Owns finding an architecture and reading its weights; how its inputs are preprocessed is
+``chip_fast.preprocess``'s."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-
-
-def preprocess_for(arch: str) -> Preprocess:
-    """The input preprocessing an architecture was trained with."""
-    if arch == "efficientnet_lite0":
-        return Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 def load_model(arch: str, weights: str | Path | None = None,

@@ -1,10 +1,11 @@
-"""Heat-map overlays: a CHIP map blended on its photo, written as PNG."""
+"""Heat-map overlays: a CHIP map blended on its photo, written as PNG.
+
+Owns colours and blending only; maps come from ``chip_fast.explain``."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
 # Anchor colours of a perceptually ordered map (dark blue -> cyan -> yellow -> red), linearly
 # interpolated: enough for a heat map without making matplotlib a dependency.
@@ -18,12 +19,6 @@ def colormap(values: np.ndarray) -> np.ndarray:
     i = np.minimum(v.astype(int), len(_ANCHORS) - 2)
     f = (v - i)[..., None]
     return _ANCHORS[i] * (1 - f) + _ANCHORS[i + 1] * f
-
-
-def denormalize(image: torch.Tensor, mean, std) -> np.ndarray:
-    """A preprocessed (3, H, W) tensor back to an (H, W, 3) float image in [0, 1]."""
-    x = image.detach().cpu().float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def blend(photo: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:

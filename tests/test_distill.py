@@ -4,8 +4,10 @@ from torch import nn
 
 import chip_fast
 from chip_fast.data import make_view
-from chip_fast.distill import DistillJob, DistillSettings, response_of
+from chip_fast.distill import DistillJob
 from chip_fast.perturb import perturb_reference
+from chip_fast.plan import DistillSettings
+from chip_fast.unit_runner import UnitRunner, response_of
 
 
 class Planted(nn.Module):
@@ -65,13 +67,13 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data):
     settings = DistillSettings(samples_per_class=20, seed=11, augment=3, samples_per_unit=8,
                                classes_per_unit=2, batch_size=7)
     job = DistillJob(tiny_net, tiny_data, ["features.1"], settings, classes=[1, 4])
-    job.prepare()
-    job.run_pending(job.pending())
+    job.measure_fill_statistics()
+    job.run_pending(job.state.pending())
     images, labels = tiny_data
     n_views = 2 * 3  # 2 images per class x 3 views
     for slot, c in enumerate([1, 4]):
         own = images[labels == c]
-        szy = torch.zeros(job.channels["features.1"], dtype=torch.float64)
+        szy = torch.zeros(job.plan.channels["features.1"], dtype=torch.float64)
         for i in range(settings.samples_per_class):
             v = i * n_views // settings.samples_per_class
             x = make_view(own[v % 2], c, v, 2, settings.seed)[None]
@@ -79,11 +81,12 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data):
                 a = tiny_net.features[1](tiny_net.features[0](x))
                 pert, z = perturb_reference(a, torch.tensor([0]), torch.tensor([c]), torch.tensor([i]),
                                             seed=11, p_keep=0.5, fill="noise",
-                                            mu=job.mu["features.1"], sigma=job.sigma["features.1"])
+                                            mu=job.state.mu["features.1"],
+                                            sigma=job.state.sigma["features.1"])
                 logits = tiny_net.classifier(torch.flatten(tiny_net.pool(tiny_net.features[2](pert)), 1))
             y = response_of(logits, torch.tensor([c]), "logit")
             szy += z[0].double() * y.double()
-        torch.testing.assert_close(job.sum_zy["features.1"][slot], szy, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(job.state.sum_zy["features.1"][slot], szy, rtol=1e-5, atol=1e-6)
 
 
 def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_path, monkeypatch):
@@ -91,20 +94,20 @@ def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_pat
                   progress=False, samples_per_unit=16, classes_per_unit=2)
     whole = chip_fast.distill_all_classes(tiny_net, tiny_data, **kwargs)
     ckpt = tmp_path / "job.ckpt"
-    real = DistillJob.run_unit
+    real = UnitRunner.run
     calls = {"n": 0}
 
-    def dies_after_four(self, unit):
+    def dies_after_four(self, *args):
         calls["n"] += 1
         if calls["n"] > 4:
             raise KeyboardInterrupt("killed")
-        return real(self, unit)
+        return real(self, *args)
 
-    monkeypatch.setattr(DistillJob, "run_unit", dies_after_four)
+    monkeypatch.setattr(UnitRunner, "run", dies_after_four)
     with pytest.raises(KeyboardInterrupt):
         chip_fast.distill_all_classes(tiny_net, tiny_data, checkpoint=ckpt, checkpoint_every=0, **kwargs)
     assert ckpt.exists()
-    monkeypatch.setattr(DistillJob, "run_unit", real)
+    monkeypatch.setattr(UnitRunner, "run", real)
     resumed = chip_fast.distill_all_classes(tiny_net, tiny_data, checkpoint=ckpt, **kwargs)
     for layer in whole.layers:
         assert torch.equal(whole.weights[layer], resumed.weights[layer])

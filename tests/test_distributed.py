@@ -21,9 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from chip_fast.distill import DistillJob, DistillSettings, distill_all_classes
-from chip_fast.distributed import (MemoryPlan, configure_distributed_args, distill_distributed,
-                                   distributed_options, parse_bytes, plan_memory, resume)
+from chip_fast.checkpoint import CheckpointStore
+from chip_fast.cli import build_parser
+from chip_fast.distill import DistillJob, distill_all_classes
+from chip_fast.plan import DistillSettings, MemoryPlan, parse_bytes, plan_memory
+from chip_fast.unit_runner import UnitRunner
 
 HERE = Path(__file__).resolve()
 LAYERS = ["features.3", "features.5"]
@@ -223,19 +225,21 @@ def test_resume_with_another_world_size(tmp_path, reference):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     with one_thread():
-        def partial(units, name):
+        def partial(units, rank, world):
             job = DistillJob(make_model(), make_data(), LAYERS, DistillSettings(**SETTINGS))
-            job.prepare()
-            job.run_pending([u for u in job.units if (u.group, u.block) in units])
-            job.save_checkpoint(ckpt / name)
-        partial({(0, 0), (0, 1), (0, 2), (0, 3), (2, 0), (2, 1)}, "rank-0-of-2.ckpt")
-        partial({(1, 0)}, "rank-1-of-2.ckpt")
-        partial({(0, 0)}, "rank-0-of-4.ckpt")
+            job.measure_fill_statistics()
+            job.run_pending([u for u in job.plan.units if (u.group, u.block) in units])
+            CheckpointStore(ckpt, job.identity, rank, world).save(job.state)
+        partial({(0, 0), (0, 1), (0, 2), (0, 3), (2, 0), (2, 1)}, 0, 2)
+        partial({(1, 0)}, 1, 2)
+        partial({(0, 0)}, 0, 4)
+        assert sorted(p.name for p in ckpt.iterdir()) == [
+            "rank-0-of-2.ckpt", "rank-0-of-4.ckpt", "rank-1-of-2.ckpt"]
         job = DistillJob(make_model(), make_data(), LAYERS, DistillSettings(**SETTINGS))
-        assert resume(job, ckpt)
-        assert job.done_blocks == [4, 1, 2, 0]
+        assert CheckpointStore(ckpt, job.identity).restore(job.state, torch.device("cpu"))
+        assert job.state.done_blocks == [4, 1, 2, 0]
         out = tmp_path / "imp.safetensors"
-        distill_distributed(make_model(), make_data(), LAYERS, out=out, checkpoint_dir=ckpt,
+        distill_all_classes(make_model(), make_data(), LAYERS, out=out, checkpoint=ckpt,
                             progress=False, **SETTINGS)
     assert_same_file(out, reference)
 
@@ -244,17 +248,17 @@ def test_damaged_or_foreign_checkpoint_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "rank-1-of-2.ckpt").write_bytes(b"\x00garbage")
-    kw = dict(out=tmp_path / "imp.safetensors", checkpoint_dir=ckpt, progress=False)
+    kw = dict(out=tmp_path / "imp.safetensors", checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match=r"rank-1-of-2.ckpt is damaged"):
-        distill_distributed(make_model(), make_data(), LAYERS, **kw, **SETTINGS)
+        distill_all_classes(make_model(), make_data(), LAYERS, **kw, **SETTINGS)
     (ckpt / "rank-1-of-2.ckpt").unlink()
-    distill_distributed(make_model(), make_data(), LAYERS, **kw, **SETTINGS)
+    distill_all_classes(make_model(), make_data(), LAYERS, **kw, **SETTINGS)
     with pytest.raises(ValueError, match="belongs to another job"):
-        distill_distributed(make_model(), make_data(), LAYERS, **kw, **{**SETTINGS, "seed": 4})
+        distill_all_classes(make_model(), make_data(), LAYERS, **kw, **{**SETTINGS, "seed": 4})
     (ckpt / "x").write_text("")
     with pytest.raises(ValueError, match="is a file"):
-        distill_distributed(make_model(), make_data(), LAYERS,
-                            **{**kw, "checkpoint_dir": ckpt / "x"}, **SETTINGS)
+        distill_all_classes(make_model(), make_data(), LAYERS,
+                            **{**kw, "checkpoint": ckpt / "x"}, **SETTINGS)
 
 
 def test_memory_budget_maps_to_settings(tmp_path):
@@ -278,9 +282,9 @@ def test_memory_budget_maps_to_settings(tmp_path):
     settings = {k: v for k, v in SETTINGS.items() if k not in ("batch_size", "samples_per_unit")}
     out = tmp_path / "imp.safetensors"
     with pytest.raises(ValueError, match="not both"):
-        distill_distributed(model, make_data(), LAYERS, out=out, max_memory="2MiB",
+        distill_all_classes(model, make_data(), LAYERS, out=out, max_memory="2MiB",
                             progress=False, **SETTINGS)
-    imp = distill_distributed(model, make_data(), LAYERS, out=out, max_memory="2MiB",
+    imp = distill_all_classes(model, make_data(), LAYERS, out=out, max_memory="2MiB",
                               progress=False, **settings)
     assert imp.settings["max_memory"] == "2MiB"
     assert imp.settings["batch_size"] == small.batch_size
@@ -289,16 +293,11 @@ def test_memory_budget_maps_to_settings(tmp_path):
 
 
 def test_cli_options():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint-every", type=float, default=60.0)   # the CLI's own
-    parser.add_argument("--max-memory")
-    configure_distributed_args(parser)
-    args = parser.parse_args(["--max-memory", "4GiB", "--dist-timeout", "30"])
-    assert distributed_options(args) == {"max_memory": "4GiB", "timeout": 30.0,
-                                         "checkpoint_every": 60.0}
-    args = configure_distributed_args(argparse.ArgumentParser()).parse_args([])
-    assert distributed_options(args) == {"max_memory": None, "timeout": 600.0,
-                                         "checkpoint_every": 300.0}
+    base = ["distill", "--arch", "resnet18", "--data", "d", "--out", "o"]
+    args = build_parser().parse_args(base + ["--max-memory", "4GiB", "--dist-timeout", "30"])
+    assert (args.max_memory, args.dist_timeout, args.checkpoint_every) == ("4GiB", 30.0, 300.0)
+    args = build_parser().parse_args(base + ["--checkpoint-every", "60"])
+    assert (args.max_memory, args.dist_timeout, args.checkpoint_every) == (None, 600.0, 60.0)
 
 
 # -- the worker torchrun starts -----------------------------------------------------------------
@@ -315,20 +314,20 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
-    run_unit = DistillJob.run_unit
+    run_unit = UnitRunner.run
     calls = [0]
 
-    def hooked(self, unit):
+    def hooked(self, *args):
         if rank == a.die_rank and calls[0] >= a.die_after:
             os._exit(7)    # abrupt: no cleanup, no message, like a killed process
         calls[0] += 1
         time.sleep(a.unit_sleep)
-        return run_unit(self, unit)
-    DistillJob.run_unit = hooked
+        return run_unit(self, *args)
+    UnitRunner.run = hooked
     settings = dict(SETTINGS)
     if rank == 1 and a.seed_rank1 is not None:
         settings["seed"] = a.seed_rank1
-    distill_distributed(make_model(), make_data(), LAYERS, out=a.out, checkpoint_dir=a.ckpt,
+    distill_all_classes(make_model(), make_data(), LAYERS, out=a.out, checkpoint=a.ckpt,
                         timeout=a.timeout, checkpoint_every=a.checkpoint_every, **settings)
 
 

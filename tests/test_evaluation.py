@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from chip_fast.evaluation import metrics as M
-from chip_fast.evaluation.annotations import (AnnotationError, read_loc_csv, read_synset_mapping,
-                                              read_voc_xml, transform_boxes)
-from chip_fast.evaluation.dataset import LocSample, load_val_dir, preprocess
+from chip_fast.classes import read_mapping
+from chip_fast.evaluation.annotations import AnnotationError, read_loc_csv, read_voc_xml
+from chip_fast.evaluation.dataset import LocSample, load_val_dir
+from chip_fast.preprocess import Preprocess, transform_boxes
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -181,10 +182,10 @@ def test_read_voc_xml(tmp_path):
 def test_synset_mapping(tmp_path):
     p = tmp_path / "syn.txt"
     p.write_text("n01 tench, Tinca tinca\nn02 goldfish\n")
-    assert read_synset_mapping(p)[1] == {"n01": 0, "n02": 1}
+    assert read_mapping(p) == (["n01", "n02"], ["tench, Tinca tinca", "goldfish"])
     p.write_text("n01 tench\n\nn02 goldfish\n")
-    with pytest.raises(AnnotationError, match=r"syn\.txt:2"):
-        read_synset_mapping(p)
+    with pytest.raises(ValueError, match=r"syn\.txt:2"):
+        read_mapping(p)
 
 
 def test_box_transforms_resize_and_center_crop():
@@ -206,7 +207,7 @@ def test_boxes_follow_the_pixels(mode):
     img = np.zeros((300, 400, 3), np.uint8)
     img[90:210, 150:330] = 255
     box = np.array([[150, 90, 330, 210.]])
-    x = preprocess(Image.fromarray(img), mode, 224, 256)
+    x = Preprocess(size=224, resize=256, mode=mode)(Image.fromarray(img))
     bright = (x[0] > 0).numpy()
     ys, xs = np.nonzero(bright)
     got = transform_boxes(box, (400, 300), mode, 224, 256)[0]
@@ -223,7 +224,7 @@ def test_load_val_dir_csv_and_xml(tmp_path):
         # the XML refers to the original 400 x 200 photo: boxes follow the stored 100 x 200 one
         (tmp_path / "xml" / f"im{k}.xml").write_text(VOC.format(
             name=f"im{k}", w=400, h=200, wnid=wnid, x0=0, y0=0, x1=200, y1=100))
-    ds = load_val_dir(tmp_path, size=64)
+    ds = load_val_dir(tmp_path, preprocess=Preprocess(size=64, mode="resize"))
     assert len(ds) == 2 and ds.labels == [1, 0]
     s = ds[0]
     assert s.image.shape == (3, 64, 64) and np.allclose(s.boxes, [[0, 0, 32, 32]])

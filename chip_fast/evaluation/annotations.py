@@ -1,8 +1,8 @@
-"""ILSVRC localization annotations: CSV / Pascal-VOC XML reading and boxes through preprocessing.
+"""ILSVRC localization annotations: reading the CSV and Pascal-VOC XML files.
 
 Boxes are float arrays (N, 4) of ``x_min, y_min, x_max, y_max`` in the coordinates of the image
-they belong to, as written in the ILSVRC files; preprocessing scales them as continuous
-coordinates (the metrics treat them so, see metrics.py).
+they belong to, as written in the ILSVRC files; ``chip_fast.preprocess`` moves them through the
+model's preprocessing. The class order file is read by ``chip_fast.classes.read_mapping``.
 """
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
-
 
 class AnnotationError(ValueError):
     """Malformed annotation input; the message names the file (and line)."""
@@ -28,25 +25,6 @@ class ImageBoxes:
     boxes: np.ndarray                      # (N, 4) float64, x_min y_min x_max y_max
     size: tuple[int, int] | None = None    # (width, height) the boxes refer to; None = unknown
     wnids: list[str] = field(default_factory=list)  # one per box
-
-
-def read_synset_mapping(path: str | Path) -> tuple[list[str], dict[str, int]]:
-    """``LOC_synset_mapping.txt``: line i is ``wnid name...`` of class i."""
-    path = Path(path)
-    wnids: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split(maxsplit=1)
-            if not parts:
-                raise AnnotationError(f"{path}:{lineno}: empty line in a synset mapping")
-            if not parts[0].startswith("n"):
-                raise AnnotationError(f"{path}:{lineno}: expected a WordNet id like n01440764, "
-                                      f"got {parts[0]!r}")
-            wnids.append(parts[0])
-    index = {w: i for i, w in enumerate(wnids)}
-    if len(index) != len(wnids):
-        raise AnnotationError(f"{path}: duplicate WordNet ids")
-    return wnids, index
 
 
 def read_loc_csv(path: str | Path) -> dict[str, ImageBoxes]:
@@ -135,54 +113,3 @@ def _check_boxes(boxes: np.ndarray, where: str) -> None:
     if bad.any():
         raise AnnotationError(f"{where}: box {boxes[bad][0].tolist()} has x_max < x_min, "
                               f"y_max < y_min or a negative coordinate")
-
-
-# --- boxes through preprocessing ---------------------------------------------------------------
-
-def rescale_boxes(boxes: np.ndarray, src_size: tuple[int, int],
-                  dst_size: tuple[int, int]) -> np.ndarray:
-    """Boxes of an image of ``src_size`` (w, h) after resizing it to ``dst_size`` (w, h)."""
-    sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
-    return boxes * np.array([sx, sy, sx, sy])
-
-
-def resize_short_side_size(size: tuple[int, int], short: int) -> tuple[int, int]:
-    """(w, h) after torchvision's ``Resize(short)``: the long side is truncated, as torchvision does."""
-    w, h = size
-    if w <= h:
-        return short, int(short * h / w)
-    return int(short * w / h), short
-
-
-def center_crop_offset(size: tuple[int, int], crop: int) -> tuple[int, int]:
-    """(left, top) of torchvision's ``CenterCrop(crop)`` in an image of ``size`` (w, h)."""
-    w, h = size
-    return int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
-
-
-def crop_boxes(boxes: np.ndarray, offset: tuple[int, int], crop_size: tuple[int, int]) -> np.ndarray:
-    """Boxes after cropping at ``offset`` (left, top) to ``crop_size`` (w, h): shifted, clipped to
-    the crop; boxes left with no area inside the crop are dropped (they are not in the input)."""
-    left, top = offset
-    out = boxes - np.array([left, top, left, top], dtype=np.float64)
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, crop_size[0])
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, crop_size[1])
-    out = out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
-    return out
-
-
-def transform_boxes(boxes: np.ndarray, image_size: tuple[int, int], mode: str = "resize",
-                    size: int = 224, resize_short: int = 256) -> np.ndarray:
-    """Boxes of an image of ``image_size`` (w, h) through the model's preprocessing.
-
-    mode ``"resize"``: resize straight to size x size (aspect not kept, as for the pre-scaled
-    227x227 photos); ``"center_crop"``: resize the short side to ``resize_short``, then crop the
-    central size x size (boxes cut by the crop are clipped, boxes outside it dropped).
-    """
-    if mode == "resize":
-        return rescale_boxes(boxes, image_size, (size, size))
-    if mode == "center_crop":
-        mid = resize_short_side_size(image_size, resize_short)
-        return crop_boxes(rescale_boxes(boxes, image_size, mid),
-                          center_crop_offset(mid, size), (size, size))
-    raise ValueError(f"unknown preprocessing mode {mode!r}; use 'resize' or 'center_crop'")

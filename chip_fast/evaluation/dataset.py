@@ -1,4 +1,7 @@
-"""A localization evaluation set: preprocessed photos with their class and boxes in input pixels."""
+"""A localization evaluation set: preprocessed photos with their class and boxes in input pixels.
+
+Owns pairing photos with their annotations; the geometry that moves boxes with the pixels is
+``chip_fast.preprocess``'s, reading the annotation files ``annotations``'."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,12 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .annotations import (IMAGE_SUFFIXES, AnnotationError, ImageBoxes, center_crop_offset,
-                          read_loc_csv, read_synset_mapping, read_xml_dir,
-                          resize_short_side_size, transform_boxes)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..classes import read_mapping
+from ..preprocess import Preprocess
+from ..data import IMAGE_SUFFIXES
+from .annotations import AnnotationError, ImageBoxes, read_loc_csv, read_xml_dir
 
 
 @dataclass
@@ -24,34 +25,17 @@ class LocSample:
     boxes: np.ndarray        # (N, 4) ground-truth boxes in input pixels (x0, y0, x1, y1)
 
 
-def preprocess(img: Image.Image, mode: str = "resize", size: int = 224, resize_short: int = 256,
-               mean: tuple[float, ...] = IMAGENET_MEAN,
-               std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
-    """PIL image -> normalised (3, size, size) tensor, mirroring ``transform_boxes``."""
-    import torchvision.transforms.functional as TF
-    img = img.convert("RGB")
-    if mode == "resize":
-        img = TF.resize(img, [size, size])
-    elif mode == "center_crop":
-        w, h = resize_short_side_size(img.size, resize_short)
-        img = TF.resize(img, [h, w])
-        left, top = center_crop_offset((w, h), size)
-        img = TF.crop(img, top, left, size, size)
-    else:
-        raise ValueError(f"unknown preprocessing mode {mode!r}; use 'resize' or 'center_crop'")
-    return TF.normalize(TF.to_tensor(img), mean, std)
+# The pre-scaled 227x227 val photos are resized, not cropped, by default: a crop would cut boxes.
+DEFAULT_PREPROCESS = Preprocess(mode="resize")
 
 
 class LocDataset(torch.utils.data.Dataset):
     """Photos + ground truth; images load lazily, boxes follow the preprocessing."""
 
     def __init__(self, image_paths: list[Path], truth: list[ImageBoxes], labels: list[int],
-                 mode: str = "resize", size: int = 224, resize_short: int = 256,
-                 mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 preprocess: Preprocess = DEFAULT_PREPROCESS) -> None:
         self.image_paths, self.truth, self.labels = image_paths, truth, labels
-        self.mode, self.size, self.resize_short = mode, size, resize_short
-        self.mean, self.std = mean, std
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -64,27 +48,27 @@ class LocDataset(torch.utils.data.Dataset):
             if gt.size is not None and tuple(gt.size) != img.size:
                 # XML of the original release with a re-scaled photo: boxes follow the photo.
                 boxes = boxes * np.array([img.size[0] / gt.size[0], img.size[1] / gt.size[1]] * 2)
-            boxes = transform_boxes(boxes, img.size, self.mode, self.size, self.resize_short)
-            x = preprocess(img, self.mode, self.size, self.resize_short, self.mean, self.std)
+            boxes = self.preprocess.boxes(boxes, img.size)
+            x = self.preprocess(img)
         return LocSample(gt.image_id, x, self.labels[i], boxes)
 
 
 def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
                  synsets: str | Path | None = None, limit: int | None = None,
-                 mode: str = "resize", size: int = 224, resize_short: int = 256,
-                 mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD) -> LocDataset:
+                 preprocess: Preprocess = DEFAULT_PREPROCESS) -> LocDataset:
     """A folder with ``images/`` and either ``LOC_val_solution.csv`` or per-image XML files
     (``xml_dir``, else ``val_dir/xml`` or ``val_dir/Annotations``), plus ``LOC_synset_mapping.txt``.
 
     Images are taken in sorted file-name order; the first ``limit`` annotated ones are kept.
+    ``preprocess`` (default: a 224x224 resize with the ImageNet normalisation) makes the model
+    inputs, and the boxes follow its geometry.
     """
     val_dir = Path(val_dir)
     img_dir = val_dir / "images" if (val_dir / "images").is_dir() else val_dir
     synsets = Path(synsets) if synsets else val_dir / "LOC_synset_mapping.txt"
     if not synsets.is_file():
         raise FileNotFoundError(f"{synsets}: class order file (LOC_synset_mapping.txt) not found")
-    _, index = read_synset_mapping(synsets)
+    index = {w: i for i, w in enumerate(read_mapping(synsets)[0])}
     csv_path = val_dir / "LOC_val_solution.csv"
     if xml_dir is None and csv_path.is_file():
         truth = read_loc_csv(csv_path)
@@ -113,10 +97,4 @@ def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
             break
     if not paths:
         raise FileNotFoundError(f"{img_dir}: no images with annotations in {source}")
-    return LocDataset(paths, gts, labels, mode, size, resize_short, mean, std)
-
-
-def collate(samples: list[LocSample]) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray],
-                                               list[str]]:
-    return (torch.stack([s.image for s in samples]), torch.tensor([s.label for s in samples]),
-            [s.boxes for s in samples], [s.image_id for s in samples])
+    return LocDataset(paths, gts, labels, preprocess)

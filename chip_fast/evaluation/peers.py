@@ -1,6 +1,7 @@
 """Maps of peer methods, each a function ``(model, images, classes) -> (B, H, W)`` numpy float32
 in [0, 1] at the input size. The Grad-CAM family is computed by pytorch-grad-cam itself, so the
-numbers are that library's, not a re-implementation's."""
+numbers are that library's, not a re-implementation's. CAM reads its activation from
+``chip_fast.split``, as CHIP does."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -8,8 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..layers import capture_activations
-from ..maps import upsample_normalize_reference
+from ..class_maps import upsample_normalize_reference
+from ..split import split_model
 
 MapFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[int]], np.ndarray]
 
@@ -87,10 +88,10 @@ def cam(layer: str | None = None, batch_size: int = 64) -> MapFn:
         stage, head = find_gap_head(model)
         name = layer or stage
         out = []
-        with torch.no_grad(), capture_activations(model, [name]) as acts:
+        split = split_model(model, [name])
+        with torch.no_grad():
             for lo in range(0, len(images), batch_size):
-                model(images[lo:lo + batch_size])
-                a = acts[name]
+                a = split.forward(images[lo:lo + batch_size])[0][name]
                 if a.shape[1] != head.in_features:
                     raise ValueError(f"CAM at {layer!r}: {a.shape[1]} channels, but the head "
                                      f"takes {head.in_features}; CAM is only defined at the "

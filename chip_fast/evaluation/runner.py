@@ -1,5 +1,8 @@
 """``evaluate``: every method scored on the same images in one run, and the ``chip-fast
-evaluate`` subcommand (``configure_parser`` / ``main``)."""
+evaluate`` subcommand (``configure_parser`` / ``main``).
+
+Owns running the methods and writing results; the metrics are ``metrics``' and the maps the
+methods' own."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from ..preprocess import MODES
 from .dataset import LocSample
 from .peers import MapFn
 
@@ -83,35 +87,9 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
         ids += batch_ids
         n_f, n_s = max(0, min(len(x), n_faith - lo)), max(0, min(len(x), n_sanity - lo))
         for name, fn in methods.items():
-            a = acc[name]
-            if a["error"]:
-                continue
-            try:
-                t0 = time.perf_counter()
-                maps = fn(model, x, labels)
-                a["seconds"] += time.perf_counter() - t0
-                maps = _check_maps(maps, name, len(x), tuple(x.shape[-2:]))
-                a["ious"].append(M.localization_ious(maps, boxes, thresholds))
-                a["point"].append(M.pointing_game(maps, boxes, s.pointing_tolerance))
-                if n_f:
-                    c = M.deletion_insertion_curves(
-                        model, x[:n_f], maps[:n_f], labels[:n_f], n_steps=s.faithfulness_steps,
-                        substrate=s.substrate, batch_size=s.faithfulness_batch)
-                    a["del"].append(c["deletion"])
-                    a["ins"].append(c["insertion"])
-                    fraction = c["fraction"]
-            except Exception as e:  # noqa: BLE001 - reported in the results, run goes on
-                a["error"] = f"{type(e).__name__}: {e}"
-                log(f"[evaluate] {name}: skipped ({a['error']})")
-                continue
-            if n_s and not a["sanity_error"]:
-                try:
-                    rmaps = _check_maps(fn(rnd_model, x[:n_s], labels[:n_s]), name, n_s,
-                                        tuple(x.shape[-2:]))
-                    a["rho"].append(M.spearman_rows(maps[:n_s], rmaps))
-                except Exception as e:  # noqa: BLE001 - the other metrics stand
-                    a["sanity_error"] = f"{type(e).__name__}: {e}"
-                    log(f"[evaluate] {name}: no sanity check ({a['sanity_error']})")
+            f = _score_batch(name, fn, acc[name], model, rnd_model, x, labels, boxes, n_f, n_s,
+                             s, thresholds, log)
+            fraction = fraction if f is None else f
         log(f"[evaluate] {lo + len(x)}/{len(dataset)} images, "
             f"{time.perf_counter() - t_run:.0f} s")
 
@@ -121,38 +99,78 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
         "settings": asdict(s), "sanity_randomized_blocks": rnd_blocks,
         "faithfulness_images": n_faith, "sanity_images": n_sanity,
         "fraction": None if fraction is None else fraction.tolist(),
-        "image_ids": ids, "methods": {},
+        "image_ids": ids,
+        "methods": {name: _summarise(name, fn, acc[name], correct_arr, thresholds, fraction, s)
+                    for name, fn in methods.items()},
     }
-    for name, fn in methods.items():
-        a = acc[name]
-        r: dict = {"method": getattr(fn, "method", name), "layer": getattr(fn, "layer", "")}
-        if a["error"] or not a["ious"]:
-            r["error"] = a["error"] or "no images"
-            results["methods"][name] = r
-            continue
-        ious = np.concatenate(a["ious"])
-        r.update(M.localization_summary(ious, correct_arr, thresholds, s.iou_threshold,
-                                        s.top1_threshold))
-        r["pointing"] = float(np.concatenate(a["point"]).mean())
-        r["ms_per_image"] = 1000.0 * a["seconds"] / len(ious)
-        if a["del"]:
-            d, i = np.concatenate(a["del"]), np.concatenate(a["ins"])
-            r["deletion_auc"] = float(M.auc(d, fraction).mean())
-            r["insertion_auc"] = float(M.auc(i, fraction).mean())
-            r["deletion_curve"], r["insertion_curve"] = d.mean(0).tolist(), i.mean(0).tolist()
-        if a["sanity_error"]:
-            r["sanity_error"] = a["sanity_error"]
-        elif a["rho"]:
-            rho = np.concatenate(a["rho"])
-            r["sanity_spearman"] = float(np.nanmean(rho)) if np.isfinite(rho).any() else None
-        r["iou_at_top1_threshold"] = ious[:, M.threshold_index(thresholds, s.top1_threshold)].tolist()
-        results["methods"][name] = r
-
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(markdown_table(results))
     if plots:
         write_plots(results, out_dir, log)
     return results
+
+
+def _score_batch(name: str, fn: MapFn, a: dict, model, rnd_model, x: torch.Tensor,
+                 labels: list[int], boxes: list[np.ndarray], n_f: int, n_s: int,
+                 s: EvalSettings, thresholds: np.ndarray, log: Callable[[str], None]):
+    """Add one batch's scores of one method to its accumulator ``a``; returns the deletion
+    curves' fractions when it computed them. A method that raises is marked and skipped."""
+    if a["error"]:
+        return None
+    fraction = None
+    try:
+        t0 = time.perf_counter()
+        maps = fn(model, x, labels)
+        a["seconds"] += time.perf_counter() - t0
+        maps = _check_maps(maps, name, len(x), tuple(x.shape[-2:]))
+        a["ious"].append(M.localization_ious(maps, boxes, thresholds))
+        a["point"].append(M.pointing_game(maps, boxes, s.pointing_tolerance))
+        if n_f:
+            c = M.deletion_insertion_curves(
+                model, x[:n_f], maps[:n_f], labels[:n_f], n_steps=s.faithfulness_steps,
+                substrate=s.substrate, batch_size=s.faithfulness_batch)
+            a["del"].append(c["deletion"])
+            a["ins"].append(c["insertion"])
+            fraction = c["fraction"]
+    except Exception as e:  # noqa: BLE001 - reported in the results, run goes on
+        a["error"] = f"{type(e).__name__}: {e}"
+        log(f"[evaluate] {name}: skipped ({a['error']})")
+        return None
+    if n_s and not a["sanity_error"]:
+        try:
+            rmaps = _check_maps(fn(rnd_model, x[:n_s], labels[:n_s]), name, n_s,
+                                tuple(x.shape[-2:]))
+            a["rho"].append(M.spearman_rows(maps[:n_s], rmaps))
+        except Exception as e:  # noqa: BLE001 - the other metrics stand
+            a["sanity_error"] = f"{type(e).__name__}: {e}"
+            log(f"[evaluate] {name}: no sanity check ({a['sanity_error']})")
+    return fraction
+
+
+def _summarise(name: str, fn: MapFn, a: dict, correct: np.ndarray, thresholds: np.ndarray,
+               fraction, s: EvalSettings) -> dict:
+    """One method's row of the results from its accumulated scores."""
+    r: dict = {"method": getattr(fn, "method", name), "layer": getattr(fn, "layer", "")}
+    if a["error"] or not a["ious"]:
+        r["error"] = a["error"] or "no images"
+        return r
+    ious = np.concatenate(a["ious"])
+    r.update(M.localization_summary(ious, correct, thresholds, s.iou_threshold,
+                                    s.top1_threshold))
+    r["pointing"] = float(np.concatenate(a["point"]).mean())
+    r["ms_per_image"] = 1000.0 * a["seconds"] / len(ious)
+    if a["del"]:
+        d, i = np.concatenate(a["del"]), np.concatenate(a["ins"])
+        r["deletion_auc"] = float(M.auc(d, fraction).mean())
+        r["insertion_auc"] = float(M.auc(i, fraction).mean())
+        r["deletion_curve"], r["insertion_curve"] = d.mean(0).tolist(), i.mean(0).tolist()
+    if a["sanity_error"]:
+        r["sanity_error"] = a["sanity_error"]
+    elif a["rho"]:
+        rho = np.concatenate(a["rho"])
+        r["sanity_spearman"] = float(np.nanmean(rho)) if np.isfinite(rho).any() else None
+    r["iou_at_top1_threshold"] = ious[:, M.threshold_index(thresholds, s.top1_threshold)].tolist()
+    return r
 
 
 COLUMNS = [("layer", "layer", "{}"), ("GT-known@0.2", "gt_known@0.2", "{:.3f}"),
@@ -229,7 +247,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                              "and LOC_synset_mapping.txt")
     parser.add_argument("--xml-dir", help="per-image Pascal-VOC XML annotations (instead of CSV)")
     parser.add_argument("--synsets", help="LOC_synset_mapping.txt (default: in --val-dir)")
-    parser.add_argument("--preprocess", choices=("resize", "center_crop"), default="resize")
+    parser.add_argument("--preprocess", choices=MODES, default="resize")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--methods", default="chip,gradcam,gradcam++,layercam,cam",
@@ -291,7 +309,8 @@ def _out_channels(module: torch.nn.Module) -> int | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..models import load_model, preprocess_for
+    from ..models import load_model
+    from ..preprocess import preprocess_for
     from .dataset import load_val_dir
     from .peers import find_gap_head
     model = load_model(args.arch, args.weights, args.device)
@@ -311,8 +330,8 @@ def main(args: argparse.Namespace) -> int:
         children = [n for n, _ in dict(model.named_modules())[stage].named_children()]
         layers = [f"{stage}.{children[-1]}" if children else stage]
     dataset = load_val_dir(args.val_dir, xml_dir=args.xml_dir, synsets=args.synsets,
-                           limit=args.limit, mode=args.preprocess, size=args.size,
-                           mean=preprocess_for(args.arch).mean, std=preprocess_for(args.arch).std)
+                           limit=args.limit,
+                           preprocess=preprocess_for(args.arch, mode=args.preprocess, size=args.size))
     methods = build_methods(model, names, layers, importance)
     steps = int(round(1 / args.threshold_step))
     grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})

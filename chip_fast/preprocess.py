@@ -1,0 +1,125 @@
+"""Input preprocessing: the one definition of how a photo becomes a model input, per model family.
+
+Owns the geometry (resize + centre crop, or a plain resize) and the normalisation, and the same
+geometry applied to boxes, so evaluation boxes always follow the pixels. Model loading, image
+decoding and datasets live elsewhere (``models``, ``data``, ``evaluation.dataset``) and ask this
+module for their ``Preprocess``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODES = ("center_crop", "resize")
+
+# Families trained with another normalisation than torchvision's ImageNet mean/std.
+_FAMILY_NORMALISATION = {
+    "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),   # RGB in [-1, 1] (TF-Lite)
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """``mode="center_crop"``: resize the short side to ``resize``, centre-crop ``size`` (the
+    ImageNet evaluation transform); ``mode="resize"``: resize straight to ``size`` x ``size``
+    (aspect not kept). Then scale to [0, 1] and normalise with ``mean`` / ``std``."""
+    size: int = 224
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    mode: str = "center_crop"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown preprocessing mode {self.mode!r}; use one of {MODES}")
+
+    def geometry(self, image):
+        """The resize and crop alone: a PIL image, or a (3, H, W) tensor, at size x size."""
+        from torchvision.transforms import functional as TF
+        if self.mode == "resize":
+            return TF.resize(image, [self.size, self.size],
+                             **({"antialias": True} if torch.is_tensor(image) else {}))
+        if torch.is_tensor(image):
+            return TF.center_crop(TF.resize(image, self.resize, antialias=True), self.size)
+        return TF.center_crop(TF.resize(image, self.resize), self.size)
+
+    def __call__(self, image) -> torch.Tensor:
+        """A PIL image, or a (3, H, W) uint8 tensor (decoded by torchvision, on any device)."""
+        from torchvision.transforms import functional as TF
+        if torch.is_tensor(image):
+            image = self.geometry(image).float().div_(255)
+        else:
+            image = TF.to_tensor(self.geometry(image.convert("RGB")))  # grayscale/CMYK exist
+        return TF.normalize(image, self.mean, self.std)
+
+    def boxes(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """(N, 4) boxes of an image of ``image_size`` (w, h) through the same geometry."""
+        return transform_boxes(boxes, image_size, self.mode, self.size, self.resize)
+
+    def denormalize(self, image: torch.Tensor) -> np.ndarray:
+        """A preprocessed (3, H, W) tensor back to an (H, W, 3) float image in [0, 1]."""
+        x = image.detach().cpu().float() * torch.tensor(self.std)[:, None, None] \
+            + torch.tensor(self.mean)[:, None, None]
+        return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def preprocess_for(arch: str, **overrides) -> Preprocess:
+    """The preprocessing ``arch`` (a torchvision name or ``efficientnet_lite0``) was trained
+    with; ``overrides`` change the geometry (e.g. ``mode="resize"`` for pre-scaled photos)."""
+    mean, std = _FAMILY_NORMALISATION.get(arch, (IMAGENET_MEAN, IMAGENET_STD))
+    return replace(Preprocess(mean=mean, std=std), **overrides)
+
+
+# Boxes through the geometry: continuous coordinates, as the metrics treat them.
+
+def rescale_boxes(boxes: np.ndarray, src_size: tuple[int, int],
+                  dst_size: tuple[int, int]) -> np.ndarray:
+    """Boxes of an image of ``src_size`` (w, h) after resizing it to ``dst_size`` (w, h)."""
+    sx, sy = dst_size[0] / src_size[0], dst_size[1] / src_size[1]
+    return boxes * np.array([sx, sy, sx, sy])
+
+
+def resize_short_side_size(size: tuple[int, int], short: int) -> tuple[int, int]:
+    """(w, h) after torchvision's ``Resize(short)``: the long side is truncated, as torchvision does."""
+    w, h = size
+    if w <= h:
+        return short, int(short * h / w)
+    return int(short * w / h), short
+
+
+def center_crop_offset(size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """(left, top) of torchvision's ``CenterCrop(crop)`` in an image of ``size`` (w, h)."""
+    w, h = size
+    return int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
+
+
+def crop_boxes(boxes: np.ndarray, offset: tuple[int, int], crop_size: tuple[int, int]) -> np.ndarray:
+    """Boxes after cropping at ``offset`` (left, top) to ``crop_size`` (w, h): shifted, clipped to
+    the crop; boxes left with no area inside the crop are dropped (they are not in the input)."""
+    left, top = offset
+    out = boxes - np.array([left, top, left, top], dtype=np.float64)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, crop_size[0])
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, crop_size[1])
+    out = out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+    return out
+
+
+def transform_boxes(boxes: np.ndarray, image_size: tuple[int, int], mode: str = "resize",
+                    size: int = 224, resize_short: int = 256) -> np.ndarray:
+    """Boxes of an image of ``image_size`` (w, h) through the model's preprocessing.
+
+    mode ``"resize"``: resize straight to size x size (aspect not kept, as for the pre-scaled
+    227x227 photos); ``"center_crop"``: resize the short side to ``resize_short``, then crop the
+    central size x size (boxes cut by the crop are clipped, boxes outside it dropped).
+    """
+    if mode == "resize":
+        return rescale_boxes(boxes, image_size, (size, size))
+    if mode == "center_crop":
+        mid = resize_short_side_size(image_size, resize_short)
+        return crop_boxes(rescale_boxes(boxes, image_size, mid),
+                          center_crop_offset(mid, size), (size, size))
+    raise ValueError(f"unknown preprocessing mode {mode!r}; use 'resize' or 'center_crop'")

@@ -1,0 +1,237 @@
+"""The one way to get a layer's activation: the model cut at its layers with torch.fx.
+
+A ``SplitModel`` is the model as a prefix (input -> the layers' activations) and, per layer, a
+tail (that layer's activation -> logits). Distillation perturbs what the prefix returns and runs
+the tails; ``explain`` and the evaluation read the same prefix outputs, so the activation a map
+is built from is the activation distillation perturbed. Layers are module names or, where the
+operation is a function call (DenseNet's final ``F.relu``), fx node names.
+
+An activation that a later operation of the prefix modifies in place (a conv followed by
+``ReLU(inplace=True)``) is copied before that operation runs, so the prefix returns the layer's
+own output. Models that fx cannot trace get ``HookedModel``: forward hooks that copy the outputs,
+for maps only (distillation needs the tails).
+
+This module owns cutting and running the model; it never perturbs, scores or solves.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+import weakref
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .layers import LayerError, check_layers
+
+
+class UntraceableError(LayerError):
+    """torch.fx cannot trace the model, so it cannot be cut into prefix and tails."""
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` may write into its first argument (in-place ops)."""
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        if node.kwargs.get("inplace"):
+            return True
+        if node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+            return True
+        return getattr(node.target, "__name__", "").endswith("_")
+    return False
+
+
+def _mutated_later(node: fx.Node, within: set[fx.Node], modules: dict[str, nn.Module]) -> bool:
+    return any(u in within and u.args and u.args[0] is node and _mutates_first_argument(u, modules)
+               for u in node.users)
+
+
+@dataclass
+class Tail:
+    """layer -> logits. ``extras`` are other prefix values the tail reads (a skip connection
+    around the cut), given per image and gathered per sample. ``mutates_input``: the tail writes
+    into its input activation (an in-place ReLU right after the cut)."""
+    module: fx.GraphModule
+    extras: list[str]
+    mutates_input: bool
+
+
+class SplitModel:
+    """A model cut at one or more layers, so the prefix runs once per image batch and only the
+    tail runs per perturbation sample."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        modules = dict(model.named_modules())
+        try:
+            graph = _Tracer({l for l in layers if l in modules}).trace(model)
+        except Exception as e:  # fx raises many types for untraceable Python
+            check_layers(model, layers)
+            raise UntraceableError(f"chip_fast splits the model at the layer with torch.fx, which cannot "
+                             f"trace {type(model).__name__}: {type(e).__name__}: {e}") from e
+        nodes = list(graph.nodes)
+        functions = [n.name for n in nodes if n.op in ("call_function", "call_method")]
+        self.layers = check_layers(model, layers, functions)
+        self.root = fx.GraphModule(model, graph)
+        self._modules = dict(self.root.named_modules())
+        cut = {layer: self._cut_node(nodes, layer, modules) for layer in self.layers}
+        self.tails = {layer: self._tail(graph, cut[layer]) for layer in self.layers}
+        wanted = [cut[layer] for layer in self.layers]
+        extra_nodes = {n for t in self.tails.values() for n in t.extras}
+        wanted += [n for n in nodes if n.name in extra_nodes and n not in wanted]
+        self.prefix = self._prefix(graph, wanted)
+        self._prefix_names = [n.name for n in wanted]
+        self._layer_node = {layer: cut[layer].name for layer in self.layers}
+        # The tail that ends the model: the layer cut last in the graph's order.
+        self._last = max(self.layers, key=lambda l: nodes.index(cut[l]))
+
+    @staticmethod
+    def _cut_node(nodes: list[fx.Node], layer: str, modules: dict[str, nn.Module]) -> fx.Node:
+        if layer in modules:
+            calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
+            if len(calls) != 1:
+                raise LayerError(f"layer {layer!r} is called {len(calls)} times in forward; "
+                                 "chip_fast needs a layer that runs exactly once")
+            return calls[0]
+        return next(n for n in nodes if n.name == layer)
+
+    def _tail(self, graph: fx.Graph, cut: fx.Node) -> Tail:
+        downstream = {cut}
+        order = list(graph.nodes)
+        for n in order[order.index(cut) + 1:]:
+            if any(a in downstream for a in n.all_input_nodes):
+                downstream.add(n)
+        out = next(n for n in order if n.op == "output")
+        if out not in downstream:
+            raise LayerError(f"the model output does not depend on layer {cut.name!r}")
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {cut: g.placeholder("activation")}
+        extras: list[str] = []
+        for n in order:
+            if n in downstream and n is not cut:
+                for a in n.all_input_nodes:
+                    if a in env:
+                        continue
+                    if a.op == "get_attr":
+                        env[a] = g.node_copy(a, lambda x: env[x])
+                    else:
+                        extras.append(a.name)
+                        env[a] = g.placeholder(f"extra_{a.name}")
+                env[n] = g.node_copy(n, lambda x: env[x])
+        return Tail(fx.GraphModule(self.root, g), extras,
+                    _mutated_later(cut, downstream, self._modules))
+
+    def _prefix(self, graph: fx.Graph, wanted: list[fx.Node]) -> fx.GraphModule:
+        needed: set[fx.Node] = set()
+        stack = list(wanted)
+        while stack:
+            n = stack.pop()
+            if n not in needed:
+                needed.add(n)
+                stack.extend(n.all_input_nodes)
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        returned: dict[fx.Node, fx.Node] = {}
+        for n in graph.nodes:
+            if n in needed:
+                env[n] = g.node_copy(n, lambda x: env[x])
+                if n in wanted:
+                    # Copy before a later in-place op of the prefix overwrites the layer's output.
+                    returned[n] = (g.call_method("clone", (env[n],))
+                                   if _mutated_later(n, needed, self._modules) else env[n])
+        g.output(tuple(returned[n] for n in wanted))
+        return fx.GraphModule(self.root, g)
+
+    def run_prefix(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Activations of every layer (and the tails' extra inputs), keyed by node name."""
+        return dict(zip(self._prefix_names, self.prefix(x)))
+
+    def activation(self, prefix_out: dict[str, torch.Tensor], layer: str) -> torch.Tensor:
+        return prefix_out[self._layer_node[layer]]
+
+    def run_tail(self, layer: str, activation: torch.Tensor, prefix_out: dict[str, torch.Tensor],
+                 rows: torch.Tensor) -> torch.Tensor:
+        """Logits from perturbed ``activation`` (T, ...); extras are gathered by ``rows``."""
+        tail = self.tails[layer]
+        extras = [prefix_out[name].index_select(0, rows) for name in tail.extras]
+        return tail.module(activation, *extras)
+
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(activation of every layer, logits) of images ``x``: one pass through the model."""
+        out = self.run_prefix(x)
+        acts = {layer: self.activation(out, layer) for layer in self.layers}
+        last = acts[self._last]
+        if self.tails[self._last].mutates_input:
+            last = last.clone()
+        rows = torch.arange(len(x), device=x.device)
+        return acts, self.run_tail(self._last, last, out, rows)
+
+
+class HookedModel:
+    """For models fx cannot trace: the layers' outputs recorded by forward hooks (copied, so an
+    in-place op after the layer cannot change them), and the model's logits. Maps only."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        self.model = model
+        self.layers = check_layers(model, layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        with capture_activations(self.model, self.layers) as acts:
+            logits = self.model(x)
+        return dict(acts), logits
+
+
+@contextlib.contextmanager
+def capture_activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record copies of the outputs of ``layers`` during forward passes; hooks are removed on
+    exit, also when the body raises."""
+    layers = check_layers(model, layers)
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in layers:
+            def hook(_m, _i, out, name=name):
+                if not torch.is_tensor(out):
+                    raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
+                store[name] = out.clone()
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# Split models per model and layer list: tracing costs more than a batch of maps, and the split
+# shares the model's modules and parameters, so weight updates reach it.
+_splits: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], SplitModel | HookedModel]]" \
+    = weakref.WeakKeyDictionary()
+
+
+def split_model(model: nn.Module, layers: Sequence[str]) -> SplitModel | HookedModel:
+    """The model cut at ``layers`` (cached), or hooks where fx cannot trace it.
+
+    A wrong layer name raises LayerError listing the valid names in both cases.
+    """
+    key = tuple([layers] if isinstance(layers, str) else layers)
+    per_model = _splits.setdefault(model, {})
+    if key not in per_model:
+        try:
+            per_model[key] = SplitModel(model, key)
+        except UntraceableError:
+            per_model[key] = HookedModel(model, key)
+    return per_model[key]

@@ -1,0 +1,112 @@
+"""The running state of a distillation: streamed sums, fill statistics, progress per class group.
+
+Owns the float64 sums (per class: sum of z*y over its samples, sum of y) that the unit runner's
+partial results are added into, the per-channel fill statistics, and how many sample blocks of
+each class group are done. Everything that reads or writes this state from outside (checkpoints,
+the distributed runner) goes through the methods here. It never runs a model or solves.
+"""
+from __future__ import annotations
+
+import torch
+
+from .plan import DistillPlan, Unit
+
+Partial = dict[str, tuple[torch.Tensor, torch.Tensor]]   # layer -> (sum z*y (G, K), sum y (G,))
+
+
+class DistillState:
+    """Sums of every distilled class at every layer, and how far each class group got.
+
+    A group's blocks are added in order, so its rows are the same whichever process ran the
+    group and wherever a job was stopped.
+    """
+
+    def __init__(self, plan: DistillPlan) -> None:
+        self.plan = plan
+        n = len(plan.classes)
+        self.sum_zy = {l: torch.zeros(n, plan.channels[l], dtype=torch.float64) for l in plan.layers}
+        self.sum_y = {l: torch.zeros(n, dtype=torch.float64) for l in plan.layers}
+        self.done_blocks = [0] * len(plan.groups)
+        self.mu: dict[str, torch.Tensor] = {}      # per-channel fill mean of each layer
+        self.sigma: dict[str, torch.Tensor] = {}   # and standard deviation
+
+    # -- progress ---------------------------------------------------------------------------
+    def add(self, unit: Unit, partial: Partial) -> None:
+        """Add a finished unit; units of a group must come in block order."""
+        if unit.block != self.done_blocks[unit.group]:
+            raise RuntimeError(f"unit {unit} added out of order (group {unit.group} has "
+                               f"{self.done_blocks[unit.group]} blocks done)")
+        rows = self.plan.group_rows(unit.group)
+        for layer, (szy, sy) in partial.items():
+            self.sum_zy[layer][rows] += szy
+            self.sum_y[layer][rows] += sy
+        self.done_blocks[unit.group] = unit.block + 1
+
+    def pending(self, groups=None) -> list[Unit]:
+        return self.plan.pending(self.done_blocks, groups)
+
+    def unfinished_groups(self) -> list[int]:
+        return [g for g, d in enumerate(self.done_blocks) if d != self.plan.blocks]
+
+    @property
+    def has_fill_statistics(self) -> bool:
+        return all(l in self.mu for l in self.plan.layers)
+
+    def set_fill_statistics(self, mu: dict[str, torch.Tensor], sigma: dict[str, torch.Tensor]
+                            ) -> None:
+        self.mu, self.sigma = dict(mu), dict(sigma)
+
+    # -- one group's rows, as a flat float64 vector (the distributed runner copies these) --------
+    def group_size(self, g: int) -> int:
+        """Length of :meth:`group_vector` for group ``g``."""
+        n = len(self.plan.groups[g])
+        return sum(n * (self.plan.channels[l] + 1) for l in self.plan.layers) + 1
+
+    def group_vector(self, g: int) -> torch.Tensor:
+        """Group ``g``'s rows of every layer and its blocks done, flattened."""
+        rows = self.plan.group_rows(g)
+        parts = []
+        for layer in self.plan.layers:
+            parts += [self.sum_zy[layer][rows].flatten(), self.sum_y[layer][rows]]
+        parts.append(torch.tensor([float(self.done_blocks[g])], dtype=torch.float64))
+        return torch.cat(parts)
+
+    def set_group_vector(self, g: int, flat: torch.Tensor) -> None:
+        """The inverse of :meth:`group_vector`: replace group ``g``'s rows and progress."""
+        rows = self.plan.group_rows(g)
+        at, n = 0, len(rows)
+        for layer in self.plan.layers:
+            k = self.plan.channels[layer]
+            self.sum_zy[layer][rows] = flat[at:at + n * k].view(n, k)
+            self.sum_y[layer][rows] = flat[at + n * k:at + n * k + n]
+            at += n * k + n
+        self.done_blocks[g] = int(flat[at])
+
+    # -- checkpoint tensors -----------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything to save, by name (sums and fill statistics, on the CPU)."""
+        out = {f"sum_zy/{l}": self.sum_zy[l] for l in self.plan.layers}
+        out.update({f"sum_y/{l}": self.sum_y[l] for l in self.plan.layers})
+        out.update({f"mu/{l}": self.mu[l].cpu() for l in self.mu})
+        out.update({f"sigma/{l}": self.sigma[l].cpu() for l in self.sigma})
+        return out
+
+    def load_groups(self, groups: list[int], done: list[int], get) -> None:
+        """Take ``groups``' rows from a saved state (``get(name)`` returns its tensors), with
+        ``done[g]`` blocks done."""
+        for layer in self.plan.layers if groups else []:
+            zy, y = get(f"sum_zy/{layer}"), get(f"sum_y/{layer}")
+            for g in groups:
+                rows = self.plan.group_rows(g)
+                self.sum_zy[layer][rows] = zy[rows]
+                self.sum_y[layer][rows] = y[rows]
+        for g in groups:
+            self.done_blocks[g] = done[g]
+
+    def saved_has_fill_statistics(self, names: set[str]) -> bool:
+        return all(f"mu/{l}" in names for l in self.plan.layers)
+
+    def load_fill_statistics(self, get, device: torch.device) -> None:
+        for l in self.plan.layers:
+            self.mu[l] = get(f"mu/{l}").to(device)
+            self.sigma[l] = get(f"sigma/{l}").to(device)
