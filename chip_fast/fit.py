@@ -29,7 +29,8 @@ def fit_importance(plan: DistillPlan, state: DistillState, fingerprint: dict[str
     for layer in plan.layers:
         k = plan.channels[layer]
         sum_z, sum_zz = mask_moments(st.seed, n, k, st.p_keep)
-        gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer], state.sum_y[layer], n)
+        gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1),
+                              state.sum_y[layer].sum(1), n)
         fit = solve_lasso(gram, r, alpha=st.alpha, nonneg=st.nonneg, tol=st.tol,
                           max_iter=st.max_iter)
         if not fit.converged:
@@ -48,5 +49,7 @@ def fit_importance(plan: DistillPlan, state: DistillState, fingerprint: dict[str
                       fingerprint=fingerprint, settings=settings,
                       class_ids=complete(ids), class_names=complete(names),
                       gram=grams, r=rs,
+                      sum_zy=dict(state.sum_zy), sum_y=dict(state.sum_y),
+                      sum_yy=dict(state.sum_yy),
                       fill_mean={l: m.cpu() for l, m in state.mu.items()},
                       fill_std={l: m.cpu() for l, m in state.sigma.items()})

@@ -97,6 +97,12 @@ class Importance:
     class_names: list[str] | None = None
     gram: dict[str, torch.Tensor] = field(default_factory=dict)   # (K, K) float64
     r: dict[str, torch.Tensor] = field(default_factory=dict)      # (len(classes), K) float64
+    # The raw streamed sums per fold of samples (sample i in fold i % settings["folds"]):
+    # sum z*y (len(classes), F, K), sum y and sum y^2 (len(classes), F), float64. With the mask
+    # moments (regenerated from the seed) they give G and r of any set of folds.
+    sum_zy: dict[str, torch.Tensor] = field(default_factory=dict)
+    sum_y: dict[str, torch.Tensor] = field(default_factory=dict)
+    sum_yy: dict[str, torch.Tensor] = field(default_factory=dict)
     fill_mean: dict[str, torch.Tensor] = field(default_factory=dict)  # (K,) channel means
     fill_std: dict[str, torch.Tensor] = field(default_factory=dict)   # (K,) channel stds
 
@@ -135,6 +141,9 @@ class Importance:
                    for k, v in self.weights.items()}
         tensors.update({f"gram/{k}": v.detach().cpu().contiguous() for k, v in self.gram.items()})
         tensors.update({f"r/{k}": v.detach().cpu().contiguous() for k, v in self.r.items()})
+        for name in ("sum_zy", "sum_y", "sum_yy"):
+            tensors.update({f"{name}/{k}": v.detach().to("cpu", torch.float64).contiguous()
+                            for k, v in getattr(self, name).items()})
         tensors.update({f"fill_mean/{k}": v.detach().to("cpu", torch.float32).contiguous()
                         for k, v in self.fill_mean.items()})
         tensors.update({f"fill_std/{k}": v.detach().to("cpu", torch.float32).contiguous()
@@ -176,6 +185,8 @@ def load_importance(path: str | Path) -> Importance:
         if key not in meta:
             raise bad(f"metadata lacks {key!r}")
     weights, gram, r, fill_mean, fill_std = {}, {}, {}, {}, {}
+    sums: dict[str, dict[str, torch.Tensor]] = {"sum_zy": {}, "sum_y": {}, "sum_yy": {}}
+    folds = meta.get("settings", {}).get("folds")
     n, classes = meta["num_classes"], meta["classes"]
     if any(not isinstance(c, int) or not 0 <= c < n for c in classes):
         raise bad(f"classes must be indices below num_classes={n}")
@@ -195,6 +206,15 @@ def load_importance(path: str | Path) -> Importance:
             if r[layer] is None or tuple(gram[layer].shape) != (k, k) \
                     or tuple(r[layer].shape) != (len(classes), k):
                 raise bad(f"the statistics of layer {layer} are missing or misshapen")
+        if f"sum_zy/{layer}" in tensors:
+            if not isinstance(folds, int) or folds < 1:
+                raise bad(f"it holds per-fold sums but settings.folds is {folds!r}")
+            for name, shape in (("sum_zy", (len(classes), folds, k)),
+                                ("sum_y", (len(classes), folds)), ("sum_yy", (len(classes), folds))):
+                t = tensors.get(f"{name}/{layer}")
+                if t is None or tuple(t.shape) != shape:
+                    raise bad(f"{name}/{layer} is missing or not of shape {shape}")
+                sums[name][layer] = t
         for name, store in (("fill_mean", fill_mean), ("fill_std", fill_std)):
             t = tensors.get(f"{name}/{layer}")
             if t is not None:
@@ -207,4 +227,4 @@ def load_importance(path: str | Path) -> Importance:
     return Importance(weights=weights, classes=list(classes), num_classes=n,
                       fingerprint=meta["model"], settings=meta["settings"],
                       class_ids=meta.get("class_ids"), class_names=meta.get("class_names"),
-                      gram=gram, r=r, fill_mean=fill_mean, fill_std=fill_std)
+                      gram=gram, r=r, fill_mean=fill_mean, fill_std=fill_std, **sums)

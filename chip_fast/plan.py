@@ -45,6 +45,9 @@ class DistillSettings:
     fill_stats_views: int = 1024   # views that estimate each channel's mean and std
     tol: float = 1e-6
     max_iter: int = 5000
+    # Sample i belongs to fold i % folds; the sums are kept per fold, so a fit can be checked
+    # (and its penalty chosen) on samples it did not see: Importance.refit, held-out R^2.
+    folds: int = 4
     # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
     # "auto" means bfloat16 on CUDA and float32 elsewhere. Responses are always float32.
     tail_dtype: str = "auto"
@@ -62,6 +65,8 @@ class DistillSettings:
         need((self.batch_size is None or self.batch_size >= 1) and self.classes_per_unit >= 1
              and self.samples_per_unit >= 1,
              "batch_size, classes_per_unit and samples_per_unit must be >= 1")
+        need(isinstance(self.folds, int) and 1 <= self.folds <= self.samples_per_class,
+             f"folds must be an int in [1, samples_per_class], got {self.folds!r}")
         views_per_image(self.augment)
         need(self.tail_dtype in ("auto", "float32", "bfloat16"),
              f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")

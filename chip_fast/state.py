@@ -11,11 +11,13 @@ import torch
 
 from .plan import DistillPlan, Unit
 
-Partial = dict[str, tuple[torch.Tensor, torch.Tensor]]   # layer -> (sum z*y (G, K), sum y (G,))
+# layer -> (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of a unit's G classes, F folds
+Partial = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class DistillState:
-    """Sums of every distilled class at every layer, and how far each class group got.
+    """Sums of every distilled class at every layer, per fold of samples (sample i is in fold
+    i % folds), and how far each class group got.
 
     A group's blocks are added in order, so its rows are the same whichever process ran the
     group and wherever a job was stopped.
@@ -23,9 +25,11 @@ class DistillState:
 
     def __init__(self, plan: DistillPlan) -> None:
         self.plan = plan
-        n = len(plan.classes)
-        self.sum_zy = {l: torch.zeros(n, plan.channels[l], dtype=torch.float64) for l in plan.layers}
-        self.sum_y = {l: torch.zeros(n, dtype=torch.float64) for l in plan.layers}
+        n, f = len(plan.classes), plan.settings.folds
+        self.sum_zy = {l: torch.zeros(n, f, plan.channels[l], dtype=torch.float64)
+                       for l in plan.layers}
+        self.sum_y = {l: torch.zeros(n, f, dtype=torch.float64) for l in plan.layers}
+        self.sum_yy = {l: torch.zeros(n, f, dtype=torch.float64) for l in plan.layers}
         self.done_blocks = [0] * len(plan.groups)
         self.mu: dict[str, torch.Tensor] = {}      # per-channel fill mean of each layer
         self.sigma: dict[str, torch.Tensor] = {}   # and standard deviation
@@ -37,9 +41,10 @@ class DistillState:
             raise RuntimeError(f"unit {unit} added out of order (group {unit.group} has "
                                f"{self.done_blocks[unit.group]} blocks done)")
         rows = self.plan.group_rows(unit.group)
-        for layer, (szy, sy) in partial.items():
+        for layer, (szy, sy, syy) in partial.items():
             self.sum_zy[layer][rows] += szy
             self.sum_y[layer][rows] += sy
+            self.sum_yy[layer][rows] += syy
         self.done_blocks[unit.group] = unit.block + 1
 
     def pending(self, groups=None) -> list[Unit]:
@@ -59,27 +64,29 @@ class DistillState:
     # -- one group's rows, as a flat float64 vector (the distributed runner copies these) --------
     def group_size(self, g: int) -> int:
         """Length of :meth:`group_vector` for group ``g``."""
-        n = len(self.plan.groups[g])
-        return sum(n * (self.plan.channels[l] + 1) for l in self.plan.layers) + 1
+        n, f = len(self.plan.groups[g]), self.plan.settings.folds
+        return sum(n * f * (self.plan.channels[l] + 2) for l in self.plan.layers) + 1
 
     def group_vector(self, g: int) -> torch.Tensor:
         """Group ``g``'s rows of every layer and its blocks done, flattened."""
         rows = self.plan.group_rows(g)
         parts = []
         for layer in self.plan.layers:
-            parts += [self.sum_zy[layer][rows].flatten(), self.sum_y[layer][rows]]
+            parts += [self.sum_zy[layer][rows].flatten(), self.sum_y[layer][rows].flatten(),
+                      self.sum_yy[layer][rows].flatten()]
         parts.append(torch.tensor([float(self.done_blocks[g])], dtype=torch.float64))
         return torch.cat(parts)
 
     def set_group_vector(self, g: int, flat: torch.Tensor) -> None:
         """The inverse of :meth:`group_vector`: replace group ``g``'s rows and progress."""
         rows = self.plan.group_rows(g)
-        at, n = 0, len(rows)
+        at, n, f = 0, len(rows), self.plan.settings.folds
         for layer in self.plan.layers:
             k = self.plan.channels[layer]
-            self.sum_zy[layer][rows] = flat[at:at + n * k].view(n, k)
-            self.sum_y[layer][rows] = flat[at + n * k:at + n * k + n]
-            at += n * k + n
+            for table, width in ((self.sum_zy, k), (self.sum_y, 1), (self.sum_yy, 1)):
+                size = n * f * width
+                table[layer][rows] = flat[at:at + size].view(table[layer][rows].shape)
+                at += size
         self.done_blocks[g] = int(flat[at])
 
     # -- checkpoint tensors -----------------------------------------------------------------------
@@ -87,6 +94,7 @@ class DistillState:
         """Everything to save, by name (sums and fill statistics, on the CPU)."""
         out = {f"sum_zy/{l}": self.sum_zy[l] for l in self.plan.layers}
         out.update({f"sum_y/{l}": self.sum_y[l] for l in self.plan.layers})
+        out.update({f"sum_yy/{l}": self.sum_yy[l] for l in self.plan.layers})
         out.update({f"mu/{l}": self.mu[l].cpu() for l in self.mu})
         out.update({f"sigma/{l}": self.sigma[l].cpu() for l in self.sigma})
         return out
@@ -95,11 +103,11 @@ class DistillState:
         """Take ``groups``' rows from a saved state (``get(name)`` returns its tensors), with
         ``done[g]`` blocks done."""
         for layer in self.plan.layers if groups else []:
-            zy, y = get(f"sum_zy/{layer}"), get(f"sum_y/{layer}")
+            saved = {name: get(f"{name}/{layer}") for name in ("sum_zy", "sum_y", "sum_yy")}
             for g in groups:
                 rows = self.plan.group_rows(g)
-                self.sum_zy[layer][rows] = zy[rows]
-                self.sum_y[layer][rows] = y[rows]
+                for name, t in saved.items():
+                    getattr(self, name)[layer][rows] = t[rows]
         for g in groups:
             self.done_blocks[g] = done[g]
 

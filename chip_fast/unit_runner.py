@@ -137,10 +137,12 @@ class UnitRunner:
 
     def run(self, plan: DistillPlan, unit: Unit, mu: dict[str, torch.Tensor],
             sigma: dict[str, torch.Tensor]) -> Partial:
-        """Partial sums (sum z*y (G, K), sum y (G,)) of one unit's classes, per layer."""
+        """Partial sums (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of one unit's G
+        classes in F folds, per layer."""
         st = self.settings
-        n_classes = len(plan.groups[unit.group])
+        n_classes, folds = len(plan.groups[unit.group]), st.folds
         view_list, (row_view, row_class, row_slot, row_sample) = self._rows(plan, unit)
+        row_slot = row_slot * folds + row_sample % folds   # (class slot, fold) of each row
         views = self.load_views(view_list)
         result = {}
         with torch.inference_mode():
@@ -149,8 +151,9 @@ class UnitRunner:
                 acts = self.split.activation(prefix_out, layer)
                 k = acts.shape[1]
                 zeros = torch.zeros(k, device=self.device)
-                szy = torch.zeros(n_classes, k, dtype=torch.float64, device=self.device)
-                sy = torch.zeros(n_classes, dtype=torch.float64, device=self.device)
+                szy = torch.zeros(n_classes * folds, k, dtype=torch.float64, device=self.device)
+                sy = torch.zeros(n_classes * folds, dtype=torch.float64, device=self.device)
+                syy = torch.zeros(n_classes * folds, dtype=torch.float64, device=self.device)
                 for i in range(0, len(row_view), st.batch_size):
                     sl = slice(i, i + st.batch_size)
                     pert, masks = perturb(acts, row_view[sl], row_class[sl], row_sample[sl],
@@ -164,12 +167,14 @@ class UnitRunner:
                             f"non-finite {st.response} at layer {layer}, class "
                             f"{int(row_class[sl][bad])}, sample {int(row_sample[sl][bad])}: the "
                             "perturbed network diverges (try fill='mean' or check the model)")
-                    a, b = response_sums(y, row_slot[sl], n_classes, seed=st.seed,
+                    a, b = response_sums(y, row_slot[sl], n_classes * folds, seed=st.seed,
                                          samples=row_sample[sl], p_keep=st.p_keep, channels=k,
                                          masks=masks)
                     szy += a
                     sy += b
-                result[layer] = (szy.cpu(), sy.cpu())
+                    syy.index_add_(0, row_slot[sl], y.double() ** 2)
+                result[layer] = (szy.view(n_classes, folds, k).cpu(),
+                                 sy.view(n_classes, folds).cpu(), syy.view(n_classes, folds).cpu())
         return result
 
     def tail(self, layer: str, pert: torch.Tensor, prefix_out: dict[str, torch.Tensor],

@@ -73,7 +73,9 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data):
     n_views = 2 * 3  # 2 images per class x 3 views
     for slot, c in enumerate([1, 4]):
         own = images[labels == c]
-        szy = torch.zeros(job.plan.channels["features.1"], dtype=torch.float64)
+        folds = settings.folds
+        szy = torch.zeros(folds, job.plan.channels["features.1"], dtype=torch.float64)
+        syy = torch.zeros(folds, dtype=torch.float64)
         for i in range(settings.samples_per_class):
             v = i * n_views // settings.samples_per_class
             x = make_view(own[v % 2], c, v, 2, settings.seed)[None]
@@ -85,8 +87,10 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data):
                                             sigma=job.state.sigma["features.1"])
                 logits = tiny_net.classifier(torch.flatten(tiny_net.pool(tiny_net.features[2](pert)), 1))
             y = response_of(logits, torch.tensor([c]), "logit")
-            szy += z[0].double() * y.double()
+            szy[i % folds] += z[0].double() * y.double()
+            syy[i % folds] += y.double()[0] ** 2
         torch.testing.assert_close(job.state.sum_zy["features.1"][slot], szy, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(job.state.sum_yy["features.1"][slot], syy, rtol=1e-5, atol=1e-6)
 
 
 def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_path, monkeypatch):
