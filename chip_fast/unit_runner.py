@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from torch import nn
@@ -22,6 +23,11 @@ from .plan import DistillPlan, DistillSettings, Unit
 from .response_sums import response_sums
 from .split import SplitModel
 from .state import Partial
+
+# Called after every prefix pass with the (class, view) keys of the batch, the views themselves
+# (preprocessed, on the device) and the prefix outputs; a view may be seen more than once (the
+# fill statistics pass, then its unit), so an observer that counts views dedupes by key.
+PrefixObserver = Callable[[list[tuple[int, int]], torch.Tensor, dict[str, torch.Tensor]], None]
 
 
 def response_of(logits: torch.Tensor, classes: torch.Tensor, kind: str) -> torch.Tensor:
@@ -45,6 +51,7 @@ class UnitRunner:
         self.settings = settings
         self.device = device
         self._pool: ThreadPoolExecutor | None = None
+        self.observers: list[PrefixObserver] = []   # e.g. the channel atlas
 
     # -- views and the prefix ---------------------------------------------------------------
     def _view(self, c: int, v: int) -> torch.Tensor:
@@ -62,11 +69,18 @@ class UnitRunner:
             return torch.stack(list(self._pool.map(lambda cv: self._view(*cv), pairs)))
         return torch.stack([self._view(c, v) for c, v in pairs])
 
-    def prefix(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+    def prefix(self, views: torch.Tensor, keys: list[tuple[int, int]] | None = None
+               ) -> dict[str, torch.Tensor]:
+        """The prefix outputs of ``views``; with their (class, view) ``keys``, the observers see
+        them too."""
         outs: list[dict[str, torch.Tensor]] = []
         for i in range(0, len(views), self.settings.batch_size):
             outs.append(self.split.run_prefix(views[i:i + self.settings.batch_size].to(self.device)))
-        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        if keys is not None:
+            for observe in self.observers:
+                observe(keys, views, out)
+        return out
 
     def probe(self, c: int) -> tuple[int, dict[str, int]]:
         """Model output size and channels per layer, from one view of class ``c``; NaN logits
@@ -101,7 +115,8 @@ class UnitRunner:
         count = 0
         with torch.inference_mode():
             for i in range(0, len(order), self.settings.batch_size):
-                out = self.prefix(self.load_views(order[i:i + self.settings.batch_size]))
+                keys = order[i:i + self.settings.batch_size]
+                out = self.prefix(self.load_views(keys), keys)
                 for l in plan.layers:
                     a = self.split.activation(out, l).double().transpose(0, 1).flatten(1)
                     s1[l] = s1[l] + a.sum(1)
@@ -146,7 +161,7 @@ class UnitRunner:
         views = self.load_views(view_list)
         result = {}
         with torch.inference_mode():
-            prefix_out = self.prefix(views)
+            prefix_out = self.prefix(views, view_list)
             for layer in plan.layers:
                 acts = self.split.activation(prefix_out, layer)
                 k = acts.shape[1]
