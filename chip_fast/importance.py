@@ -1,27 +1,24 @@
-"""The importance file: distilled (classes x channels) weights per layer, self-describing.
+"""Distilled channel importance in memory: the ``Importance`` object, and the model it belongs to.
 
-Format: safetensors (tensors ``weights/<layer>``, ``gram/<layer>``, ``r/<layer>``) with one
-metadata entry ``chip_fast`` holding JSON: format name and version, the model's fingerprint,
-layers, channel counts, classes, class names, every distillation setting, seed and sample count.
-safetensors never unpickles, so loading a stranger's file cannot run code. The sufficient
-statistics are kept so the sparse fit can be redone with another penalty without redistilling.
+``Importance`` holds the (classes x channels) weights per layer with everything that produced
+them: the model's fingerprint (``model_fingerprint``; ``check_model`` refuses another model),
+the settings, class ids and names, and the sufficient statistics (G, r and the per-fold raw
+sums), so the sparse fit can be redone with another penalty without redistilling
+(``Importance.refit``, math in ``chip_fast.fit``). The file format and its integrity check are
+``chip_fast.importance_file``; ``save`` and ``load_importance`` are its entry points.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
-
-FORMAT = "chip_fast.importance"
-VERSION = 1
 
 
 class ImportanceFileError(ValueError):
@@ -67,12 +64,20 @@ def fingerprint_mismatch(stored: dict[str, Any], model: nn.Module) -> str | None
 
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a
-    file, and a crash leaves the old file in place."""
+    file, and a crash leaves the old file in place. The file gets the permissions of any file
+    the user creates (0666 less the umask), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        try:   # Linux states the umask; reading it elsewhere means setting it for a moment
+            status = Path("/proc/self/status").read_text()
+            umask = int(status.split("Umask:", 1)[1].split()[0], 8)
+        except (OSError, IndexError, ValueError):
+            umask = os.umask(0o022)
+            os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -124,107 +129,37 @@ class Importance:
         _checked[model] = key
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT, "version": VERSION,
-            "layers": self.layers,
-            "channels": {layer: self.channels(layer) for layer in self.layers},
-            "num_classes": self.num_classes, "classes": self.classes,
-            "class_ids": self.class_ids, "class_names": self.class_names,
-            "model": self.fingerprint, "settings": self.settings,
-        }
+        """The file's ``chip_fast`` metadata entry (format, layers, classes, settings, ...)."""
+        from .importance_file import metadata_of
+        return metadata_of(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write the file atomically; returns its path."""
-        from safetensors.torch import save_file
-        path = Path(path)
-        tensors = {f"weights/{k}": v.detach().to("cpu", torch.float32).contiguous()
-                   for k, v in self.weights.items()}
-        tensors.update({f"gram/{k}": v.detach().cpu().contiguous() for k, v in self.gram.items()})
-        tensors.update({f"r/{k}": v.detach().cpu().contiguous() for k, v in self.r.items()})
-        for name in ("sum_zy", "sum_y", "sum_yy"):
-            tensors.update({f"{name}/{k}": v.detach().to("cpu", torch.float64).contiguous()
-                            for k, v in getattr(self, name).items()})
-        tensors.update({f"fill_mean/{k}": v.detach().to("cpu", torch.float32).contiguous()
-                        for k, v in self.fill_mean.items()})
-        tensors.update({f"fill_std/{k}": v.detach().to("cpu", torch.float32).contiguous()
-                        for k, v in self.fill_std.items()})
-        meta = {"chip_fast": json.dumps(self.metadata())}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-        return path
+        """Write the file atomically, with integrity digests of every tensor and of the
+        metadata (``chip_fast.importance_file``); returns its path."""
+        from .importance_file import write_importance
+        return write_importance(self, path)
+
+    def refit(self, alpha: float | str, *, alphas: Sequence[float] | None = None,
+              nonneg: bool | None = None) -> "Importance":
+        """A new Importance from the same statistics with another penalty: ``alpha`` (lambda_c =
+        alpha * lambda_max_c, the weights a distillation with that alpha gives), or
+        ``alpha="heldout"``: per class, the alpha of ``alphas`` that predicts held-out samples
+        best (recorded in ``settings["alpha_chosen"]``). ``nonneg`` defaults to this one's.
+        See ``chip_fast.fit.refit_importance``."""
+        from .fit import refit_importance
+        return refit_importance(self, alpha, alphas=alphas, nonneg=nonneg)
+
+    def fit_quality(self, alpha: float | None = None) -> dict[str, torch.Tensor]:
+        """Held-out R^2 per layer, one value per class of ``classes``: the fit on folds
+        0..F-2 (with this importance's penalty, or ``alpha``) scored on fold F-1.
+        See ``chip_fast.fit.held_out_r2``."""
+        from .fit import held_out_r2
+        return held_out_r2(self, alpha)
 
 
 def load_importance(path: str | Path) -> Importance:
-    """Read an importance file, checking it completely; a malformed file is refused with the
-    reason. Nothing is unpickled."""
-    from safetensors import SafetensorError, safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"importance file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("chip_fast")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ImportanceFileError(f"{path} is not a safetensors file: {e}") from e
-
-    def bad(why: str) -> ImportanceFileError:
-        return ImportanceFileError(f"{path} is not a valid chip_fast importance file: {why}")
-
-    if raw is None:
-        raise bad("it has no 'chip_fast' metadata")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise bad(f"its metadata is not JSON ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise bad(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("version") != VERSION:
-        raise bad(f"format version {meta.get('version')} is not supported (this chip_fast "
-                  f"reads version {VERSION})")
-    for key in ("layers", "channels", "num_classes", "classes", "model", "settings"):
-        if key not in meta:
-            raise bad(f"metadata lacks {key!r}")
-    weights, gram, r, fill_mean, fill_std = {}, {}, {}, {}, {}
-    sums: dict[str, dict[str, torch.Tensor]] = {"sum_zy": {}, "sum_y": {}, "sum_yy": {}}
-    folds = meta.get("settings", {}).get("folds")
-    n, classes = meta["num_classes"], meta["classes"]
-    if any(not isinstance(c, int) or not 0 <= c < n for c in classes):
-        raise bad(f"classes must be indices below num_classes={n}")
-    for layer in meta["layers"]:
-        w = tensors.get(f"weights/{layer}")
-        k = meta["channels"].get(layer)
-        if w is None:
-            raise bad(f"tensor weights/{layer} is missing")
-        if tuple(w.shape) != (n, k):
-            raise bad(f"weights/{layer} has shape {tuple(w.shape)}, metadata says ({n}, {k})")
-        if not torch.isfinite(w).all():
-            raise bad(f"weights/{layer} contains NaN or Inf")
-        weights[layer] = w
-        if f"gram/{layer}" in tensors:
-            gram[layer] = tensors[f"gram/{layer}"]
-            r[layer] = tensors.get(f"r/{layer}")
-            if r[layer] is None or tuple(gram[layer].shape) != (k, k) \
-                    or tuple(r[layer].shape) != (len(classes), k):
-                raise bad(f"the statistics of layer {layer} are missing or misshapen")
-        if f"sum_zy/{layer}" in tensors:
-            if not isinstance(folds, int) or folds < 1:
-                raise bad(f"it holds per-fold sums but settings.folds is {folds!r}")
-            for name, shape in (("sum_zy", (len(classes), folds, k)),
-                                ("sum_y", (len(classes), folds)), ("sum_yy", (len(classes), folds))):
-                t = tensors.get(f"{name}/{layer}")
-                if t is None or tuple(t.shape) != shape:
-                    raise bad(f"{name}/{layer} is missing or not of shape {shape}")
-                sums[name][layer] = t
-        for name, store in (("fill_mean", fill_mean), ("fill_std", fill_std)):
-            t = tensors.get(f"{name}/{layer}")
-            if t is not None:
-                if tuple(t.shape) != (k,):
-                    raise bad(f"{name}/{layer} has shape {tuple(t.shape)}, expected ({k},)")
-                store[layer] = t
-    for key in ("class_ids", "class_names"):
-        if meta.get(key) is not None and len(meta[key]) != n:
-            raise bad(f"{key} has {len(meta[key])} entries for {n} classes")
-    return Importance(weights=weights, classes=list(classes), num_classes=n,
-                      fingerprint=meta["model"], settings=meta["settings"],
-                      class_ids=meta.get("class_ids"), class_names=meta.get("class_names"),
-                      gram=gram, r=r, fill_mean=fill_mean, fill_std=fill_std, **sums)
+    """Read an importance file, checking it completely: its integrity digests (a damaged or
+    hand-edited file is refused, naming what differs), then its structure. Files written before
+    the digests load with a warning. Nothing is unpickled (``chip_fast.importance_file``)."""
+    from .importance_file import read_importance
+    return read_importance(path)
