@@ -39,18 +39,31 @@ def test_distill_throughput(benchmark, model):
 
 
 def test_tail_forward_same_samples(benchmark, model):
+    """The bare tail as the pipeline runs it: the same TailRunner (folded batch norms, bf16
+    channels-last weights on CUDA, CUDA graphs), the same input dtype and layout, warmed up."""
+    from chip_fast.plan import DistillSettings, resolve_settings
+    from chip_fast.tails import TailRunner
     split = SplitModel(model, [LAYER])
+    settings = resolve_settings(DistillSettings(batch_size=BATCH), DEVICE)
+    dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else torch.float32
+    tail = TailRunner(split, LAYER, DEVICE, dtype)
     with torch.inference_mode():
-        acts = split.run_prefix(torch.randn(2, 3, 224, 224, device=DEVICE))
-        a = split.activation(acts, LAYER)
-        batch = a[torch.arange(BATCH, device=DEVICE) % 2].contiguous()
-    rows = torch.zeros(BATCH, dtype=torch.long, device=DEVICE)
+        x = torch.randn(2, 3, 224, 224, device=DEVICE).contiguous(memory_format=torch.channels_last)
+        a = split.activation(split.run_prefix(x), LAYER)
+        rows = torch.arange(BATCH, device=DEVICE) % 2
+        batch = tail.buffer((BATCH, *a.shape[1:]))
+        if batch is None:
+            batch = a[rows].to(dtype).contiguous(memory_format=torch.channels_last)
+        else:
+            batch.copy_(a[rows])
+        for _ in range(3):
+            tail(batch, {}, rows)
     steps = CLASSES * SAMPLES // BATCH
 
     def run():
         with torch.inference_mode():
             for _ in range(steps):
-                split.run_tail(LAYER, batch, acts, rows)
+                tail(batch, {}, rows)
             if DEVICE.type == "cuda":
                 torch.cuda.synchronize()
 

@@ -11,7 +11,9 @@ from bench_helpers import DEV, timed
 from chip_fast.perturb import perturb_kernel, perturb_reference
 
 PERTURB_CASES = {"K1280_7x7_T256": (32, 1280, (7, 7), 256),
-                 "K96_56x56_T64": (8, 96, (56, 56), 64)}
+                 "K96_56x56_T64": (8, 96, (56, 56), 64),
+                 # the engine on CUDA: MobileNetV2 features.14.conv.0, bf16 channels-last out
+                 "K576_14x14_T256_bf16_nhwc": (16, 576, (14, 14), 256)}
 
 
 def _perturb_inputs(case):
@@ -40,7 +42,14 @@ def test_perturb(benchmark, case, impl):
     benchmark.group = f"perturb {case}"
     acts, view, classes, samples, mu, sigma = _perturb_inputs(case)
     kw = dict(seed=1234, p_keep=0.5, fill="noise", mu=mu, sigma=sigma)
-    fn = {"triton": lambda: perturb_kernel(acts, view, classes, samples, **kw),
+    if case.endswith("bf16_nhwc"):   # every variant in the tail's dtype and layout
+        acts = acts.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        out = torch.empty((len(view), *acts.shape[1:]), dtype=torch.bfloat16, device=DEV,
+                          memory_format=torch.channels_last)
+        kw_kernel = dict(kw, out=out, validate=False)
+    else:
+        kw_kernel = kw
+    fn = {"triton": lambda: perturb_kernel(acts, view, classes, samples, **kw_kernel),
           "reference": lambda: perturb_reference(acts, view, classes, samples, **kw),
           "naive": lambda: _perturb_naive(acts, view, classes, samples, mu, sigma)}[impl]
     timed(benchmark, fn)

@@ -1,42 +1,49 @@
 #!/usr/bin/env bash
-# GPU check of the Triton kernels: the kernel tests compiled for the GPU (no interpreter), then
-# the benchmarks with their JSON into $OUT (or bench/results/ when OUT is unset).
-# Usage, from anywhere:  bash bench/gpu_check.sh      (budget: ~6 minutes on an H100)
+# One script for a GPU machine: every Triton kernel against its reference on the GPU, the kernel
+# benchmarks, the distillation engine on CUDA against the CPU and against its floors
+# (bench/gpu_engine_check.py), and torchrun with NCCL on one GPU. Results, with the device name,
+# go to $OUT (or bench/results/gpu/ when OUT is unset). Each step has its own time limit; the
+# limits add up to 290 s, so the whole script fits in 5 minutes.
+# Usage, from anywhere:  bash bench/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET CHIP_FAST_BACKEND
-OUT_DIR="${OUT:-bench/results}"
+OUT_DIR="${OUT:-bench/results/gpu}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
+status=0
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember a failure
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit} s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    tail -25 "$OUT_DIR/$name.log"
+    echo "-- $name: rc=$rc in $((SECONDS - t0)) s"
+    [ "$rc" -eq 0 ] || status=1
+}
 
-echo "== device"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
-"$PY" - <<'PYEOF'
+step device 10 "$PY" - <<'PYEOF'
 import torch, triton
 print("torch", torch.__version__, "triton", triton.__version__)
 if not torch.cuda.is_available():
     raise SystemExit("no CUDA device visible: this script checks the kernels on a GPU")
 print("device:", torch.cuda.get_device_name(0))
 PYEOF
-[ $? -eq 0 ] || exit 1
+[ "$status" -eq 0 ] || { echo "no GPU: stopping"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+    > "$OUT_DIR/nvidia-smi.txt" 2>&1
 
-echo "== kernel tests on the GPU"
-timeout 240 "$PY" -m pytest tests/test_perturb.py tests/test_response_sums.py \
-    tests/test_class_maps.py tests/test_prox.py -q -x -p no:cacheprovider \
-    --junitxml="$OUT_DIR/test_kernels.xml" 2>&1 | tail -40
-test_rc=${PIPESTATUS[0]}
-
-echo "== benchmarks"
-timeout 200 "$PY" -m pytest bench/bench_perturb.py bench/bench_response_sums.py \
-    bench/bench_class_maps.py bench/bench_prox.py -q -p no:cacheprovider \
-    --benchmark-json="$OUT_DIR/bench_kernels.json" --benchmark-max-time=0.5 \
-    --benchmark-columns=min,median,mean,rounds --benchmark-sort=name 2>&1 | tail -80
-bench_rc=${PIPESTATUS[0]}
-
-echo "== distillation: breakdown (MobileNetV2 features.16) and the ImageNet-run projection (VGG16 conv5_3)"
-timeout 150 "$PY" bench/distill_breakdown.py --batch-size 2048 --out "$OUT_DIR" 2>&1 | tail -15
-timeout 150 "$PY" bench/project_imagenet_run.py 2>&1 | tail -15
-cp bench/results/imagenet_projection_cuda.json "$OUT_DIR"/ 2>/dev/null
-
-echo "== results in $OUT_DIR (tests rc=$test_rc, bench rc=$bench_rc)"
-[ "$test_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+step kernel_tests 70 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_perturb.py \
+    tests/test_perturb_means.py tests/test_response_sums.py tests/test_class_maps.py \
+    tests/test_prox.py --junitxml="$OUT_DIR/test_kernels.xml"
+step kernel_bench 50 "$PY" -m pytest -q -p no:cacheprovider bench/bench_perturb.py \
+    bench/bench_perturb_means.py bench/bench_response_sums.py bench/bench_class_maps.py \
+    bench/bench_prox.py --benchmark-json="$OUT_DIR/bench_kernels.json" \
+    --benchmark-max-time=0.2 --benchmark-columns=min,median,rounds --benchmark-sort=name
+step engine 120 "$PY" bench/gpu_engine_check.py --out "$OUT_DIR"
+# torchrun + NCCL on the one GPU: the distributed path end to end (init, broadcast, gather).
+step torchrun_nccl 40 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
+    bench/gpu_engine_check.py --out "$OUT_DIR/torchrun" --only correctness --quick
+echo "== results in $OUT_DIR (status $status)"
+exit $status

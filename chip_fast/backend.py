@@ -25,8 +25,13 @@ def triton_available() -> bool:
 def use_triton(t: torch.Tensor) -> bool:
     """True when ``t`` lives on CUDA, Triton imports, and CHIP_FAST_BACKEND is not 'torch'.
 
-    CHIP_FAST_BACKEND=torch forces the PyTorch reference path everywhere (for comparisons).
+    CHIP_FAST_BACKEND=torch forces the PyTorch reference path everywhere (for comparisons);
+    CHIP_FAST_BACKEND=triton forces the kernels on every device, so that the whole engine's
+    kernel path runs on a CPU under Triton's interpreter (TRITON_INTERPRET=1) in the tests.
     """
-    if os.environ.get("CHIP_FAST_BACKEND", "auto") == "torch":
+    backend = os.environ.get("CHIP_FAST_BACKEND", "auto")
+    if backend == "torch":
         return False
+    if backend == "triton":
+        return triton_available()
     return t.is_cuda and triton_available()

@@ -56,9 +56,10 @@ class DistillJob:
         split = SplitModel(model, layers)
         classes = select_classes(self.source.classes, classes)
         self.runner = UnitRunner(model, split, self.source, settings, self.device)
-        num_classes, channels = self.runner.probe(classes[0])
+        num_classes, channels, _, paths = self.runner.probe(classes[0])
         self.plan = DistillPlan(settings, split.layers, classes,
-                                {c: self.source.count(c) for c in classes}, num_classes, channels)
+                                {c: self.source.count(c) for c in classes}, num_classes, channels,
+                                paths)
         # A sparse support is recoverable from fewer samples than channels (compressed sensing),
         # but not from far fewer: then FISTA crawls and the support is arbitrary.
         thin = {l: k for l, k in channels.items() if 4 * settings.samples_per_class < k}
@@ -74,22 +75,43 @@ class DistillJob:
     def settings(self) -> DistillSettings:
         return self.plan.settings
 
-    def measure_fill_statistics(self) -> None:
-        """Per-channel fill mean and std of every layer (not needed for ``fill="zero"``)."""
-        if self.settings.fill != "zero":
-            self.state.set_fill_statistics(*self.runner.fill_statistics(self.plan))
+    def measure_fill_statistics(self, needed: bool = True) -> None:
+        """The fill statistics pass (per-channel mean and std of every layer; none for
+        ``fill="zero"``). It runs when this process needs the statistics (``needed``) and also
+        when it keeps its views for the units (``UnitRunner.caches_views``): then every process
+        runs it, also after a resume, so each view's prefix comes from the same batch in every
+        process and every run, and the files stay identical."""
+        if self.settings.fill == "zero":
+            return
+        if needed or self.runner.caches_views(self.plan):
+            mu, sigma = self.runner.fill_statistics(self.plan)
+            if needed:
+                self.state.set_fill_statistics(mu, sigma)
 
     def run_pending(self, units: list[Unit], *, store: CheckpointStore | None = None,
                     checkpoint_every: float = 300.0,
                     on_unit: Callable[[int], None] | None = None,
+                    on_batch: Callable[[int], None] | None = None,
                     critical: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
         """Run ``units`` in order; checkpoint atomically every ``checkpoint_every`` seconds and
-        at the end. ``on_unit(samples)`` follows each unit (progress). Adding a unit's sums and
+        at the end. ``on_batch(samples)`` follows each batch, ``on_unit(samples)`` each unit
+        (progress). The next unit's views decode while a unit runs. Adding a unit's sums and
         writing a checkpoint happen inside ``critical()``, so a signal handler that saves never
         sees a half-added unit."""
         started = last_save = time.monotonic()
-        for unit in units:
-            partial = self.runner.run(self.plan, unit, self.state.mu, self.state.sigma)
+        mu, sigma, runner, plan = self.state.mu, self.state.sigma, self.runner, self.plan
+        gpu = self.device.type == "cuda"
+        prepared = runner.prepare(plan, units[0]) if units else None
+        launched = None
+        for i, unit in enumerate(units):
+            # The next unit decodes while this one runs; on CUDA it is also queued before this
+            # unit's sums are read, so the device never waits for the host.
+            following = runner.prepare(plan, units[i + 1]) if i + 1 < len(units) else None
+            current = launched or runner.launch(plan, unit, mu, sigma, prepared, on_batch)
+            launched = (runner.launch(plan, units[i + 1], mu, sigma, following, on_batch)
+                        if gpu and following is not None else None)
+            prepared = following
+            partial = runner.collect(current, mu, sigma)
             with critical():
                 self.state.add(unit, partial)
             if on_unit is not None:
@@ -113,8 +135,12 @@ class DistillJob:
                                              f"{', '.join(self.plan.layers)}{label}")
 
     def finish(self) -> Importance:
-        """The importance of a job whose every unit is done."""
-        return fit_importance(self.plan, self.state, model_fingerprint(self.model), self.source)
+        """The importance of a job whose every unit is done; its settings record the path each
+        layer took (affine or elementwise)."""
+        imp = fit_importance(self.plan, self.state, model_fingerprint(self.model), self.source,
+                             self.device)
+        imp.settings["paths"] = dict(self.plan.paths)
+        return imp
 
     def close(self) -> None:
         self.runner.close()
@@ -137,26 +163,33 @@ def _run_own_units(job: DistillJob, units: list[Unit], peers: Peers, world: Worl
                    store: CheckpointStore | None, checkpoint_every: float, progress: bool,
                    install_stopper: bool) -> None:
     """This rank's units through the job's unit loop, with a SIGTERM/SIGINT handler that saves,
-    and a bar (rank 0's) that counts every rank's samples."""
-    mine = 0
+    and a bar (rank 0's) that moves with every batch and counts every rank's samples."""
+    posted = live = 0      # this rank's samples: posted to the others per unit, seen per batch
     bar = job.progress_bar(progress and world.is_main,
                            label=f" x{world.size}" if world.size > 1 else "")
-    done_before = bar.n
+    done_before, last = bar.n, 0.0
 
-    def refresh() -> None:
-        if not bar.disable:
-            bar.update(done_before + peers.total_progress() - bar.n)
+    def refresh(force: bool = True) -> None:
+        nonlocal last
+        if bar.disable or (not force and time.monotonic() - last < 0.2):
+            return   # the others' progress is a store query: a few per second at most
+        last = time.monotonic()
+        bar.update(done_before + peers.total_progress() - posted + live - bar.n)
+
+    def on_batch(samples: int) -> None:
+        nonlocal live
+        live += samples
+        refresh(force=False)
 
     def on_unit(samples: int) -> None:
-        nonlocal mine
-        mine += samples
-        peers.post_progress(mine)
-        refresh()
+        nonlocal posted
+        posted += samples
+        peers.post_progress(posted)
 
     stopper = Stopper((lambda: store.save(job.state)) if store is not None else None)
     with (stopper.installed() if install_stopper else contextlib.nullcontext()), bar:
         job.run_pending(units, store=store, checkpoint_every=checkpoint_every,
-                        on_unit=on_unit, critical=stopper.critical)
+                        on_unit=on_unit, on_batch=on_batch, critical=stopper.critical)
         peers.wait_for_all("done", on_poll=refresh)
         refresh()
 
@@ -252,8 +285,7 @@ def _run(job: DistillJob, world: World, peers: Peers, store: CheckpointStore | N
     peers.start_heartbeat()
     check_same_job(job.identity, world)
     have_stats = store.restore(job.state, job.device) if store is not None else False
-    if world.is_main and not have_stats:
-        job.measure_fill_statistics()
+    job.measure_fill_statistics(needed=world.is_main and not have_stats)
     if job.settings.fill != "zero":
         broadcast_fill_statistics(job.state, world, job.device)
     units = job.state.pending(owned_groups(len(job.plan.groups), world))

@@ -28,13 +28,15 @@ def perturb_reference(acts: torch.Tensor, view: torch.Tensor, classes: torch.Ten
     classes: (T,) class of each sample (keys its noise).
     samples: (T,) per-class sample index (keys its mask and noise).
     mu, sigma: (K,) per-channel fill statistics (float32).
-    Returns (T, K, *spatial) perturbed activations in acts' dtype and (T, K) bool keep masks.
+    Returns (T, K, *spatial) perturbed activations in acts' dtype and memory layout
+    (channels-last acts give channels-last output, which a CPU tail runs faster) and (T, K) bool
+    keep masks.
     """
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     k = acts.shape[1]
     masks = rng.keep_masks(seed, samples, k, p_keep)
-    out = acts.index_select(0, view)
+    out = acts[view]   # advanced indexing keeps a channels-last layout, index_select does not
     rows, chans = (~masks).nonzero(as_tuple=True)
     if rows.numel():
         if fill == "zero":
@@ -54,22 +56,30 @@ def perturb_reference(acts: torch.Tensor, view: torch.Tensor, classes: torch.Ten
 
 def perturb_kernel(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
                    samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
-                   mu: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``perturb_reference`` by the Triton kernel, whatever the device (the tests run it on CPU
-    under Triton's interpreter): ``rng``'s key words, keep threshold and counter tags, handed to
-    ``chip_fast.kernels.perturb.perturb_triton``."""
+                   mu: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor | None = None,
+                   channels_last: bool = False, validate: bool = True) -> torch.Tensor:
+    """``perturb_reference``'s activations by the Triton kernel, whatever the device (the tests
+    run it on CPU under Triton's interpreter): ``rng``'s key words, keep threshold and counter
+    tags, handed to ``chip_fast.kernels.perturb.perturb_triton``. No masks: the statistics
+    regenerate them (``chip_fast.response_sums``)."""
     from .kernels.perturb import perturb_triton
     return perturb_triton(acts, view, classes, samples, key=rng.seed_key(seed),
                           threshold=rng.keep_threshold(p_keep), mask_tag=rng.MASK_TAG_WORD,
                           noise_tag=rng.NOISE_TAG_WORD, class_mask=rng.CLASS_BITS, fill=fill,
-                          mu=mu, sigma=sigma)
+                          mu=mu, sigma=sigma, out=out, channels_last=channels_last,
+                          validate=validate)
 
 
 def perturb(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor, samples: torch.Tensor,
-            *, seed: int, p_keep: float, fill: str, mu: torch.Tensor, sigma: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``perturb_reference``, on CUDA by the fused Triton kernel when it is available."""
+            *, seed: int, p_keep: float, fill: str, mu: torch.Tensor, sigma: torch.Tensor,
+            out: torch.Tensor | None = None, validate: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``perturb_reference``; on CUDA the fused Triton kernel, which writes into ``out`` when
+    given (the tail's input buffer: its dtype and layout) and returns no masks (None)."""
     from .backend import use_triton
-    impl = perturb_kernel if use_triton(acts) else perturb_reference
-    return impl(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill, mu=mu,
-                sigma=sigma)
+    if use_triton(acts):
+        return perturb_kernel(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill,
+                              mu=mu, sigma=sigma, out=out, channels_last=True,
+                              validate=validate), None
+    return perturb_reference(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill,
+                             mu=mu, sigma=sigma)

@@ -24,6 +24,7 @@ from .layers import probe_outputs
 from .perturb import FILLS
 
 RESPONSES = ("logit", "softmax", "log_softmax")
+TAIL_PATHS = ("auto", "elementwise")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class DistillSettings:
     # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
     # "auto" means bfloat16 on CUDA and float32 elsewhere. Responses are always float32.
     tail_dtype: str = "auto"
+    # "auto": a layer whose tail is affine in its spatial mean (global pooling + Linear) takes
+    # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never
+    # materialises a perturbed activation; "elementwise": every layer perturbs every element.
+    # The file records the path each layer took (settings["paths"]).
+    tail_path: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -70,6 +76,8 @@ class DistillSettings:
         views_per_image(self.augment)
         need(self.tail_dtype in ("auto", "float32", "bfloat16"),
              f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
+        need(self.tail_path in TAIL_PATHS,
+             f"tail_path must be one of {TAIL_PATHS}, got {self.tail_path!r}")
 
 
 # -- batch sizes: chosen once, here ----------------------------------------------------------------
@@ -202,13 +210,15 @@ class DistillPlan:
     """Classes, units, views and sizes of one job: fixed before the first unit runs."""
 
     def __init__(self, settings: DistillSettings, layers: Sequence[str], classes: Sequence[int],
-                 images_per_class: dict[int, int], num_classes: int, channels: dict[str, int]
-                 ) -> None:
+                 images_per_class: dict[int, int], num_classes: int, channels: dict[str, int],
+                 paths: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.layers = list(layers)
         self.classes = list(classes)
         self.num_classes = num_classes
         self.channels = dict(channels)
+        # "affine" or "elementwise" per layer (chip_fast.tails): part of what a file means.
+        self.paths = dict(paths) if paths is not None else {l: "elementwise" for l in layers}
         big = [c for c in self.classes if c >= num_classes]
         if big:
             raise ValueError(f"classes {big[:10]} are outside the model's {num_classes} outputs")
@@ -244,6 +254,6 @@ class DistillPlan:
         """A hash of everything that must match for a checkpoint to be resumed."""
         key: dict[str, Any] = {
             "settings": dataclasses.asdict(self.settings), "layers": self.layers,
-            "classes": self.classes, "model": model_sha256,
+            "classes": self.classes, "model": model_sha256, "paths": self.paths,
             "views": {str(c): v for c, v in self.views.views.items()}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -21,6 +21,9 @@ c3 (from TAG_SHIFT up) say which stream a counter belongs to, the low 28 (CLASS_
   (c & CLASS_BITS) | NOISE_TAG_WORD), Box-Muller on words (0, 1) and (2, 3), element e takes
   normal e % 4.
 - augmentation of (class c, view v): counter (v, 0, 0, (c & CLASS_BITS) | AUGMENT_TAG_WORD).
+- fill noise *mean* of (class c, sample i, channel k), for tails that see the layer only through
+  its spatial mean (METHOD.md): counter (i, k // 4, 0, (c & CLASS_BITS) | NOISE_MEAN_TAG_WORD),
+  Box-Muller on words (0, 1) and (2, 3), channel k takes normal k % 4.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ PHILOX_ROUNDS = 10
 TAG_MASK = 1
 TAG_NOISE = 2
 TAG_AUGMENT = 3
+TAG_NOISE_MEAN = 4
 TAG_SHIFT = 28
 CLASS_BITS = (1 << TAG_SHIFT) - 1  # 0x0FFFFFFF
 # The tags as they sit in counter word c3. All are < 2**31, so a kernel types them as int32
@@ -44,6 +48,7 @@ CLASS_BITS = (1 << TAG_SHIFT) - 1  # 0x0FFFFFFF
 MASK_TAG_WORD = TAG_MASK << TAG_SHIFT
 NOISE_TAG_WORD = TAG_NOISE << TAG_SHIFT
 AUGMENT_TAG_WORD = TAG_AUGMENT << TAG_SHIFT
+NOISE_MEAN_TAG_WORD = TAG_NOISE_MEAN << TAG_SHIFT
 
 _U32 = 0xFFFFFFFF
 
@@ -90,16 +95,29 @@ def keep_threshold(p_keep: float) -> int:
 def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:
     """Bernoulli(p_keep) keep masks z of shape (len(samples), channels), as bool.
 
-    ``samples`` are per-class sample indices; the mask of a sample is the same for every class.
+    ``samples`` are per-class sample indices; the mask of a sample is the same for every class,
+    so a batch that holds a sample for several classes draws its mask once.
     """
+    unique, inverse = torch.unique(samples, return_inverse=True)
+    if len(unique) < len(samples):
+        return _keep_masks(seed, unique, channels, p_keep).index_select(0, inverse)
+    return _keep_masks(seed, samples, channels, p_keep)
+
+
+def _keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:
     device = samples.device
-    blocks = torch.arange((channels + 3) // 4, device=device, dtype=torch.int64)
+    n_blocks = (channels + 3) // 4
+    blocks = torch.arange(n_blocks, device=device, dtype=torch.int64)[None, :]
     s = samples.to(torch.int64)[:, None]
     zero = torch.zeros((), dtype=torch.int64, device=device)
     tag = torch.full((), MASK_TAG_WORD, dtype=torch.int64, device=device)
-    words = philox4x32(s, blocks[None, :], zero, tag, seed)
-    u = torch.stack(words, dim=-1).reshape(len(samples), 4 * len(blocks))[:, :channels]
-    return u < keep_threshold(p_keep)
+    threshold = keep_threshold(p_keep)
+    out = torch.empty(len(samples), 4 * n_blocks, dtype=torch.bool, device=device)
+    rows = max(1, len(samples) if device.type != "cpu" else _NOISE_CHUNK // n_blocks)
+    for i in range(0, len(samples), rows):   # in cache-sized chunks on a CPU, as fill_noise
+        words = philox4x32(s[i:i + rows], blocks, zero, tag, seed)
+        out[i:i + rows] = torch.stack(words, dim=-1).flatten(1) < threshold
+    return out[:, :channels]
 
 
 def uniform_from_u32(u: torch.Tensor) -> torch.Tensor:
@@ -142,6 +160,27 @@ def fill_noise(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels
         n2, n3 = box_muller(w2, w3)
         out[i:i + rows] = torch.stack((n0, n1, n2, n3), dim=-1).flatten(1)
     return out[:, :elements]
+
+
+def noise_means(seed: int, classes: torch.Tensor, samples: torch.Tensor, channels: int
+                ) -> torch.Tensor:
+    """Standard normals of (class, sample, channel) for every channel, shape (T, channels):
+    ``classes`` and ``samples`` are (T,); the draw that stands for the spatial mean of a
+    disabled channel's fill noise (scaled by sigma / sqrt(elements) by the caller)."""
+    device = samples.device
+    n_blocks = (channels + 3) // 4
+    blocks = torch.arange(n_blocks, device=device, dtype=torch.int64)[None, :]
+    c3 = ((classes.to(torch.int64) & CLASS_BITS) | NOISE_MEAN_TAG_WORD)[:, None]
+    s = samples.to(torch.int64)[:, None]
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    out = torch.empty(len(samples), 4 * n_blocks, dtype=torch.float32, device=device)
+    rows = max(1, len(samples) if device.type != "cpu" else _NOISE_CHUNK // n_blocks)
+    for i in range(0, len(samples), rows):
+        w0, w1, w2, w3 = philox4x32(s[i:i + rows], blocks, zero, c3[i:i + rows], seed)
+        n0, n1 = box_muller(w0, w1)
+        n2, n3 = box_muller(w2, w3)
+        out[i:i + rows] = torch.stack((n0, n1, n2, n3), dim=-1).flatten(1)
+    return out[:, :channels]
 
 
 def augment_words(seed: int, classes: torch.Tensor, views: torch.Tensor

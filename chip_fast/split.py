@@ -61,6 +61,35 @@ def _mutated_later(node: fx.Node, within: set[fx.Node], modules: dict[str, nn.Mo
                for u in node.users)
 
 
+def _fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into a copy of that
+    convolution (torch.nn.utils.fusion.fuse_conv_bn_eval), in ``gm``'s graph; the model's own
+    modules are untouched and the rest stays shared. Measured on MobileNetV2 on a CPU: unfolded
+    batch norms cost ~40% of a forward pass (more in NCHW); on GPUs folding saves a pass per
+    convolution. Layers that are leaves of the trace (a whole block) keep their norms."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    modules = dict(gm.named_modules())
+    changed = False
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.training or len(node.args) != 1:
+            continue
+        conv_node = node.args[0]
+        conv = modules.get(conv_node.target) if isinstance(conv_node, fx.Node) and \
+            conv_node.op == "call_module" else None
+        if not isinstance(conv, nn.Conv2d) or conv.training or len(conv_node.users) != 1:
+            continue
+        name = f"chip_fast_folded_{conv_node.name}"
+        gm.add_submodule(name, fuse_conv_bn_eval(conv, bn))
+        conv_node.target = name
+        node.replace_all_uses_with(conv_node)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.recompile()
+    return gm
+
+
 @dataclass
 class Tail:
     """layer -> logits. ``extras`` are other prefix values the tail reads (a skip connection
@@ -94,7 +123,9 @@ class SplitModel:
         wanted = [cut[layer] for layer in self.layers]
         extra_nodes = {n for t in self.tails.values() for n in t.extras}
         wanted += [n for n in nodes if n.name in extra_nodes and n not in wanted]
-        self.prefix = self._prefix(graph, wanted)
+        self.prefix = _fold_batch_norms(self._prefix(graph, wanted))
+        for tail in self.tails.values():
+            tail.module = _fold_batch_norms(tail.module)
         self._prefix_names = [n.name for n in wanted]
         self._layer_node = {layer: cut[layer].name for layer in self.layers}
         # The tail that ends the model: the layer cut last in the graph's order.
@@ -171,15 +202,18 @@ class SplitModel:
         extras = [prefix_out[name].index_select(0, rows) for name in tail.extras]
         return tail.module(activation, *extras)
 
+    def logits(self, prefix_out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's logits from the prefix outputs: the tail of the layer cut last."""
+        last = self.activation(prefix_out, self._last)
+        if self.tails[self._last].mutates_input:
+            last = last.clone()
+        rows = torch.arange(len(last), device=last.device)
+        return self.run_tail(self._last, last, prefix_out, rows)
+
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(activation of every layer, logits) of images ``x``: one pass through the model."""
         out = self.run_prefix(x)
-        acts = {layer: self.activation(out, layer) for layer in self.layers}
-        last = acts[self._last]
-        if self.tails[self._last].mutates_input:
-            last = last.clone()
-        rows = torch.arange(len(x), device=x.device)
-        return acts, self.run_tail(self._last, last, out, rows)
+        return {layer: self.activation(out, layer) for layer in self.layers}, self.logits(out)
 
 
 class HookedModel:
@@ -216,22 +250,31 @@ def capture_activations(model: nn.Module, layers: Sequence[str]) -> Iterator[dic
             h.remove()
 
 
-# Split models per model and layer list: tracing costs more than a batch of maps, and the split
-# shares the model's modules and parameters, so weight updates reach it.
-_splits: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], SplitModel | HookedModel]]" \
+# Split models per model and layer list: tracing costs more than a batch of maps. The split
+# folds batch norms into copies of convolutions, so it is rebuilt when any parameter or buffer
+# of the model changes (their version counters move with every in-place update).
+_splits: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[tuple, object]]]" \
     = weakref.WeakKeyDictionary()
 
 
+def _versions(model: nn.Module) -> tuple:
+    return tuple((t.data_ptr(), t._version) for t in
+                 list(model.parameters()) + list(model.buffers()))
+
+
 def split_model(model: nn.Module, layers: Sequence[str]) -> SplitModel | HookedModel:
-    """The model cut at ``layers`` (cached), or hooks where fx cannot trace it.
+    """The model cut at ``layers`` (cached while its weights stay the same), or hooks where fx
+    cannot trace it.
 
     A wrong layer name raises LayerError listing the valid names in both cases.
     """
     key = tuple([layers] if isinstance(layers, str) else layers)
     per_model = _splits.setdefault(model, {})
-    if key not in per_model:
+    versions = _versions(model)
+    if key not in per_model or per_model[key][0] != versions:
         try:
-            per_model[key] = SplitModel(model, key)
+            split: SplitModel | HookedModel = SplitModel(model, key)
         except UntraceableError:
-            per_model[key] = HookedModel(model, key)
-    return per_model[key]
+            split = HookedModel(model, key)
+        per_model[key] = (versions, split)
+    return per_model[key][1]

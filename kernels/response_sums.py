@@ -26,7 +26,7 @@ from .philox import philox4x32_10
 
 
 @triton.jit(do_not_specialize=["key0", "key1", "threshold"])
-def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, K, S,
+def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, syy_ptr, K, S,
                           key0, key1, threshold, MASK_TAG: tl.constexpr,
                           BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr):
     # Program (row r, split s, block of BLOCK_Q channel quads). The samples of row r are
@@ -52,6 +52,7 @@ def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, K, S,
     acc2 = tl.zeros([BLOCK_Q], dtype=tl.float64)
     acc3 = tl.zeros([BLOCK_Q], dtype=tl.float64)
     acc_y = tl.zeros([BLOCK_T], dtype=tl.float64)
+    acc_yy = tl.zeros([BLOCK_T], dtype=tl.float64)
     zero = tl.zeros([BLOCK_T, BLOCK_Q], dtype=tl.uint32)
     for i0 in range(lo, hi, BLOCK_T):
         i = i0 + tl.arange(0, BLOCK_T)
@@ -66,6 +67,7 @@ def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, K, S,
         acc2 += tl.sum(tl.where(w2 < thr, yb, 0.0), axis=0)
         acc3 += tl.sum(tl.where(w3 < thr, yb, 0.0), axis=0)
         acc_y += y
+        acc_yy += y * y
 
     row = szy_ptr + (r * S + s) * K
     c = 4 * q
@@ -75,6 +77,7 @@ def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, K, S,
     tl.store(row + c + 3, acc3, mask=c + 3 < K)
     if qb == 0:
         tl.store(sy_ptr + r * S + s, tl.sum(acc_y, axis=0))
+        tl.store(syy_ptr + r * S + s, tl.sum(acc_yy, axis=0))
 
 
 def _splits(t: int, n_rows: int, block_t: int) -> int:
@@ -86,12 +89,15 @@ def _splits(t: int, n_rows: int, block_t: int) -> int:
 
 def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
                          samples: torch.Tensor, channels: int, y: torch.Tensor,
-                         rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         rows: torch.Tensor, n_rows: int, validate: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference(rng.keep_masks(seed, samples, channels, p_keep), y, rows,
-    n_rows)`` without materialising the masks: ((n_rows, K) float64, (n_rows,) float64).
+    n_rows)`` without materialising the masks: (sum z*y (n_rows, K), sum y (n_rows,),
+    sum y^2 (n_rows,)), float64.
 
     key, threshold: the uint32 Philox key words and keep threshold of (seed, p_keep)
     (``rng.seed_key``, ``rng.keep_threshold``); mask_tag: ``rng.MASK_TAG_WORD``.
+    ``validate=False`` skips the index range checks, which read the device.
     """
     if not isinstance(channels, int) or channels < 0:
         raise ValueError(f"channels must be a non-negative int, got {channels!r}")
@@ -104,8 +110,8 @@ def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
     if samples.shape != (t,) or rows.shape != (t,):
         raise ValueError(f"samples, y and rows must all be ({t},), got {tuple(samples.shape)}, "
                          f"{tuple(y.shape)}, {tuple(rows.shape)}")
-    samples = check_index(samples, 1 << 32, "samples", device)
-    rows = check_index(rows, n_rows, "rows", device)
+    samples = check_index(samples, 1 << 32 if validate else None, "samples", device)
+    rows = check_index(rows, n_rows if validate else None, "rows", device)
     key0, key1 = (u32_as_i32(x) for x in key)
     threshold = u32_as_i32(threshold)
 
@@ -113,8 +119,9 @@ def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
     s = _splits(t, n_rows, block_t)
     szy = torch.empty((n_rows, s, channels), dtype=torch.float64, device=device)
     sy = torch.empty((n_rows, s), dtype=torch.float64, device=device)
+    syy = torch.empty((n_rows, s), dtype=torch.float64, device=device)
     if n_rows == 0:
-        return szy[:, 0], sy[:, 0]
+        return szy[:, 0], sy[:, 0], syy[:, 0]
     # Stable sort: within a row, samples keep their given order (part of the determinism).
     sorted_rows, order = torch.sort(rows, stable=True)
     bounds = torch.searchsorted(sorted_rows, torch.arange(n_rows + 1, device=device))
@@ -123,9 +130,9 @@ def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
     quads = max(1, triton.cdiv(channels, 4))
     block_q = min(block_q, triton.next_power_of_2(quads))
     grid = (n_rows, s, triton.cdiv(quads, block_q))
-    _response_sums_kernel[grid](sorted_samples, sorted_y, bounds, szy, sy, channels, s,
+    _response_sums_kernel[grid](sorted_samples, sorted_y, bounds, szy, sy, syy, channels, s,
                                 key0, key1, threshold, MASK_TAG=mask_tag,
                                 BLOCK_T=block_t, BLOCK_Q=block_q)
     if s == 1:
-        return szy[:, 0], sy[:, 0]
-    return szy.sum(1), sy.sum(1)
+        return szy[:, 0], sy[:, 0], syy[:, 0]
+    return szy.sum(1), sy.sum(1), syy.sum(1)

@@ -98,7 +98,7 @@ def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_pat
                   progress=False, samples_per_unit=16, classes_per_unit=2)
     whole = chip_fast.distill_all_classes(tiny_net, tiny_data, **kwargs)
     ckpt = tmp_path / "job.ckpt"
-    real = UnitRunner.run
+    real = UnitRunner.launch
     calls = {"n": 0}
 
     def dies_after_four(self, *args):
@@ -107,11 +107,11 @@ def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_pat
             raise KeyboardInterrupt("killed")
         return real(self, *args)
 
-    monkeypatch.setattr(UnitRunner, "run", dies_after_four)
+    monkeypatch.setattr(UnitRunner, "launch", dies_after_four)
     with pytest.raises(KeyboardInterrupt):
         chip_fast.distill_all_classes(tiny_net, tiny_data, checkpoint=ckpt, checkpoint_every=0, **kwargs)
     assert ckpt.exists()
-    monkeypatch.setattr(UnitRunner, "run", real)
+    monkeypatch.setattr(UnitRunner, "launch", real)
     resumed = chip_fast.distill_all_classes(tiny_net, tiny_data, checkpoint=ckpt, **kwargs)
     for layer in whole.layers:
         assert torch.equal(whole.weights[layer], resumed.weights[layer])

@@ -314,7 +314,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", "0"))
-    run_unit = UnitRunner.run
+    run_unit = UnitRunner.launch
     calls = [0]
 
     def hooked(self, *args):
@@ -323,7 +323,7 @@ def main() -> None:
         calls[0] += 1
         time.sleep(a.unit_sleep)
         return run_unit(self, *args)
-    UnitRunner.run = hooked
+    UnitRunner.launch = hooked
     settings = dict(SETTINGS)
     if rank == 1 and a.seed_rank1 is not None:
         settings["seed"] = a.seed_rank1

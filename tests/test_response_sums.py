@@ -40,15 +40,16 @@ def test_response_sums_matches_reference(case):
     rows = torch.randint(0, n_rows, (t,), generator=g).to(DEV)
     seed = 2**40 + 17
     with poisoned_allocations():
-        szy, sy = response_sums_kernel(seed, samples, p_keep, k, y, rows, n_rows)
+        szy, sy, syy = response_sums_kernel(seed, samples, p_keep, k, y, rows, n_rows)
     if t:
         masks = rng.keep_masks(seed, samples, k, p_keep)
     else:  # rng.keep_masks cannot reshape zero samples (reported); the masks are simply (0, K)
         masks = torch.zeros(0, k, dtype=torch.bool, device=DEV)
-    ref_zy, ref_y = response_sums_reference(masks, y, rows, n_rows)
-    assert szy.dtype == sy.dtype == torch.float64
+    ref_zy, ref_y, ref_yy = response_sums_reference(masks, y, rows, n_rows)
+    assert szy.dtype == sy.dtype == syy.dtype == torch.float64
     assert_close(szy, ref_zy, rtol=1e-12, atol_scale=1.0)
     assert_close(sy, ref_y, rtol=1e-12, atol_scale=1.0)
+    assert_close(syy, ref_yy, rtol=1e-12, atol_scale=1.0)
 
 
 def test_response_sums_exact_and_deterministic():
@@ -61,8 +62,8 @@ def test_response_sums_exact_and_deterministic():
     a = response_sums_kernel(5, samples, 0.5, k, y, rows, n_rows)
     b = response_sums_kernel(5, samples, 0.5, k, y, rows, n_rows)
     ref = response_sums_reference(rng.keep_masks(5, samples, k, 0.5), y, rows, n_rows)
-    assert torch.equal(a[0], ref[0]) and torch.equal(a[1], ref[1])
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for got, again, want in zip(a, b, ref):
+        assert torch.equal(got, want) and torch.equal(got, again)
 
 
 def test_response_sums_errors():

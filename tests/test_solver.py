@@ -79,7 +79,7 @@ def test_streamed_statistics_equal_direct_covariances():
     assert s1.dtype == torch.int64 and torch.equal(s2, (z.t() @ z).round().long())
     szy, sy = [], []
     for c in range(2):
-        a, b = response_sums_reference(z.bool(), y[c], torch.zeros(n, dtype=torch.long), 1)
+        a, b, _ = response_sums_reference(z.bool(), y[c], torch.zeros(n, dtype=torch.long), 1)
         szy.append(a[0]); sy.append(b[0])
     gram, r = covariances(s1, s2, torch.stack(szy), torch.stack(sy), n)
     zc = z - z.mean(0)

@@ -72,7 +72,7 @@ def test_explain_maps_the_activation_distillation_perturbed():
 
 
 FAMILIES = ["vgg16", "resnet50", "densenet121", "efficientnet_b0", "mobilenet_v3_large",
-            "convnext_tiny"]
+            "convnext_tiny", "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf"]
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -89,7 +89,10 @@ def test_families_activations_equal_the_layers_own_outputs(arch):
     modules = dict(model.named_modules())
     truth = own_outputs(model, [l for l in layers if l in modules], x)
     for l, t in truth.items():
-        torch.testing.assert_close(acts[l], t, rtol=1e-5, atol=1e-6, msg=f"{arch} {l}")
+        # Batch norms folded into the convolutions round differently, ~1e-6 of the scale; an
+        # in-place op after the layer would change values by their own size.
+        torch.testing.assert_close(acts[l], t, rtol=1e-4, atol=1e-5 * float(t.abs().max()),
+                                   msg=f"{arch} {l}")
 
 
 class Untraceable(nn.Module):

@@ -1,0 +1,86 @@
+"""Distillation on a shared CPU: alone, and next to another job that keeps every CPU busy.
+
+    python bench/shared_machine.py [--seconds 20] [--threads 0]
+
+Runs the units of one distillation (MobileNetV2 features.14.conv.0, real Imagenette photos,
+per-element path) for about --seconds and reports samples/s, first alone, then while a second
+process runs float32 matrix products on as many threads as this process may use. With two
+processes each sizing its threads from the CPUs it may use, the second should cost about half
+the throughput, not more: a result much worse than 0.5 means oversubscription (threads that
+wait on each other while descheduled). --threads sets torch's intra-op threads of the
+distillation (0: chip_fast's choice, ``chip_fast.cpus.usable_cpus()``).
+Writes bench/results/shared_machine_cpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"
+
+
+def _busy(threads: int, stop) -> None:
+    torch.set_num_threads(threads)
+    a = torch.randn(1024, 1024)
+    while not stop.is_set():
+        a @ a
+
+
+def samples_per_second(seconds: float) -> float:
+    import chip_fast
+    from chip_fast.distill import DistillJob
+    from chip_fast.models import load_model
+    from chip_fast.plan import DistillSettings
+    model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
+    source = chip_fast.ImageFolderSource(DATA / "imagenette" / "train")
+    job = DistillJob(model, source, ["features.14.conv.0"],
+                     DistillSettings(samples_per_class=4096, samples_per_unit=64,
+                                     fill_stats_views=16), classes=source.classes[:1])
+    job.measure_fill_statistics()
+    done, t0 = 0, time.perf_counter()
+    for unit in job.state.pending():
+        job.run_pending([unit])
+        done += job.plan.unit_samples(unit)
+        if time.perf_counter() - t0 > seconds:
+            break
+    rate = done / (time.perf_counter() - t0)
+    job.close()
+    return rate
+
+
+def main() -> None:
+    from chip_fast.cpus import usable_cpus
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    cpus = usable_cpus()
+    torch.set_num_threads(args.threads or cpus)
+    alone = samples_per_second(args.seconds)
+    stop = mp.get_context("spawn").Event()
+    other = mp.get_context("spawn").Process(target=_busy, args=(cpus, stop))
+    other.start()
+    time.sleep(2.0)
+    try:
+        shared = samples_per_second(args.seconds)
+    finally:
+        stop.set()
+        other.join()
+    result = {"cpus": cpus, "torch_threads": torch.get_num_threads(),
+              "alone_samples_per_s": alone, "shared_samples_per_s": shared,
+              "ratio": shared / alone,
+              "command": f"python bench/shared_machine.py --seconds {args.seconds:g}"}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shared_machine_cpu.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
