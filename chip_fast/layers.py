@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import difflib
 import logging
+import weakref
 from typing import Sequence
 
 import torch
+import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger("chip_fast")
@@ -51,35 +54,143 @@ def check_layers(model: nn.Module, layers: Sequence[str], functions: Sequence[st
     return layers
 
 
-# Deepest convolutional stage and one at twice its resolution, for common torchvision families.
-# MobileNetV2's stage outputs at 14x14 are linear bottlenecks (no ReLU): a signed channel's value
-# is not its presence. Measured (bench/results/mid_layers, positive weights, 150 photos), the
-# ReLU6'd expansion that opens the next block, still 14x14, localises better alone (MaxBoxAcc
-# 0.53 vs 0.51) and far better refined with features.18 (0.71 vs 0.51), so it is the mid layer.
-_KNOWN_DEFAULTS = {
-    "MobileNetV2": ["features.14.conv.0", "features.18"],
-    "MobileNetV3": ["features.12", "features.16"],
-    "ResNet": ["layer3", "layer4"],
-    "VGG": None,  # computed: indices differ between VGG11..19
-    "EfficientNet": ["features.5", "features.8"],
-    "EfficientNetLite": ["features.5", "features.7"],
-    "ConvNeXt": ["features.5", "features.7"],
-    "RegNet": ["trunk_output.block3", "trunk_output.block4"],
-    "DenseNet": ["features.denseblock3", "features.norm5"],
-}
+# -- default layers: activations that mean presence -----------------------------------------------
+#
+# The rule (docs/design.md): the default layers are the outputs of the last ReLU-like operation
+# (ReLU, ReLU6, SiLU, Hardswish, GELU: module or function call) at the deepest spatial resolution
+# of the network, and the last one at twice that resolution. A CHIP map is a positively weighted
+# sum of a layer's channels, so a channel's value must say how much of its pattern is present:
+# the output of such an activation does (zero or near zero where the pattern is absent), a linear
+# bottleneck (MobileNetV2/V3 and EfficientNet stage outputs) or a batch norm does not (signed).
+# Measured: docs/evaluation.md. "Last" is in execution order, among outputs a layer name can
+# address: the deepest block whose output the activation is (features.18 rather than
+# features.18.2), else the activation module if it runs once, else the fx node name of a function
+# call (DenseNet's final F.relu is node "relu"). A ReLU module that a block calls several times
+# (ResNet's) is addressed through the block that ends with it. Models with no such activation in
+# (N, C, H, W) layout (ConvNeXt applies GELU channels-last) fall back to the stage outputs.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU)
+_ACTIVATION_FUNCTIONS = {F.relu, F.relu_, F.relu6, F.silu, F.hardswish, F.gelu, torch.relu,
+                         torch.relu_}
+_ACTIVATION_METHODS = {"relu", "relu_"}
+
+# Per model class and input size: tracing and a blank forward pass cost more than a call should.
+_defaults_cache: "weakref.WeakKeyDictionary[nn.Module, dict[int, list[str]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def default_layers(model: nn.Module, input_size: int = 224) -> list[str]:
-    """The deepest convolutional stage and the deepest one at twice its resolution.
+    """The default layers of ``model``: the last presence activation (see the rule above) at
+    twice the deepest resolution, and the last one at the deepest resolution, shallow first.
 
-    Known torchvision families use a fixed table; other models are probed with one forward pass
-    of a blank image, picking stage-level modules by their output resolution.
+    One traced forward pass of a blank ``input_size`` image finds them (cached per model);
+    models fx cannot trace are probed with forward hooks on their activation modules.
     """
-    known = _KNOWN_DEFAULTS.get(type(model).__name__)
-    names = {n for n, _ in model.named_modules()}
-    if known and all(n in names for n in known):
-        return list(known)
-    return _probe_default_layers(model, input_size)
+    per_model = _defaults_cache.setdefault(model, {})
+    if input_size not in per_model:
+        try:
+            found = _presence_layers_fx(model, input_size)
+        except LayerError:
+            raise
+        except Exception:  # noqa: BLE001 - fx raises many types for untraceable Python
+            found = _presence_layers_hooks(model, input_size)
+        if not found:
+            logger.info("chip_fast: %s has no ReLU-like activation in (N, C, H, W) layout; "
+                        "using its stage outputs", type(model).__name__)
+            found = _stage_outputs(model, input_size)
+        per_model[input_size] = found
+    return list(per_model[input_size])
+
+
+def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), ACTIVATIONS)
+    if node.op == "call_function":
+        return node.target in _ACTIVATION_FUNCTIONS
+    return node.op == "call_method" and node.target in _ACTIVATION_METHODS
+
+
+def _spatial(t, resolutions: set[tuple[int, int]]) -> tuple[int, int] | None:
+    """(H, W) of an (N, C, H, W) tensor at a resolution some convolution produces, else None
+    (vectors, channels-last tensors, pooled maps)."""
+    if not torch.is_tensor(t) or t.dim() != 4:
+        return None
+    hw = (int(t.shape[-2]), int(t.shape[-1]))
+    return hw if hw in resolutions and hw[0] * hw[1] > 1 else None
+
+
+def _node_name(node: fx.Node, modules: dict[str, nn.Module], last_in_scope: dict[str, fx.Node],
+               repeated: set[str]) -> str | None:
+    """The layer name that addresses ``node``'s output, or None (see the rule)."""
+    scopes = [k for k in node.meta.get("nn_module_stack", {}) if "@" not in k]
+    blocks = [k for k in scopes if last_in_scope.get(k) is node and k not in repeated
+              and not isinstance(modules.get(k), ACTIVATIONS)]
+    if blocks:
+        return max(blocks, key=lambda k: k.count("."))
+    if node.op == "call_module":
+        return node.target if node.target not in repeated else None
+    return node.name
+
+
+def _presence_layers_fx(model: nn.Module, input_size: int) -> list[str]:
+    gm = fx.symbolic_trace(model)
+    modules = dict(model.named_modules())
+    values: dict[fx.Node, object] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            values[n] = out
+            return out
+
+    p = next(model.parameters())
+    with torch.no_grad():
+        Recorder(gm).run(torch.zeros(1, 3, input_size, input_size, dtype=p.dtype,
+                                     device=p.device))
+    nodes = list(gm.graph.nodes)
+    resolutions = {(int(v.shape[-2]), int(v.shape[-1])) for n, v in values.items()
+                   if n.op == "call_module" and isinstance(modules.get(n.target), nn.Conv2d)
+                   or n.op == "call_function" and n.target is F.conv2d}
+    last_in_scope: dict[str, fx.Node] = {}
+    repeated: set[str] = set()
+    for n in nodes:
+        for k in n.meta.get("nn_module_stack", {}):
+            if "@" in k:
+                repeated.add(k.split("@")[0])
+            else:
+                last_in_scope[k] = n
+    found = []
+    for n in nodes:
+        hw = _spatial(values.get(n), resolutions) if _is_activation(n, modules) else None
+        if hw is not None:
+            name = _node_name(n, modules, last_in_scope, repeated)
+            if name is not None:
+                found.append((hw, name))
+    return _deepest_and_double(found)
+
+
+def _deepest_and_double(found: list[tuple[tuple[int, int], str]]) -> list[str]:
+    """The last name at the smallest resolution and the last at twice it, shallow first."""
+    if not found:
+        return []
+    deep = min((hw for hw, _ in found), key=lambda hw: hw[0] * hw[1])
+    double = (2 * deep[0], 2 * deep[1])
+    chosen = [[n for hw, n in found if hw == double], [n for hw, n in found if hw == deep]]
+    return [names[-1] for names in chosen if names]
+
+
+def _presence_layers_hooks(model: nn.Module, input_size: int) -> list[str]:
+    """The rule for models fx cannot trace: activation modules that run once, by forward hooks
+    (function calls are invisible here)."""
+    outputs = probe_outputs(model, (3, input_size, input_size))
+    calls: dict[str, int] = {}
+    for name, _, _ in outputs:
+        calls[name] = calls.get(name, 0) + 1
+    resolutions = {(int(o.shape[-2]), int(o.shape[-1])) for _, m, o in outputs
+                   if isinstance(m, nn.Conv2d)}
+    found = [(hw, name) for name, m, o in outputs
+             if isinstance(m, ACTIVATIONS) and calls[name] == 1
+             and (hw := _spatial(o, resolutions)) is not None]
+    return _deepest_and_double(found)
 
 
 def probe_outputs(model: nn.Module, image_shape: Sequence[int] = (3, 224, 224)
@@ -108,7 +219,7 @@ def probe_outputs(model: nn.Module, image_shape: Sequence[int] = (3, 224, 224)
     return outputs
 
 
-def _probe_default_layers(model: nn.Module, input_size: int) -> list[str]:
+def _stage_outputs(model: nn.Module, input_size: int) -> list[str]:
     pooling = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
     outputs = [(name, isinstance(m, pooling), out)
                for name, m, out in probe_outputs(model, (3, input_size, input_size))
