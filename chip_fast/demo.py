@@ -18,20 +18,26 @@ import numpy as np
 import torch
 
 from .classes import imagenet_classes
+from .atlas import channel_maps
+from .atlas_report import ATLAS_CSS, AtlasRow, class_rows, rows_html
 from .overlay import blend, save_png
 
 DEMO_PHOTOS = [  # (name, ImageNet class index, how to get the photo from skimage.data)
     ("chelsea", 281, "chelsea"),             # tabby cat
     ("coffee", 967, "coffee"),               # espresso
-    ("rocket", 812, "rocket"),               # space shuttle
+    # A Falcon 9 on its pad, not a space shuttle: the model says "missile" (0.37; "space shuttle"
+    # 0.04), and a map for "space shuttle" finds that class's evidence in the launch towers and
+    # the sky beside the rocket (docs/evaluation.md), so the photo is explained as a missile.
+    ("rocket", 657, "rocket"),               # missile
     ("motorcycle", 665, "stereo_motorcycle"),  # moped (left view of the stereo pair)
 ]
-# Refined CHIP of the last 14x14 stage and the deepest conv output at 7x7, the head conv (see
-# chip_fast.efficientnet_lite; the same pair default_layers picks). The per-layer overlays show
-# what each contributes: at demo sample counts features.8 localizes, features.5 is noisier.
-DEMO_LAYERS = ["features.5", "features.8"]
+# The default layers of EfficientNet-Lite0 (chip_fast.layers: the last ReLU6 outputs at 14x14
+# and at 7x7): the expansion that opens stage 6 and the head conv. Its stage outputs
+# (features.5, features.7) are linear bottlenecks, whose signed values do not say where a
+# pattern is present.
+DEMO_LAYERS = ["features.6.0.block.0", "features.8"]
 REFINED = "Refined CHIP"
-TOP_CHANNELS = 10  # channels shown in each bar chart and counted in the "top-10 share"
+ATLAS_CHANNELS = 4   # top channels of the explained class shown per layer
 
 
 def overlay_png(photo: np.ndarray, heat: np.ndarray, path: Path) -> None:
@@ -39,52 +45,6 @@ def overlay_png(photo: np.ndarray, heat: np.ndarray, path: Path) -> None:
     if photo.shape[:2] != heat.shape:
         raise ValueError(f"photo {photo.shape[:2]} and map {heat.shape} differ in size")
     save_png(blend(photo / 255.0, heat), path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Importance summaries
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class ImportanceSummary:
-    """Where one class's importance vector at one layer puts its mass."""
-    channels: int                   # K, the layer's channel count
-    nonzero: int                    # channels with W != 0
-    top_share: float                # share of sum |W| held by the TOP_CHANNELS largest |W|
-    top: list[tuple[int, float]]    # (channel, W) of the largest |W|, largest first
-
-
-def summarize_importance(w: torch.Tensor, top: int = TOP_CHANNELS) -> ImportanceSummary:
-    """Summarise one row W[c, :] of a layer's importance matrix."""
-    w = w.detach().float().cpu()
-    mag = w.abs()
-    total = float(mag.sum())
-    k = min(top, w.numel())
-    vals, idx = mag.topk(k)
-    share = float(vals.sum()) / total if total > 0 else 0.0
-    chosen = [(int(i), float(w[i])) for i, v in zip(idx, vals) if v > 0]
-    return ImportanceSummary(channels=w.numel(), nonzero=int((w != 0).sum()), top_share=share,
-                             top=chosen)
-
-
-def bar_chart_svg(top: list[tuple[int, float]], width: int = 260, bar_h: int = 14) -> str:
-    """Inline SVG of horizontal bars, one per (channel, weight); blue positive, red negative."""
-    if not top:
-        return '<p class="muted">all weights are zero</p>'
-    label_w, gap = 48, 3
-    scale = (width - label_w - 52) / max(abs(v) for _, v in top)
-    rows = []
-    for i, (ch, v) in enumerate(top):
-        y = i * (bar_h + gap)
-        bar = abs(v) * scale
-        color = "#2f6fdb" if v >= 0 else "#d9482b"
-        rows.append(
-            f'<text x="{label_w - 4}" y="{y + bar_h - 3}" text-anchor="end">ch {ch}</text>'
-            f'<rect x="{label_w}" y="{y}" width="{bar:.1f}" height="{bar_h}" fill="{color}"/>'
-            f'<text x="{label_w + bar + 3:.1f}" y="{y + bar_h - 3}">{v:+.3g}</text>')
-    height = len(top) * (bar_h + gap)
-    return (f'<svg class="bars" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img">{"".join(rows)}</svg>')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +59,9 @@ class PhotoResult:
     photo: np.ndarray                            # (H, W, 3) uint8, the pixels the model saw
     maps: dict[str, np.ndarray]                  # REFINED and each layer -> (H, W) in [0, 1]
     top5: list[tuple[int, float]]                # (class, probability), most probable first
-    importance: dict[str, ImportanceSummary] = field(default_factory=dict)  # layer -> summary
+    # The class's top channels: patches where each fires in the distillation photos, and where
+    # it fires on this photo (files already in the report's folder; chip_fast.atlas_report).
+    atlas: list[AtlasRow] = field(default_factory=list)
 
 
 _CSS = """
@@ -111,9 +73,7 @@ figure { margin: 0; } figure img { width: 224px; height: 224px; display: block; 
 figcaption { font-size: 0.85em; text-align: center; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { padding: 2px 8px; text-align: left; vertical-align: top; }
-.imp { display: flex; flex-wrap: wrap; gap: 24px; }
-svg.bars text { font-size: 10px; font-family: monospace; }
-"""
+""" + ATLAS_CSS
 
 
 def _class_name(names: list[str], idx: int) -> str:
@@ -121,7 +81,7 @@ def _class_name(names: list[str], idx: int) -> str:
 
 
 def _photo_section(r: PhotoResult, images: dict[str, str], names: list[str]) -> str:
-    """HTML of one photo: original and overlays, top-5, importance of its class per layer."""
+    """HTML of one photo: original and overlays, top-5, the atlas of its class's channels."""
     esc = html.escape
     figs = [f'<figure><img src="{esc(images["photo"])}" alt="photo"><figcaption>photo'
             f'</figcaption></figure>']
@@ -131,18 +91,14 @@ def _photo_section(r: PhotoResult, images: dict[str, str], names: list[str]) -> 
     top5 = "".join(
         f'<tr><td>{"<b>" if c == r.label else ""}{esc(_class_name(names, c))} ({c})'
         f'{"</b>" if c == r.label else ""}</td><td>{p:.1%}</td></tr>' for c, p in r.top5)
-    imp = []
-    for layer, s in r.importance.items():
-        imp.append(
-            f'<div><b>{esc(layer)}</b>: {s.nonzero} of {s.channels} channels non-zero; '
-            f'top {TOP_CHANNELS} hold {s.top_share:.0%} of the |W| mass'
-            f'<br>{bar_chart_svg(s.top)}</div>')
     label = f"{esc(_class_name(names, r.label))} ({r.label})"
     return (f'<div class="photo"><h2>{esc(r.name)}: maps for <i>{label}</i></h2>'
             f'<div class="figs">{"".join(figs)}</div>'
             f'<h3>Model top-5</h3><table>{top5}</table>'
-            f'<h3>Distilled importance of {label}</h3><div class="imp">{"".join(imp)}</div>'
-            f'</div>')
+            f'<h3>What the channels that carry <i>{label}</i> respond to</h3>'
+            f'<p class="muted">The top channels of the class (largest distilled importance W) '
+            f'at each layer; each row shows where that channel fires most in the distillation '
+            f'photos, and where it fires on this photo.</p>{rows_html(r.atlas)}</div>')
 
 
 def write_report(out_dir: str | Path, results: list[PhotoResult], class_names: list[str],
@@ -200,12 +156,16 @@ def load_demo_photos() -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray], li
 
 def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
              layers: list[str] | None = None) -> Path:
-    """Distill the demo classes on EfficientNet-Lite0, explain the photos, write the report.
+    """Distill the demo classes on EfficientNet-Lite0 with the channel atlas, explain the
+    photos, write the report.
 
-    Returns the path of ``out_dir/report.html``; ``out_dir/demo.chip`` holds the importance.
+    Returns the path of ``out_dir/report.html``; ``out_dir/demo.chip`` holds the importance and
+    ``out_dir/demo.atlas`` the atlas (``chip-fast atlas show`` reads both).
     """
     import chip_fast
+    from .atlas import build_atlas, save_atlas
     from .efficientnet_lite import load_efficientnet_lite0
+    from .preprocess import preprocess_for
     _require_demo_extras()
     layers = list(layers or DEMO_LAYERS)
     out = Path(out_dir)
@@ -222,11 +182,12 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
     class_names = list(imagenet_classes()[1])
 
     say(f"distilling {len(classes)} classes at {', '.join(layers)}, "
-        f"{samples_per_class} samples per class")
-    imp = chip_fast.distill_all_classes(model, (images, labels), layers=layers,
-                                        samples_per_class=samples_per_class, seed=seed,
-                                        classes=classes, augment=True)
+        f"{samples_per_class} samples per class, with the channel atlas")
+    imp, atlas = build_atlas(model, (images, labels), layers, classes=classes,
+                             preprocess=preprocess_for("efficientnet_lite0"),
+                             samples_per_class=samples_per_class, seed=seed, augment=True)
     imp.save(out / "demo.chip")
+    save_atlas(atlas, out / "demo.atlas")
 
     say("explaining the photos")
     with torch.no_grad():
@@ -234,17 +195,20 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
     maps = {REFINED: chip_fast.explain(model, imp, images, classes)}
     for layer in layers:
         maps[layer] = chip_fast.explain(model, imp, images, classes, layers=[layer])
-
     results = []
     for i, (name, c) in enumerate(zip(names, classes)):
         p, idx = probs[i].topk(5)
+        heat = (lambda layer, chs, i=i:
+                channel_maps(model, layer, images[i:i + 1], chs)[0].numpy())
         results.append(PhotoResult(
             name=name, label=c, photo=crops[i],
             maps={k: m[i].detach().float().cpu().numpy() for k, m in maps.items()},
             top5=[(int(j), float(q)) for q, j in zip(p, idx)],
-            importance={l: summarize_importance(imp.weights[l][c]) for l in layers}))
+            atlas=class_rows(atlas, imp, c, out, name, class_names, n=ATLAS_CHANNELS,
+                             photo=crops[i], channel_heat=heat)))
     notes = (f"EfficientNet-Lite0 (ImageNet-1k), {samples_per_class} perturbed networks per "
-             f"class, layers {', '.join(layers)}, seed {seed}; importance in demo.chip.")
+             f"class, layers {', '.join(layers)}, seed {seed}; importance in demo.chip, channel "
+             "atlas in demo.atlas.")
     path = write_report(out, results, class_names, notes=html.escape(notes))
     say(f"report written: {path}")
     return path
