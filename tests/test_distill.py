@@ -65,7 +65,7 @@ def test_same_seed_same_file_and_other_seed_differs(tiny_net, tiny_data, tmp_pat
 def test_any_sample_regenerates_alone(tiny_net, tiny_data):
     """The batched job's sums equal a naive loop that rebuilds every sample on its own."""
     settings = DistillSettings(samples_per_class=20, seed=11, augment=3, samples_per_unit=8,
-                               classes_per_unit=2, batch_size=7)
+                               classes_per_unit=2, batch_size=7, fill="noise")
     job = DistillJob(tiny_net, tiny_data, ["features.1"], settings, classes=[1, 4])
     job.measure_fill_statistics()
     job.run_pending(job.state.pending())
