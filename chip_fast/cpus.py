@@ -13,17 +13,17 @@ import os
 from pathlib import Path
 
 
-def _cgroup_quota() -> float | None:
+def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs allowed by the cgroup quota (v2 ``cpu.max``, v1 ``cfs_quota_us``), None if unlimited."""
     try:
-        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        text = (root / "cpu.max").read_text().split()
         if text and text[0] != "max":
             return int(text[0]) / int(text[1])
     except (OSError, ValueError, IndexError):
         pass
     try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         if quota > 0 and period > 0:
             return quota / period
     except (OSError, ValueError):
@@ -38,7 +38,7 @@ def usable_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # macOS and Windows have no affinity call
         n = os.cpu_count() or 1
-    quota = _cgroup_quota()
+    quota = cgroup_quota()
     if quota is not None:
         n = min(n, max(1, math.floor(quota)))
     return max(1, n)

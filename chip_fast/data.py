@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,12 +175,32 @@ class TensorSource(_Source):
         return self.images[self.files[c][j % len(self.files[c])]]
 
 
-def as_source(data) -> ImageFolderSource | TensorSource:
-    """Accept a source, a folder path, or an (images, labels) pair."""
+TRAIN_DIR_ENV = "CHIP_FAST_TRAIN_DIR"
+
+
+def as_source(data=None, **folder_options) -> ImageFolderSource | TensorSource:
+    """Accept a source, a folder path, an (images, labels) pair, or None: the folder named by
+    the environment variable ``CHIP_FAST_TRAIN_DIR`` (the ``train/<wnid>/*.JPEG`` tree a user
+    already has; wnid folders keep their ImageNet indices, the class order of ImageNet models).
+
+    ``folder_options`` (``mapping_file``, ``preprocess``, ``on_error``, ``decode_device``) apply
+    where this opens a folder, i.e. for a path or None."""
+    if data is None:
+        root = os.environ.get(TRAIN_DIR_ENV, "").strip()
+        if not root:
+            raise ValueError(
+                "no training images given: pass data= (a train/<wnid>/*.JPEG folder, an "
+                "ImageFolderSource or an (images, labels) pair), or set the environment "
+                f"variable {TRAIN_DIR_ENV} to your ImageNet train/ folder, e.g. "
+                f"export {TRAIN_DIR_ENV}=/data/imagenet/train")
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"{TRAIN_DIR_ENV}={root} is not a folder (it should name "
+                                    "the train/<wnid>/*.JPEG tree of your training images)")
+        return ImageFolderSource(root, **folder_options)
     if isinstance(data, (ImageFolderSource, TensorSource)):
         return data
     if isinstance(data, (str, Path)):
-        return ImageFolderSource(data)
+        return ImageFolderSource(data, **folder_options)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return TensorSource(*data)
     raise TypeError("data must be an ImageFolderSource, a TensorSource, a folder path or an "

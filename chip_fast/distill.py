@@ -194,74 +194,83 @@ def _run_own_units(job: DistillJob, units: list[Unit], peers: Peers, world: Worl
         refresh()
 
 
-def distill_all_classes(model: nn.Module, data, layers: Sequence[str] | None = None, *,
+def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | None = None, *,
                         classes: Iterable[int] | None = None, samples_per_class: int = 2048,
                         seed: int = 0, p_keep: float = 0.5, fill: str = "noise",
                         response: str = "logit", alpha: float = 0.1, nonneg: bool = False,
                         augment: bool | int = False, batch_size: int | None = None,
                         progress: bool = True, checkpoint: str | Path | None = None,
                         checkpoint_every: float = 300.0, out: str | Path | None = None,
-                        max_memory: str | int | None = None, device: str | torch.device | None = None,
+                        keep_checkpoint: bool = True, max_memory: str | int | None = None,
+                        device: str | torch.device | None = None,
                         timeout: float = DEFAULT_TIMEOUT_S, **advanced: Any) -> Importance | None:
     """Distil the channel importance of every class at ``layers`` (METHOD.md, Stage 1).
 
-    ``data``: an ImageFolderSource, a folder in the ``train/<wnid>/`` layout, or an
-    ``(images, labels)`` pair of preprocessed tensors. ``layers=None`` picks the model's deepest
-    convolutional stage and one at twice its resolution. ``advanced`` takes the other fields of
-    DistillSettings (classes_per_unit, samples_per_unit, fill_stats_views, tol, max_iter,
-    tail_dtype). With ``checkpoint`` (a folder), the sums are saved there atomically every
-    ``checkpoint_every`` seconds and a rerun of the same call resumes from it. ``out``: write
-    the importance file there. ``max_memory`` ('4GiB') chooses batch_size and samples_per_unit
+    ``data``: an ImageFolderSource, a folder in the ``train/<wnid>/`` layout, an
+    ``(images, labels)`` pair of preprocessed tensors, or None: the folder named by the
+    environment variable ``CHIP_FAST_TRAIN_DIR`` (folders are read with the model's
+    preprocessing). ``layers=None`` picks the model's deepest convolutional stage and one at
+    twice its resolution. ``advanced`` takes the other fields of DistillSettings
+    (classes_per_unit, samples_per_unit, fill_stats_views, tol, max_iter, tail_dtype). With
+    ``checkpoint`` (a folder), the sums are saved there atomically every ``checkpoint_every``
+    seconds and on SIGTERM/SIGINT, and a rerun of the same call resumes from it;
+    ``keep_checkpoint=False`` removes its files once the result is complete. ``out``: write the
+    importance file there. ``out`` and ``checkpoint`` are locked for the run (``<path>.lock``,
+    :mod:`chip_fast.locks`): a second job writing either fails at once with LockedError naming
+    the first. ``max_memory`` ('4GiB') chooses batch_size and samples_per_unit
     (:func:`chip_fast.plan.plan_memory`). ``device``: by default the model's; the model is moved
     to ``device`` and run in eval mode.
 
     Started by torchrun (``RANK``/``WORLD_SIZE`` set), the job is sharded over all processes
     (class groups ``g % world_size``), each on ``cuda:LOCAL_RANK`` by default; ``timeout`` (s)
-    is how long a silent rank may take before the job fails. The result is the same file as one
-    process's. Returns the Importance on rank 0, None on the other ranks.
+    is how long a silent rank may take before the job fails; rank 0 holds the locks. The result
+    is the same file as one process's. Returns the Importance on rank 0, None on the others.
     """
     world = world_from_env()
     distributed = world.size > 1 or launched_by_torchrun()
-    dev = pick_device(world, device, model, distributed)
-    settings = DistillSettings(samples_per_class=samples_per_class, seed=seed, p_keep=p_keep,
-                               fill=fill, response=response, alpha=alpha, nonneg=nonneg,
-                               augment=augment, batch_size=batch_size, **advanced)
-    started = time.monotonic()
-    with _on_device_in_eval(model, dev):
-        source = as_source(data)
-        if max_memory is not None:
-            settings = _budgeted(settings, model, source, layers, max_memory,
-                                 given={"batch_size": batch_size, **advanced})
-        job = DistillJob(model, source, layers, settings, classes)
-        store = (CheckpointStore(checkpoint, job.identity, world.rank, world.size)
-                 if checkpoint is not None else None)
-        if distributed:
-            init_process_group(world, dev, timeout)
-        peers = Peers(world, timeout, beat_every=min(5.0, timeout / 4))
-        try:
-            result = _run(job, world, peers, store, checkpoint_every, progress, distributed)
-            if result is not None:
-                if max_memory is not None:
-                    result.settings["max_memory"] = str(max_memory)
-                if out is not None:
-                    result.save(out)
-                if progress:
-                    _summary(job, world, peers, time.monotonic() - started, out)
-            # The others wait for the file without a time limit (rank 0's solve may be long),
-            # then a barrier, immediate by then, keeps the store's host alive until everyone
-            # has looked.
-            peers.wait_for_all("saved")
-            if torch.distributed.is_initialized():
-                torch.distributed.barrier()
-            return result
-        except BaseException as e:  # SystemExit from SIGTERM too: the others stop waiting at once
-            peers.post_failure(f"{type(e).__name__}: {e}")
-            raise
-        finally:
-            job.close()
-            peers.stop()
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
+    with output_locks(world, out, checkpoint):
+        dev = pick_device(world, device, model, distributed)
+        settings = DistillSettings(samples_per_class=samples_per_class, seed=seed, p_keep=p_keep,
+                                   fill=fill, response=response, alpha=alpha, nonneg=nonneg,
+                                   augment=augment, batch_size=batch_size, **advanced)
+        started = time.monotonic()
+        with _on_device_in_eval(model, dev):
+            source = as_source(data, preprocess=_folder_preprocess(model))
+            if max_memory is not None:
+                settings = _budgeted(settings, model, source, layers, max_memory,
+                                     given={"batch_size": batch_size, **advanced})
+            job = DistillJob(model, source, layers, settings, classes)
+            store = (CheckpointStore(checkpoint, job.identity, world.rank, world.size)
+                     if checkpoint is not None else None)
+            if distributed:
+                init_process_group(world, dev, timeout)
+            peers = Peers(world, timeout, beat_every=min(5.0, timeout / 4))
+            try:
+                result = _run(job, world, peers, store, checkpoint_every, progress, distributed)
+                if result is not None:
+                    if max_memory is not None:
+                        result.settings["max_memory"] = str(max_memory)
+                    if out is not None:
+                        result.save(out)
+                    if progress:
+                        _summary(job, world, peers, time.monotonic() - started, out)
+                # The others wait for the file without a time limit (rank 0's solve may be
+                # long), then a barrier, immediate by then, keeps the store's host alive until
+                # everyone has looked.
+                peers.wait_for_all("saved")
+                if torch.distributed.is_initialized():
+                    torch.distributed.barrier()
+                if result is not None and store is not None and not keep_checkpoint:
+                    _remove_checkpoint(store.folder)   # every rank's last save is behind us
+                return result
+            except BaseException as e:  # SystemExit from SIGTERM too: the others stop at once
+                peers.post_failure(f"{type(e).__name__}: {e}")
+                raise
+            finally:
+                job.close()
+                peers.stop()
+                if torch.distributed.is_initialized():
+                    torch.distributed.destroy_process_group()
 
 
 def _budgeted(settings: DistillSettings, model: nn.Module, source, layers: Sequence[str] | None,
@@ -309,3 +318,34 @@ def _summary(job: DistillJob, world: World, peers: Peers, wall: float,
           f"samples/s; {n / max(work, 1e-9):.0f} samples/s in this process's {work:.1f} s of "
           f"units) "
           f"on {world.size} process(es){where}", file=sys.stderr, flush=True)
+
+
+# -- outputs of distill_all_classes: locks, the default source, removing checkpoints ------------
+def output_locks(world: World, out: str | Path | None,
+                 checkpoint: str | Path | None) -> ContextManager[Any]:
+    """The locks of the output file and the checkpoint folder, held by rank 0 only: the other
+    ranks write where rank 0 says, and torchrun stops them all when rank 0 fails to lock.
+    (The command line takes them too, before it reads the data; locks nest.)"""
+    from .locks import locked
+    if not world.is_main:
+        return contextlib.nullcontext()
+    return locked((out, "output file (--out)"), (checkpoint, "checkpoint folder (--checkpoint)"))
+
+
+def _folder_preprocess(model: nn.Module):
+    """The preprocessing of ``model``'s family, for image folders opened on its behalf."""
+    from .efficientnet_lite import EfficientNetLite0
+    from .preprocess import preprocess_for
+    return preprocess_for("efficientnet_lite0" if isinstance(model, EfficientNetLite0) else "")
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    """Delete a finished job's checkpoint files, and the folder if nothing else is in it (a
+    folder the user named may hold other files: those stay)."""
+    from .checkpoint import CHECKPOINT_GLOB
+    # with the temporary files of a save that a crash interrupted (see importance._atomic_write)
+    for path in [*folder.glob(CHECKPOINT_GLOB), *folder.glob(f".{CHECKPOINT_GLOB}.*.tmp")]:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    logger.info("chip_fast: removed the checkpoint %s (the result is complete)", folder)

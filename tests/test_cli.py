@@ -7,10 +7,13 @@ from conftest import WEIGHTS
 
 def test_class_ranges():
     assert parse_classes("0-3,7,9-10") == [0, 1, 2, 3, 7, 9, 10]
+    assert parse_classes("3,1-3") == [3, 1, 2]      # once each, in the order given
     assert parse_classes(None) is None
     import argparse
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_classes("5-2")
+    for text, why in (("5-2", "a range goes up, e.g. 2-5"), ("-3", "0 or more"),
+                      ("1,x", "'x': use class indices and ranges")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            parse_classes(text)
 
 
 def test_distill_then_explain(mobilenet_v2, sample_train, tmp_path, capsys):
@@ -37,3 +40,42 @@ def test_errors_are_reported_not_raised(mobilenet_v2, sample_train, tmp_path, ca
     rc = main(["distill", "--arch", "no_such_net", "--data", str(sample_train),
                "--out", str(tmp_path / "x.chip")])
     assert rc == 2 and "unknown --arch" in capsys.readouterr().err
+
+
+def cli_error(argv, capsys) -> str:
+    """Run the CLI; it must exit with 2 and one line on stderr, which is returned."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:   # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_distill_bad_input_is_one_line(tmp_path, capsys):
+    """Each is refused before a model loads (the --arch here does not even exist)."""
+    from test_bad_input import write_folder
+    base = ["distill", "--arch", "no_such_net", "--out", str(tmp_path / "x.chip")]
+    assert "argument --classes: bad class list '5-2': a range goes up" in \
+        cli_error(base + ["--classes", "5-2"], capsys)
+    assert "bad class list '-3': class indices are 0 or more" in \
+        cli_error(base + ["--classes", "-3"], capsys)
+    assert "image folder " in cli_error(base + ["--data", str(tmp_path / "nowhere")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "has no class folders" in cli_error(base + ["--data", str(tmp_path / "empty")],
+                                               capsys)
+    train = write_folder(tmp_path / "train")
+    assert "unknown --arch 'no_such_net'" in cli_error(base + ["--data", str(train)], capsys)
+    assert "is a folder; name the importance file" in \
+        cli_error(["distill", "--arch", "x", "--data", str(train), "--out", str(train)], capsys)
+    assert not (tmp_path / "x.chip").exists() and not (tmp_path / "x.chip.ckpt").exists()
+
+
+def test_every_help_shows_its_defaults(capsys):
+    for command, shown in (("distill", "(default: 2048)"), ("explain", "(default: chip-overlays)"),
+                           ("evaluate", "(default: mobilenet_v2)"), ("demo", "(default: chip-demo)")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert shown in text and "(default: None)" not in text, command

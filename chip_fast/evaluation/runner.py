@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,9 @@ import torch
 
 from . import metrics as M
 from ..preprocess import MODES
+from ..progress import Progress
 from .dataset import LocSample
+from .methods import DEFAULT_METHODS, METHOD_NAMES
 from .peers import MapFn
 
 
@@ -55,15 +58,21 @@ def _batches(dataset: Sequence[LocSample], batch_size: int):
                [s.boxes for s in items], [s.image_id for s in items])
 
 
+def log_stderr(line: str) -> None:
+    """Where the evaluation's progress and notes go: stderr, at once (stdout is the table)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequence[LocSample],
              out_dir: str | Path, settings: EvalSettings | None = None, *, plots: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = log_stderr) -> dict:
     """Score every map function of ``methods`` on the same images of ``dataset``.
 
     ``methods`` maps a display name to ``(model, images, classes) -> (B, H, W)`` in [0, 1]; a
     ``layer`` attribute on the function is reported. Writes ``results.json``, ``results.md``
     and (with matplotlib) plots to ``out_dir``; returns the results dict. A method that raises
-    is reported with its error and skipped, so one bad peer does not lose the run.
+    is reported with its error and skipped, so one bad peer does not lose the run. ``log``
+    gets a line per batch with the time left.
     """
     s = settings or EvalSettings()
     out_dir = Path(out_dir)
@@ -79,19 +88,23 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
     acc = {name: {"ious": [], "point": [], "del": [], "ins": [], "rho": [], "seconds": 0.0,
                   "error": None, "sanity_error": None} for name in methods}
     correct, ids, fraction = [], [], None
-    t_run = time.perf_counter()
-    for lo, x, labels, boxes, batch_ids in _batches(dataset, s.batch_size):
+    n_batches = -(-len(dataset) // s.batch_size)
+    progress = Progress(len(dataset), "images", write=lambda line: log(f"[evaluate] {line}"))
+    for b, (lo, x, labels, boxes, batch_ids) in enumerate(_batches(dataset, s.batch_size), 1):
         x = x.to(dev)
         with torch.no_grad():
             correct += (model(x).argmax(1).cpu() == torch.tensor(labels)).tolist()
         ids += batch_ids
         n_f, n_s = max(0, min(len(x), n_faith - lo)), max(0, min(len(x), n_sanity - lo))
         for name, fn in methods.items():
+            t0 = time.perf_counter()
             f = _score_batch(name, fn, acc[name], model, rnd_model, x, labels, boxes, n_f, n_s,
                              s, thresholds, log)
             fraction = fraction if f is None else f
-        log(f"[evaluate] {lo + len(x)}/{len(dataset)} images, "
-            f"{time.perf_counter() - t_run:.0f} s")
+            if b == 1:   # a first batch can take minutes: say what each method costs
+                log(f"[evaluate] batch 1/{n_batches}: {name} scored in "
+                    f"{time.perf_counter() - t0:.1f} s")
+        progress.step(f"batch {b}/{n_batches} scored by {len(methods)} method(s)", len(x))
 
     correct_arr = np.asarray(correct, bool)
     results = {
@@ -247,80 +260,38 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                              "and LOC_synset_mapping.txt")
     parser.add_argument("--xml-dir", help="per-image Pascal-VOC XML annotations (instead of CSV)")
     parser.add_argument("--synsets", help="LOC_synset_mapping.txt (default: in --val-dir)")
-    parser.add_argument("--preprocess", choices=MODES, default="resize")
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--preprocess", choices=MODES, default="resize",
+                        help="how photos become inputs (resize: the pre-scaled val photos "
+                             "keep every box)")
+    parser.add_argument("--size", type=int, default=224, help="input size in pixels")
     parser.add_argument("--limit", type=int, help="first N images only")
-    parser.add_argument("--methods", default="chip,gradcam,gradcam++,layercam,cam",
-                        help="comma list of chip, chip-refined, cam, gradcam, gradcam++, layercam")
+    parser.add_argument("--methods", help=f"comma list of {', '.join(METHOD_NAMES)} (default: "
+                                          f"{DEFAULT_METHODS}; the chip ones with --importance)")
+    parser.add_argument("--only-distilled", action="store_true",
+                        help="score every method on the images whose class the importance "
+                             "holds (default: refuse a file that lacks some images' classes)")
     parser.add_argument("--layers", help="comma list of layer names (default: the importance's "
                                          "layers, else the last conv stage)")
     parser.add_argument("--threshold-step", type=float, default=0.01,
                         help="grid step of the MaxBoxAcc threshold search (Choe et al.: 0.01)")
-    parser.add_argument("--faithfulness-limit", type=int, default=50)
+    parser.add_argument("--faithfulness-limit", type=int, default=50,
+                        help="first N images get deletion/insertion curves")
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
-    parser.add_argument("--substrate", choices=M.SUBSTRATES, default="blur")
-    parser.add_argument("--sanity-limit", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--substrate", choices=M.SUBSTRATES, default="blur",
+                        help="what deleted pixels become")
+    parser.add_argument("--sanity-limit", type=int, default=50,
+                        help="first N images get the randomisation check")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per progress step")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs")
     parser.add_argument("--out", default="out/evaluate", help="output folder")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="write no matplotlib plots")
     return parser
 
 
-def build_methods(model: torch.nn.Module, names: Sequence[str], layers: Sequence[str],
-                  importance=None) -> dict[str, MapFn]:
-    """``{"gradcam@features.18": fn, ...}`` for each method at each layer; CAM only at layers
-    that feed the global pooling, CHIP only at distilled layers, chip-refined once."""
-    from .interop import chip_method
-    from .peers import find_gap_head, peer
-    methods: dict[str, MapFn] = {}
-    for name in names:
-        if name == "chip-refined":
-            if importance is None:
-                raise ValueError("method chip-refined needs --importance")
-            methods["chip-refined"] = chip_method(importance, None)
-            continue
-        for layer in layers:
-            if name == "chip":
-                if importance is None:
-                    raise ValueError("method chip needs --importance")
-                if layer not in importance.layers:
-                    print(f"[evaluate] chip@{layer}: skipped, not distilled (the importance "
-                          f"holds {importance.layers})")
-                    continue
-                methods[f"chip@{layer}"] = chip_method(importance, [layer])
-            elif name == "cam":
-                stage, head = find_gap_head(model)
-                mod = dict(model.named_modules())[layer]
-                if not (layer == stage or layer.startswith(stage + ".")) or _out_channels(mod) != head.in_features:
-                    # CAM is only defined where the features feed the pooling
-                    print(f"[evaluate] cam@{layer}: skipped, CAM needs the layer feeding the "
-                          f"global pooling ({stage})")
-                    continue
-                methods[f"cam@{layer}"] = peer("cam", layer)
-            else:
-                methods[f"{name}@{layer}"] = peer(name, layer)
-    return methods
-
-
-def _out_channels(module: torch.nn.Module) -> int | None:
-    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    return convs[-1].out_channels if convs else None
-
-
-def main(args: argparse.Namespace) -> int:
-    from ..models import load_model
-    from ..preprocess import preprocess_for
-    from .dataset import load_val_dir
+def _layers(args: argparse.Namespace, model: torch.nn.Module, importance) -> list[str]:
+    from ..layers import check_layers
     from .peers import find_gap_head
-    model = load_model(args.arch, args.weights, args.device)
-    importance = None
-    if args.importance:
-        import chip_fast
-        importance = chip_fast.load_importance(args.importance)
-    names = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
-    if importance is None:
-        names = [n for n in names if not n.startswith("chip")]
     if args.layers:
         layers = [l.strip() for l in args.layers.split(",") if l.strip()]
     elif importance is not None:
@@ -329,16 +300,39 @@ def main(args: argparse.Namespace) -> int:
         stage = find_gap_head(model)[0]
         children = [n for n, _ in dict(model.named_modules())[stage].named_children()]
         layers = [f"{stage}.{children[-1]}" if children else stage]
+    return check_layers(model, layers)   # the peers hook modules: a wrong name fails now
+
+
+def main(args: argparse.Namespace) -> int:
+    """``chip-fast evaluate``: every check first (files, methods, layers, classes), then the
+    run, with a progress line per batch on stderr and the table on stdout."""
+    from ..importance import load_importance
+    from ..models import load_model
+    from ..preprocess import preprocess_for
+    from .dataset import load_val_dir
+    from .methods import build_methods, check_chip_layers, distilled_images, requested_methods
+    log = log_stderr
+    importance = load_importance(args.importance) if args.importance else None
+    names = requested_methods(args.methods, importance, log)
     dataset = load_val_dir(args.val_dir, xml_dir=args.xml_dir, synsets=args.synsets,
                            limit=args.limit,
                            preprocess=preprocess_for(args.arch, mode=args.preprocess, size=args.size))
-    methods = build_methods(model, names, layers, importance)
+    model = load_model(args.arch, args.weights, args.device)
+    layers = _layers(args, model, importance)
+    if any(n.startswith("chip") for n in names):
+        importance.check_model(model)
+        check_chip_layers(names, layers, importance, log)
+        dataset = distilled_images(dataset, importance, args.importance, args.only_distilled, log)
+    methods = build_methods(model, names, layers, importance, log)
     steps = int(round(1 / args.threshold_step))
     grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
     settings = EvalSettings(batch_size=args.batch_size, thresholds=grid,
                             faithfulness_limit=args.faithfulness_limit,
                             faithfulness_steps=args.steps, substrate=args.substrate,
                             sanity_limit=args.sanity_limit)
-    results = evaluate(model, methods, dataset, args.out, settings, plots=not args.no_plots)
+    log(f"[evaluate] {len(dataset)} images, {len(methods)} methods ({', '.join(methods)}), "
+        f"batches of {args.batch_size}: a line per batch")
+    results = evaluate(model, methods, dataset, args.out, settings, plots=not args.no_plots,
+                       log=log)
     print((Path(args.out) / "results.md").read_text())
     return 0 if all("error" not in r for r in results["methods"].values()) else 1

@@ -1,0 +1,84 @@
+"""``chip-fast evaluate`` as a user meets it, on the real MobileNetV2 and val photos (skipped
+without ../shared/data): what CHIP cannot run is refused before any peer runs, Refined CHIP is
+among the default methods, and every batch reports progress on stderr.
+
+The importance is a stand-in (no distillation): at features.18 the head's weight magnitudes, at
+features.17 random positive weights, for the classes of the first two val photos only."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+import chip_fast
+from chip_fast.cli import main
+from chip_fast.importance import model_fingerprint
+from conftest import VAL_DEV, WEIGHTS
+
+FIRST_TWO = [625, 705]   # classes of the first two photos of imagenet-val-dev; the next: 480, 282
+
+
+@pytest.fixture(scope="module")
+def two_class_file(mobilenet_v2, tmp_path_factory):
+    if not VAL_DEV.is_dir():
+        pytest.skip(f"val photos not found at {VAL_DEV}")
+    head = mobilenet_v2.classifier[1].weight.detach().abs()
+    mask = torch.zeros(1000, 1)
+    mask[FIRST_TWO] = 1
+    weights = {"features.17": torch.rand(1000, 320, generator=torch.Generator().manual_seed(0)),
+               "features.18": head}
+    imp = chip_fast.Importance(weights={k: w * mask for k, w in weights.items()},
+                               classes=FIRST_TWO, num_classes=1000,
+                               fingerprint=model_fingerprint(mobilenet_v2), settings={})
+    return imp.save(tmp_path_factory.mktemp("imp") / "two.chip")
+
+
+def evaluate_args(tmp_path, *extra):
+    return ["evaluate", "--weights", str(WEIGHTS), "--val-dir", str(VAL_DEV), "--device", "cpu",
+            "--faithfulness-limit", "0", "--sanity-limit", "0", "--no-plots",
+            "--out", str(tmp_path / "out"), *extra]
+
+
+def test_undistilled_classes_fail_before_any_peer_runs(two_class_file, tmp_path, capsys):
+    t0 = time.monotonic()
+    rc = main(evaluate_args(tmp_path, "--importance", str(two_class_file), "--limit", "4"))
+    err = capsys.readouterr().err
+    assert rc == 2 and time.monotonic() - t0 < 30
+    assert "2 of 4 images show classes that" in err and "ILSVRC2012_val_00000580 (class 480" in err
+    assert "--only-distilled" in err and "[evaluate] [" not in err   # no batch was scored
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_only_distilled_scores_every_method_on_the_same_images(two_class_file, tmp_path, capsys):
+    rc = main(evaluate_args(tmp_path, "--importance", str(two_class_file), "--limit", "4",
+                            "--only-distilled", "--layers", "features.18", "--batch-size", "1"))
+    std = capsys.readouterr()
+    assert rc == 0, std.err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["n_images"] == 2
+    # the default methods: Refined CHIP (the headline) first, then CHIP and the peers
+    assert list(res["methods"]) == ["chip-refined", "chip@features.18", "gradcam@features.18",
+                                    "gradcam++@features.18", "layercam@features.18",
+                                    "cam@features.18"]
+    assert res["methods"]["chip-refined"]["layer"] == "features.17+features.18"
+    assert "every method is scored on the 2 of 4 images" in std.err
+    assert "[evaluate] [1/2 images" in std.err and "ETA" in std.err and "batch 2/2" in std.err
+    assert "[evaluate] batch 1/2: chip-refined scored in" in std.err   # per method, at first
+    assert "| chip-refined |" in std.out
+
+
+def test_bad_method_requests_are_one_line(two_class_file, tmp_path, capsys):
+    cases = {
+        "unknown method(s) gradcam3": ["--methods", "gradcam3"],
+        "method(s) chip need an importance file": ["--methods", "chip,cam"],
+        "no layer 'features.99'": ["--layers", "features.99"],
+        "method chip: none of the layers features.16 is distilled":
+            ["--importance", str(two_class_file), "--methods", "chip", "--layers", "features.16"],
+    }
+    for expected, extra in cases.items():
+        rc = main(evaluate_args(tmp_path, "--limit", "2", *extra))
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]   # after notes such as "no --importance: ..."
+        assert rc == 2 and expected in last and "Traceback" not in err, err
