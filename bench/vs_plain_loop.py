@@ -5,7 +5,7 @@ process (start-up, loading, fill statistics and solve included), in one run, alt
 
 The data is a folder of symlinks to the first ``--photos`` photos (sorted names) of each class of
 ../shared/data/imagenette/train; the model MobileNetV2 with the real weights. Both runs use the
-same photos, classes, layer and sample count. Writes bench/results/vs_plain_loop/<layer>.json
+same photos, classes, layer and sample count. Writes bench/results/vs_plain_loop/<layer>_<samples>.json
 and .md with wall, user and system seconds of each process, their ratio, and how well the two
 importance matrices agree (they use different random numbers, so they agree within sampling
 error, not exactly).
@@ -102,7 +102,7 @@ def main() -> None:
                                                         f"--photos {args.photos}"])}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.layer.replace(".", "_")
+    stem = f"{args.layer.replace('.', '_')}_{args.samples}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     md = (f"| process | best wall s | user s | sys s |\n|---|---|---|---|\n" + "".join(
         f"| {n} | {best[n]:.1f} | {min(r['user_s'] for r in rs):.1f} | "
