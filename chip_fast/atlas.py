@@ -85,6 +85,21 @@ class LayerAtlas:
         return torch.isfinite(self.value).sum(1)
 
 
+def _check_layer(layer: str, a: LayerAtlas) -> None:
+    """The four tensors of a stored layer atlas agree in shape and dtype."""
+    if a.value.dim() != 2:
+        raise ValueError(f"atlas layer {layer}: value must be (channels, k), is {tuple(a.value.shape)}")
+    c, k = a.value.shape
+    p = a.patch.shape[2] if a.patch.dim() == 5 else -1
+    want = {"value": ((c, k), torch.float32), "key": ((c, k, 2), torch.int64),
+            "where": ((c, k, 3), torch.int32), "patch": ((c, k, p, p, 3), torch.uint8)}
+    for name, (shape, dtype) in want.items():
+        t = getattr(a, name)
+        if tuple(t.shape) != shape or t.dtype != dtype or p < 1:
+            raise ValueError(f"atlas layer {layer}: {name} is {t.dtype} {tuple(t.shape)}, "
+                             f"expected {dtype} {shape}")
+
+
 def _select(value: torch.Tensor, key: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (K, k) into the candidates (K, n) of the k largest values per channel, one per
     key (a view seen twice, or present in two merged atlases, counts once); -1 pads."""
@@ -147,6 +162,14 @@ class ChannelAtlas:
     layers: dict[str, LayerAtlas] = field(default_factory=dict)
     _seen: set[tuple[int, int]] = field(default_factory=set, repr=False)
 
+    @classmethod
+    def empty(cls, channels: dict[str, int], k: int = TOP_K, patch_px: int = PATCH_PX,
+              patch_scale: float = PATCH_SCALE) -> "ChannelAtlas":
+        """An atlas of ``channels`` (layer -> K) with every slot empty: the same tensors' shapes
+        in every process of a job, whatever each one sees."""
+        return cls(k, patch_px, patch_scale,
+                   {l: LayerAtlas.empty(c, k, patch_px) for l, c in channels.items()})
+
     def observe(self, keys: Sequence[tuple[int, int]], views: torch.Tensor,
                 activations: dict[str, torch.Tensor], denormalize: Denormalize) -> None:
         """Add the views (B, 3, H, W) with their (class, view) ``keys`` and each layer's
@@ -205,6 +228,11 @@ class ChannelAtlas:
                                 ("patch", 0))))
         return out
 
+    def absorb(self, other: "ChannelAtlas") -> None:
+        """Merge ``other`` into this atlas in place (observers bound to it keep filling it)."""
+        merged = self.merge(other)
+        self.layers, self._seen = merged.layers, merged._seen
+
     def to_tensors(self, prefix: str = "atlas/") -> dict[str, torch.Tensor]:
         """``{prefix}{field}/{layer}`` for value, key, where and patch, plus
         ``{prefix}patch_scale``: everything ``from_tensors`` needs (k and the patch size are
@@ -226,11 +254,16 @@ class ChannelAtlas:
         layers = {}
         for layer in names:
             try:
-                layers[layer] = LayerAtlas(*(tensors[f"{prefix}{f}/{layer}"]
-                                             for f in ("value", "key", "where", "patch")))
+                a = LayerAtlas(*(tensors[f"{prefix}{f}/{layer}"]
+                                 for f in ("value", "key", "where", "patch")))
             except KeyError as e:
                 raise ValueError(f"atlas layer {layer}: tensor {e} is missing") from None
+            _check_layer(layer, a)
+            layers[layer] = a
         first = next(iter(layers.values()))
+        if any(a.value.shape[1] != first.value.shape[1]
+               or a.patch.shape[2] != first.patch.shape[2] for a in layers.values()):
+            raise ValueError("atlas layers differ in patches per channel or patch size")
         scale = tensors.get(f"{prefix}patch_scale")
         return cls(first.value.shape[1], first.patch.shape[2],
                    float(scale[0]) if scale is not None else PATCH_SCALE, layers)
@@ -264,43 +297,3 @@ def channel_maps(model: torch.nn.Module, layer: str, images: torch.Tensor,
         a = acts[layer][:, list(channels)].float()
         b, c = a.shape[:2]
         return upsample_normalize_reference(a.flatten(0, 1), size).view(b, c, *size)
-
-
-# -- building an atlas with a distillation -------------------------------------------------------
-def build_atlas(model: torch.nn.Module, data, layers: Sequence[str] | None = None, *,
-                classes=None, preprocess: Preprocess | None = None, k: int = TOP_K,
-                patch_px: int = PATCH_PX, patch_scale: float = PATCH_SCALE, **settings):
-    """Distil ``model`` on ``data`` (as ``distill_all_classes``, one process) with the atlas
-    observing every prefix pass; returns ``(importance, atlas)``.
-
-    ``preprocess``: how ``data``'s images were normalised (an ImageFolderSource's own is used
-    by default; tensors without it are stretched per view, see the module docstring).
-    ``settings``: DistillSettings fields (samples_per_class, seed, augment, ...)."""
-    from .data import as_source
-    from .distill import DistillJob, _on_device_in_eval
-    from .plan import DistillSettings
-    source = as_source(data)
-    prep = preprocess or getattr(source, "preprocess", None)
-    atlas = ChannelAtlas(k, patch_px, patch_scale)
-    device = next(model.parameters()).device
-    with _on_device_in_eval(model, device):
-        job = DistillJob(model, source, layers, DistillSettings(**settings), classes)
-        try:
-            job.runner.observers.append(atlas.observer(job.runner.split, denormalizer(prep)))
-            job.measure_fill_statistics()
-            job.run_pending(job.state.pending())
-            return job.finish(), atlas
-        finally:
-            job.close()
-
-
-def save_atlas(atlas: ChannelAtlas, path) -> None:
-    """The atlas alone as a safetensors file (``to_tensors``)."""
-    from safetensors.torch import save_file
-    save_file(atlas.to_tensors(), str(path), metadata={"format": "chip_fast.atlas"})
-
-
-def load_atlas(path) -> ChannelAtlas:
-    """An atlas written by ``save_atlas``, or the atlas inside an importance file."""
-    from safetensors.torch import load_file
-    return ChannelAtlas.from_tensors(load_file(str(path)))

@@ -1,11 +1,10 @@
-"""``chip-fast atlas``: distil with the channel atlas, and show what a class's channels are.
+"""``chip-fast atlas``: what the channels that carry a class respond to.
 
-    chip-fast atlas build --arch mobilenet_v2 --weights w.pth --data train/ --out m.chip
-        distils as ``chip-fast distill`` does and keeps the channel atlas of the same prefix
-        passes; writes the importance file and the atlas beside it (m.atlas)
-    chip-fast atlas show --importance m.chip --classes 281,967 [--images cat.jpg --arch ...]
-        writes atlas.html: each class's top channels with the patches where they fire most in
-        the distillation photos and, with --images, where they fire on those photos
+    chip-fast distill ... --atlas 6 --out m.chip      keeps the channel atlas in the file
+    chip-fast atlas --importance m.chip --classes 281,967 [--images cat.jpg --arch ...]
+
+writes ``atlas.html``: each class's top channels with the patches of the distillation photos
+where they fire most and, with --images, where they fire on those photos.
 
 Owns the subcommand's options and its page; the atlas is ``chip_fast.atlas``'s and its rows
 ``chip_fast.atlas_report``'s.
@@ -16,70 +15,38 @@ import argparse
 import html
 from pathlib import Path
 
-import torch
 
-
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    sub = parser.add_subparsers(dest="atlas_command", required=True)
-    b = sub.add_parser("build", help="distil with the channel atlas (importance + .atlas file)")
-    b.add_argument("--arch", required=True, help="torchvision classifier or efficientnet_lite0")
-    b.add_argument("--weights", help="state_dict file (default: the pretrained weights)")
-    b.add_argument("--data", required=True, help="image folder, train/<wnid>/*.JPEG layout")
-    b.add_argument("--layers", help="comma-separated layers (default: picked per model)")
-    b.add_argument("--classes", help="class indices, e.g. 0-99,150 (default: all)")
-    b.add_argument("--samples-per-class", type=int, default=2048)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--augment", type=int, default=1, help="views per image")
-    b.add_argument("--top-k", type=int, default=6, help="patches kept per channel")
-    b.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    b.add_argument("--out", required=True, help="importance file; the atlas goes beside it")
-    b.set_defaults(func=cmd_build)
-    s = sub.add_parser("show", help="write atlas.html for classes of an importance file")
-    s.add_argument("--importance", required=True)
-    s.add_argument("--atlas", help="atlas file (default: the importance's path with .atlas)")
-    s.add_argument("--classes", help="classes to show (default: the first 20 distilled)")
+def configure_parser(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    s.add_argument("--importance", required=True,
+                   help="importance file distilled with --atlas K")
+    s.add_argument("--classes", help="classes to show, e.g. 281,967 (default: the first 20 "
+                                     "distilled)")
     s.add_argument("--top", type=int, default=5, help="channels per class and layer")
     s.add_argument("--images", nargs="*", default=[], help="photos to show the channels on")
-    s.add_argument("--arch", help="needed with --images")
-    s.add_argument("--weights")
+    s.add_argument("--arch", help="the model, needed with --images")
+    s.add_argument("--weights", help="state_dict file of --arch (default: pretrained)")
     s.add_argument("--out", default="chip-atlas", help="output folder")
     s.set_defaults(func=cmd_show)
-    return parser
-
-
-def atlas_path(importance: str | Path) -> Path:
-    return Path(importance).with_suffix(".atlas")
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    from .atlas import build_atlas, save_atlas
-    from .cli import parse_classes, parse_layers
-    from .data import ImageFolderSource
-    from .models import load_model
-    from .preprocess import preprocess_for
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(args.arch, args.weights, device)
-    data = ImageFolderSource(args.data, preprocess=preprocess_for(args.arch))
-    imp, atlas = build_atlas(model, data, parse_layers(args.layers),
-                             classes=parse_classes(args.classes), k=args.top_k,
-                             samples_per_class=args.samples_per_class, seed=args.seed,
-                             augment=args.augment)
-    imp.save(args.out)
-    save_atlas(atlas, atlas_path(args.out))
-    print(f"wrote {args.out} and {atlas_path(args.out)}")
-    return 0
+    return s
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .atlas import channel_maps, load_atlas
+    from .atlas import channel_maps
     from .atlas_report import ATLAS_CSS, class_rows, rows_html
     from .classes import imagenet_classes
     from .cli import parse_classes
     from .importance import load_importance
     imp = load_importance(args.importance)
-    atlas = load_atlas(args.atlas or atlas_path(args.importance))
+    atlas = imp.atlas
+    if atlas is None:
+        raise ValueError(f"{args.importance} holds no channel atlas: distil with --atlas K "
+                         "(API: distill_all_classes(..., atlas=K)) to keep one")
     names = imp.class_names or list(imagenet_classes()[1])
     classes = parse_classes(args.classes) or imp.classes[:20]
+    missing = [c for c in classes if c not in imp.classes]
+    if missing:
+        raise ValueError(f"classes {missing[:10]} were not distilled in {args.importance} "
+                         f"(it holds {len(imp.classes)} classes)")
     photos = _photos(args, imp) if args.images else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +67,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f'</title><style>body {{ font-family: system-ui, sans-serif; margin: 2em; }}'
             f'{ATLAS_CSS}</style></head><body><h1>CHIP channel atlas</h1>{"".join(sections)}'
             f'</body></html>')
-    (out / "atlas.html").write_text(page, encoding="utf-8")
+    _atomic_text(out / "atlas.html", page)
     print(f"open {out / 'atlas.html'}")
     return 0
 
@@ -124,7 +91,6 @@ def _photos(args: argparse.Namespace, imp) -> list:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="chip-fast atlas"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+def _atomic_text(path: Path, text: str) -> None:
+    from .importance import _atomic_write
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -82,9 +82,10 @@ class CheckpointStore:
         have_stats = False
         for i, path in enumerate(paths):
             groups = [g for g, (_, j) in best.items() if j == i]
-            if not groups and have_stats:
+            if not groups and have_stats and state.atlas is None:
                 continue   # nothing left to read in this file
             with safe_open(str(path), framework="pt") as f:
+                state.merge_saved_atlas(set(f.keys()), f.get_tensor)
                 if not have_stats and state.saved_has_fill_statistics(set(f.keys())):
                     state.load_fill_statistics(f.get_tensor, device)
                     have_stats = True

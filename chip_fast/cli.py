@@ -1,4 +1,4 @@
-"""The ``chip-fast`` command: distill, explain, evaluate, demo.
+"""The ``chip-fast`` command: distill, explain, atlas, evaluate, demo.
 
 Owns the command line: parsing options, checking them before any work, and turning errors into
 one line and an exit code (0 done, 1 nothing could be done / a method failed, 2 bad input or
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .explain import TOP_DISTILLED
+from .plan import DistillSettings
 
 EXIT_CODES = ("exit codes: 0 done; 1 nothing could be done (e.g. no image explained); 2 bad "
               "input or output locked by another run; 130 interrupted")
@@ -114,7 +115,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 timeout=args.dist_timeout, checkpoint_every=args.checkpoint_every,
                 layers=parse_layers(args.layers), classes=args.classes,
                 samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
-                fill=args.fill, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
+                fill=args.fill, atlas=args.atlas, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                 augment=args.augment, batch_size=args.batch_size)
         except (KeyboardInterrupt, SystemExit):
             if any(checkpoint.glob(CHECKPOINT_GLOB)):
@@ -184,7 +185,7 @@ def _distill_parser(sub) -> None:
                    help="seed of every mask, noise value and crop (same seed, same file)")
     d.add_argument("--p-keep", type=float, default=0.5,
                    help="probability that a perturbation keeps a channel")
-    d.add_argument("--fill", choices=["noise", "zero", "mean"], default="noise",
+    d.add_argument("--fill", choices=["noise", "zero", "mean"], default=DistillSettings.fill,
                    help="what replaces a disabled channel")
     d.add_argument("--response", choices=["logit", "softmax", "log_softmax"], default="logit",
                    help="the class output that is regressed on the masks")
@@ -194,6 +195,9 @@ def _distill_parser(sub) -> None:
                    help="views per image: 1 = none, 2 = with mirror, more = random crops too")
     d.add_argument("--batch-size", type=int, help="perturbed samples per forward (default: 64 "
                                                   "on CPU, 256 on GPU, or from --max-memory)")
+    d.add_argument("--atlas", type=int, default=0, metavar="K",
+                   help="keep the channel atlas in the file: each channel's K strongest "
+                        "distillation patches, for 'chip-fast atlas' (0: none)")
     d.add_argument("--checkpoint", help="checkpoint folder, saved every --checkpoint-every "
                                         "seconds and on Ctrl-C / SIGTERM; rerunning the same "
                                         "command resumes from it (default: OUT.ckpt next to "
@@ -259,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         message = str(exc)
         v.set_defaults(func=lambda _a: sys.exit(f"chip-fast evaluate needs: pip install "
                                                  f"'chip-fast[eval]' ({message})"))
+
+    a = sub.add_parser("atlas", help="show what the channels that carry each class respond to",
+                       formatter_class=_Formatter, epilog=EXIT_CODES)
+    from .atlas_cli import configure_parser as configure_atlas
+    configure_atlas(a)
 
     m = sub.add_parser("demo", help="distil and explain real photos with a real network, offline",
                        formatter_class=_Formatter)

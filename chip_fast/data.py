@@ -150,10 +150,13 @@ class ImageFolderSource(_Source):
 
 
 class TensorSource(_Source):
-    """Preprocessed images in memory: ``images`` (N, 3, H, W) float and ``labels`` (N,) int."""
+    """Preprocessed images in memory: ``images`` (N, 3, H, W) float and ``labels`` (N,) int.
+    ``preprocess``: how they were normalised, if known (the channel atlas then shows the
+    photos' true colours)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int],
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None,
+                 preprocess: Preprocess | None = None) -> None:
         labels = torch.as_tensor(labels)
         if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
             raise ValueError("images must be a float tensor of shape (N, C, H, W), preprocessed")
@@ -164,6 +167,7 @@ class TensorSource(_Source):
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or Inf")
         self.images = images
+        self.preprocess = preprocess
         self.class_ids = None
         self.class_names = list(class_names) if class_names is not None else None
         self.files: dict[int, list[int]] = {}

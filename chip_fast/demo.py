@@ -38,6 +38,7 @@ DEMO_PHOTOS = [  # (name, ImageNet class index, how to get the photo from skimag
 DEMO_LAYERS = ["features.6.0.block.0", "features.8"]
 REFINED = "Refined CHIP"
 ATLAS_CHANNELS = 4   # top channels of the explained class shown per layer
+ATLAS_TOP_K = 6      # patches kept per channel
 
 
 def overlay_png(photo: np.ndarray, heat: np.ndarray, path: Path) -> None:
@@ -159,11 +160,11 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
     """Distill the demo classes on EfficientNet-Lite0 with the channel atlas, explain the
     photos, write the report.
 
-    Returns the path of ``out_dir/report.html``; ``out_dir/demo.chip`` holds the importance and
-    ``out_dir/demo.atlas`` the atlas (``chip-fast atlas show`` reads both).
+    Returns the path of ``out_dir/report.html``; ``out_dir/demo.chip`` holds the importance
+    with its channel atlas (``chip-fast atlas --importance`` reads it).
     """
     import chip_fast
-    from .atlas import build_atlas, save_atlas
+    from .data import TensorSource
     from .efficientnet_lite import load_efficientnet_lite0
     from .preprocess import preprocess_for
     _require_demo_extras()
@@ -183,11 +184,12 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
 
     say(f"distilling {len(classes)} classes at {', '.join(layers)}, "
         f"{samples_per_class} samples per class, with the channel atlas")
-    imp, atlas = build_atlas(model, (images, labels), layers, classes=classes,
-                             preprocess=preprocess_for("efficientnet_lite0"),
-                             samples_per_class=samples_per_class, seed=seed, augment=True)
+    data = TensorSource(images, labels, preprocess=preprocess_for("efficientnet_lite0"))
+    imp = chip_fast.distill_all_classes(model, data, layers, classes=classes,
+                                        samples_per_class=samples_per_class, seed=seed,
+                                        augment=True, atlas=ATLAS_TOP_K)
     imp.save(out / "demo.chip")
-    save_atlas(atlas, out / "demo.atlas")
+    atlas = imp.atlas
 
     say("explaining the photos")
     with torch.no_grad():
@@ -207,8 +209,8 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
             atlas=class_rows(atlas, imp, c, out, name, class_names, n=ATLAS_CHANNELS,
                              photo=crops[i], channel_heat=heat)))
     notes = (f"EfficientNet-Lite0 (ImageNet-1k), {samples_per_class} perturbed networks per "
-             f"class, layers {', '.join(layers)}, seed {seed}; importance in demo.chip, channel "
-             "atlas in demo.atlas.")
+             f"class, layers {', '.join(layers)}, seed {seed}; importance and channel "
+             "atlas in demo.chip.")
     path = write_report(out, results, class_names, notes=html.escape(notes))
     say(f"report written: {path}")
     return path

@@ -24,10 +24,11 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .atlas import denormalizer
 from .checkpoint import CheckpointStore
 from .data import as_source
 from .distributed import (DEFAULT_TIMEOUT_S, DistributedError, Peers, Stopper, World,
-                          broadcast_fill_statistics, check_same_job, gather_groups,
+                          broadcast_fill_statistics, check_same_job, gather_atlas, gather_groups,
                           init_process_group, launched_by_torchrun, owned_groups, pick_device,
                           world_from_env)
 from .fit import fit_importance
@@ -68,6 +69,11 @@ class DistillJob:
                           f"the channels of {thin}: the sparse fit is underdetermined there (slow "
                           "to converge, unstable support); use more samples", stacklevel=3)
         self.state = DistillState(self.plan)
+        if self.state.atlas is not None:
+            # On CUDA the observer reads each batch's channel maxima on the host: a sync per
+            # prefix batch, the atlas's price (the tails stay sync-free).
+            self.runner.observers.append(self.state.atlas.observer(
+                split, denormalizer(getattr(self.source, "preprocess", None))))
         self.identity = self.plan.identity(model_fingerprint(model)["sha256"])
         self.work_seconds = 0.0   # spent in run_pending: units and checkpoints
 
@@ -140,6 +146,7 @@ class DistillJob:
         imp = fit_importance(self.plan, self.state, model_fingerprint(self.model), self.source,
                              self.device)
         imp.settings["paths"] = dict(self.plan.paths)
+        imp.atlas = self.state.atlas
         return imp
 
     def close(self) -> None:
@@ -196,9 +203,10 @@ def _run_own_units(job: DistillJob, units: list[Unit], peers: Peers, world: Worl
 
 def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | None = None, *,
                         classes: Iterable[int] | None = None, samples_per_class: int = 2048,
-                        seed: int = 0, p_keep: float = 0.5, fill: str = "noise",
+                        seed: int = 0, p_keep: float = 0.5, fill: str = DistillSettings.fill,
                         response: str = "logit", alpha: float = 0.1, nonneg: bool = False,
                         augment: bool | int = False, batch_size: int | None = None,
+                        atlas: int = 0,
                         progress: bool = True, checkpoint: str | Path | None = None,
                         checkpoint_every: float = 300.0, out: str | Path | None = None,
                         keep_checkpoint: bool = True, max_memory: str | int | None = None,
@@ -209,8 +217,10 @@ def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | Non
     ``data``: an ImageFolderSource, a folder in the ``train/<wnid>/`` layout, an
     ``(images, labels)`` pair of preprocessed tensors, or None: the folder named by the
     environment variable ``CHIP_FAST_TRAIN_DIR`` (folders are read with the model's
-    preprocessing). ``layers=None`` picks the model's deepest convolutional stage and one at
-    twice its resolution. ``advanced`` takes the other fields of DistillSettings
+    preprocessing). ``layers=None`` picks the model's default layers
+    (:func:`chip_fast.layers.default_layers`: the last ReLU-like output at the deepest resolution
+    and at twice it). ``atlas=k`` keeps the channel atlas (each channel's ``k`` strongest
+    distillation patches, :mod:`chip_fast.atlas`) in the result and the file. ``advanced`` takes the other fields of DistillSettings
     (classes_per_unit, samples_per_unit, fill_stats_views, tol, max_iter, tail_dtype). With
     ``checkpoint`` (a folder), the sums are saved there atomically every ``checkpoint_every``
     seconds and on SIGTERM/SIGINT, and a rerun of the same call resumes from it;
@@ -232,7 +242,8 @@ def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | Non
         dev = pick_device(world, device, model, distributed)
         settings = DistillSettings(samples_per_class=samples_per_class, seed=seed, p_keep=p_keep,
                                    fill=fill, response=response, alpha=alpha, nonneg=nonneg,
-                                   augment=augment, batch_size=batch_size, **advanced)
+                                   augment=augment, batch_size=batch_size, atlas=atlas,
+                                   **advanced)
         started = time.monotonic()
         with _on_device_in_eval(model, dev):
             source = as_source(data, preprocess=_folder_preprocess(model))
@@ -301,6 +312,7 @@ def _run(job: DistillJob, world: World, peers: Peers, store: CheckpointStore | N
     _run_own_units(job, units, peers, world, store, checkpoint_every, progress,
                    install_stopper=distributed or store is not None)
     gather_groups(job.state, world, job.device)
+    gather_atlas(job.state, world, job.device)
     if not world.is_main:
         return None
     missing = job.state.unfinished_groups()

@@ -241,6 +241,27 @@ def gather_groups(state: DistillState, world: World, device: torch.device) -> No
             at += state.group_size(g)
 
 
+def gather_atlas(state: DistillState, world: World, device: torch.device) -> None:
+    """Merge every rank's channel atlas into every rank's (each rank saw its own units' views;
+    the merge keeps each channel's k strongest, one per view, whatever the order)."""
+    if world.size == 1 or state.atlas is None:
+        return
+    from .atlas import ChannelAtlas
+    dev = _comm_device(device)
+    # Every rank's atlas has the same layers and shapes (ChannelAtlas.empty), so the tensors
+    # gather as they are.
+    mine = state.atlas.to_tensors()
+    theirs: list[dict[str, torch.Tensor]] = [{} for _ in range(world.size)]
+    for name, t in mine.items():
+        parts = [torch.empty_like(t, device=dev) for _ in range(world.size)]
+        dist.all_gather(parts, t.to(dev))
+        for r in range(world.size):
+            theirs[r][name] = parts[r].cpu()
+    for r in range(world.size):
+        if r != world.rank:
+            state.merge_atlas(ChannelAtlas.from_tensors(theirs[r]))
+
+
 # -- stopping cleanly on SIGTERM ----------------------------------------------------------------
 class Stopper:
     """On SIGTERM/SIGINT save the checkpoint (when there is one), then stop: SystemExit(143)

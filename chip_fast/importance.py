@@ -110,6 +110,8 @@ class Importance:
     sum_yy: dict[str, torch.Tensor] = field(default_factory=dict)
     fill_mean: dict[str, torch.Tensor] = field(default_factory=dict)  # (K,) channel means
     fill_std: dict[str, torch.Tensor] = field(default_factory=dict)   # (K,) channel stds
+    # chip_fast.atlas.ChannelAtlas: each channel's strongest distillation patches (atlas=k)
+    atlas: Any = None
 
     @property
     def layers(self) -> list[str]:

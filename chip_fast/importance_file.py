@@ -2,7 +2,8 @@
 
 A file holds the tensors ``weights/<layer>`` (num_classes, K) float32, ``gram/<layer>`` (K, K)
 and ``r/<layer>`` (len(classes), K) float64, the per-fold sums ``sum_zy``/``sum_y``/``sum_yy``
-``/<layer>`` float64 and the fill statistics ``fill_mean``/``fill_std/<layer>`` (K,) float32,
+``/<layer>`` float64, the fill statistics ``fill_mean``/``fill_std/<layer>`` (K,) float32, the
+channel atlas when it was kept (``atlas/value|key|where|patch/<layer>``, ``chip_fast.atlas``)
 and one metadata entry, ``chip_fast``: JSON with the format name and version, the model's
 fingerprint, layers, channel counts, classes, class ids and names, every distillation setting,
 and (version 2 on) ``integrity``: ``{"algorithm": "sha256", "metadata": <sha256 of the canonical
@@ -36,6 +37,7 @@ VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_KEY = "chip_fast"
 INTEGRITY = "integrity"      # the field of the metadata that holds the digests
+ATLAS_PREFIX = "atlas/"      # the channel atlas's tensors (chip_fast.atlas), when kept
 # Tensor groups besides the weights, with the dtype they are stored in (None: as they are).
 _STATISTICS = (("gram", None), ("r", None), ("sum_zy", torch.float64), ("sum_y", torch.float64),
                ("sum_yy", torch.float64), ("fill_mean", torch.float32),
@@ -81,6 +83,8 @@ def tensors_of(imp: Importance) -> dict[str, torch.Tensor]:
     for name, dtype in _STATISTICS:
         out.update({f"{name}/{k}": v.detach().to("cpu", dtype or v.dtype).contiguous()
                     for k, v in getattr(imp, name).items()})
+    if imp.atlas is not None:
+        out.update(imp.atlas.to_tensors(ATLAS_PREFIX))
     return out
 
 
@@ -231,6 +235,7 @@ def read_importance(path: str | Path) -> Importance:
                 "edited after it was written; restore a good copy or distil again")
     _check_metadata(meta, bad)
     parts = _layer_tensors(meta, tensors, bad)
+    atlas = _atlas(meta, tensors, bad)
     if INTEGRITY not in meta:
         if meta["version"] >= 2:
             raise bad(f"its metadata has no {INTEGRITY!r} digests (files of format version "
@@ -242,4 +247,21 @@ def read_importance(path: str | Path) -> Importance:
     return Importance(weights=parts.pop("weights"), classes=list(meta["classes"]),
                       num_classes=meta["num_classes"], fingerprint=meta["model"],
                       settings=meta["settings"], class_ids=meta.get("class_ids"),
-                      class_names=meta.get("class_names"), **parts)
+                      class_names=meta.get("class_names"), atlas=atlas, **parts)
+
+
+def _atlas(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+           bad: Callable[[str], ImportanceFileError]):
+    """The channel atlas stored in the file, checked against its layers; None if it has none."""
+    if not any(name.startswith(ATLAS_PREFIX) for name in tensors):
+        return None
+    from .atlas import ChannelAtlas
+    try:
+        atlas = ChannelAtlas.from_tensors(tensors, ATLAS_PREFIX)
+    except ValueError as e:
+        raise bad(f"its channel atlas is malformed: {e}") from None
+    for layer, a in atlas.layers.items():
+        if meta["channels"].get(layer) != a.channels:
+            raise bad(f"its channel atlas has {a.channels} channels at {layer!r}, the weights "
+                      f"{meta['channels'].get(layer)}")
+    return atlas

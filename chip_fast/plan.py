@@ -63,6 +63,10 @@ class DistillSettings:
     # materialises a perturbed activation; "elementwise": every layer perturbs every element.
     # The file records the path each layer took (settings["paths"]).
     tail_path: str = "auto"
+    # Patches kept per channel for the channel atlas (chip_fast.atlas), cut from the prefix
+    # passes the distillation makes anyway; 0: no atlas. In the identity, so a checkpoint made
+    # without the atlas (which lacks the views already done) is not resumed into a job with one.
+    atlas: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -71,6 +75,8 @@ class DistillSettings:
         need(isinstance(self.samples_per_class, int) and self.samples_per_class >= 2,
              f"samples_per_class must be an int >= 2, got {self.samples_per_class!r}")
         need(0 < self.p_keep < 1, f"p_keep must be in (0, 1), got {self.p_keep}")
+        need(isinstance(self.atlas, int) and not isinstance(self.atlas, bool) and self.atlas >= 0,
+             f"atlas must be an int >= 0 (patches per channel), got {self.atlas!r}")
         need(self.fill in FILLS, f"fill must be one of {FILLS}, got {self.fill!r}")
         need(self.response in RESPONSES, f"response must be one of {RESPONSES}, got {self.response!r}")
         need(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .atlas import ChannelAtlas
 from .plan import DistillPlan, Unit
 
 # layer -> (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of a unit's G classes, F folds
@@ -33,6 +34,10 @@ class DistillState:
         self.done_blocks = [0] * len(plan.groups)
         self.mu: dict[str, torch.Tensor] = {}      # per-channel fill mean of each layer
         self.sigma: dict[str, torch.Tensor] = {}   # and standard deviation
+        # Each channel's strongest views (settings.atlas > 0): filled by the runner's prefix
+        # observer, saved with the sums, merged from every checkpoint and every process.
+        self.atlas = (ChannelAtlas.empty(plan.channels, plan.settings.atlas)
+                      if plan.settings.atlas else None)
 
     # -- progress ---------------------------------------------------------------------------
     def add(self, unit: Unit, partial: Partial) -> None:
@@ -97,7 +102,20 @@ class DistillState:
         out.update({f"sum_yy/{l}": self.sum_yy[l] for l in self.plan.layers})
         out.update({f"mu/{l}": self.mu[l].cpu() for l in self.mu})
         out.update({f"sigma/{l}": self.sigma[l].cpu() for l in self.sigma})
+        if self.atlas is not None:
+            out.update(self.atlas.to_tensors())
         return out
+
+    def merge_atlas(self, other: ChannelAtlas) -> None:
+        """Merge another process's or checkpoint's atlas of the same job into this one."""
+        if self.atlas is not None:
+            self.atlas.absorb(other)   # in place: the runner's observer holds this object
+
+    def merge_saved_atlas(self, names: set[str], get) -> None:
+        """Merge the atlas of a saved state (``get(name)`` returns its tensors), if it has one."""
+        if self.atlas is not None and any(n.startswith("atlas/") for n in names):
+            self.merge_atlas(ChannelAtlas.from_tensors({n: get(n) for n in names
+                                                        if n.startswith("atlas/")}))
 
     def load_groups(self, groups: list[int], done: list[int], get) -> None:
         """Take ``groups``' rows from a saved state (``get(name)`` returns its tensors), with

@@ -3,11 +3,11 @@ repeats and merges; patches are cut where the channel fires, in the photo's own 
 atlas survives its tensors; a distillation fills it from its own prefix passes."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import chip_fast
-from chip_fast.atlas import (ChannelAtlas, build_atlas, channel_maps, denormalizer, load_atlas,
-                             save_atlas, top_channels)
+from chip_fast.atlas import ChannelAtlas, channel_maps, denormalizer, top_channels
 from chip_fast.data import make_view
 from chip_fast.preprocess import Preprocess
 from chip_fast.split import split_model
@@ -79,23 +79,30 @@ def test_patch_is_cut_where_the_channel_fires_in_the_photos_colours():
     assert tuple(a.where[2, 0].tolist()) == (8, 48, 8)
 
 
-def test_tensors_and_file_round_trip(tmp_path):
+def test_tensors_round_trip_and_malformed_tensors_are_refused():
     keys, views, acts = _views(12)
     atlas = ChannelAtlas(k=3, patch_px=8, patch_scale=2.5)
     atlas.observe(keys, views, {"a.b": acts, "c": acts[:, :2]}, denormalizer(None))
-    save_atlas(atlas, tmp_path / "x.atlas")
-    for back in (ChannelAtlas.from_tensors(atlas.to_tensors()), load_atlas(tmp_path / "x.atlas")):
+    tensors = atlas.to_tensors()
+    bad = dict(tensors, **{"atlas/patch/c": tensors["atlas/patch/c"][:, :2]})
+    with pytest.raises(ValueError, match="patch"):
+        ChannelAtlas.from_tensors(bad)
+    with pytest.raises(ValueError, match="missing"):
+        ChannelAtlas.from_tensors({k: v for k, v in tensors.items() if k != "atlas/key/c"})
+    for back in (ChannelAtlas.from_tensors(tensors),):
         assert (back.k, back.patch_px, back.patch_scale) == (3, 8, 2.5)
         for layer, a in atlas.layers.items():
             for name in ("value", "key", "where", "patch"):
                 assert torch.equal(getattr(back.layers[layer], name), getattr(a, name))
 
 
-def test_build_atlas_fills_every_channel_from_the_distillation_views(tiny_net, tiny_data):
+def test_distillation_fills_every_channel_from_its_own_views(tiny_net, tiny_data, tmp_path):
     images, labels = tiny_data
-    imp, atlas = build_atlas(tiny_net, (images, labels), ["features.1", "features.2"],
-                             samples_per_class=16, augment=2, k=3, fill="noise")
-    assert set(atlas.layers) == {"features.1", "features.2"}
+    layers = ["features.1", "features.2"]
+    kwargs = dict(samples_per_class=16, augment=2, fill="noise", progress=False)
+    imp = chip_fast.distill_all_classes(tiny_net, (images, labels), layers, atlas=3, **kwargs)
+    atlas = imp.atlas
+    assert set(atlas.layers) == set(layers)
     split = split_model(tiny_net, ["features.2"])
     a = atlas.layers["features.2"]
     assert (a.count() == 3).all()
@@ -107,10 +114,55 @@ def test_build_atlas_fills_every_channel_from_the_distillation_views(tiny_net, t
             with torch.no_grad():
                 act = split.forward(view[None])[0]["features.2"][0, c]
             torch.testing.assert_close(act.max(), a.value[c, j])
-    ref = chip_fast.distill_all_classes(tiny_net, (images, labels), ["features.1", "features.2"],
-                                        samples_per_class=16, augment=2, fill="noise",
-                                        progress=False)
+    # The atlas watches; it changes nothing of the importance.
+    ref = chip_fast.distill_all_classes(tiny_net, (images, labels), layers, **kwargs)
     torch.testing.assert_close(imp.weights["features.2"], ref.weights["features.2"])
+    assert ref.atlas is None
+    # It travels in the importance file, under the file's integrity digests.
+    back = chip_fast.load_importance(imp.save(tmp_path / "m.chip"))
+    for layer in layers:
+        for name in ("value", "key", "where", "patch"):
+            assert torch.equal(getattr(back.atlas.layers[layer], name),
+                               getattr(atlas.layers[layer], name))
+
+
+def test_resumed_job_has_the_atlas_of_the_whole_job(tiny_net, tiny_data, tmp_path, monkeypatch):
+    """Killed after some units, resumed from the checkpoint: the atlas equals one run's."""
+    from chip_fast.distill import DistillJob
+    kwargs = dict(samples_per_class=32, seed=2, samples_per_unit=16, classes_per_unit=2,
+                  atlas=2)
+    whole = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,
+                                          **kwargs)
+    calls = {"n": 0}
+    real_add = chip_fast.state.DistillState.add
+
+    def dying_add(self, unit, partial):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_add(self, unit, partial)
+    monkeypatch.setattr(chip_fast.state.DistillState, "add", dying_add)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,
+                                      checkpoint=ckpt, checkpoint_every=0, **kwargs)
+    assert list(ckpt.iterdir())                  # two units and their views are in there
+    monkeypatch.setattr(chip_fast.state.DistillState, "add", real_add)
+    resumed = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,
+                                            checkpoint=ckpt, **kwargs)
+    a, b = whole.atlas.layers["features.2"], resumed.atlas.layers["features.2"]
+    torch.testing.assert_close(b.value, a.value)
+    assert torch.equal(b.key, a.key) and torch.equal(b.patch, a.patch)
+
+
+def test_a_file_whose_atlas_does_not_fit_its_layers_is_refused(tiny_net, tiny_data, tmp_path):
+    from chip_fast.importance import ImportanceFileError
+    imp = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], samples_per_class=16,
+                                        atlas=2, progress=False)
+    k = imp.channels("features.2")
+    imp.atlas = ChannelAtlas.empty({"features.2": k + 1}, 2)
+    with pytest.raises(ImportanceFileError, match="atlas"):
+        chip_fast.load_importance(imp.save(tmp_path / "bad.chip"))
 
 
 def test_top_channels_and_channel_maps(tiny_net):

@@ -67,12 +67,12 @@ def test_demo_end_to_end(tmp_path):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"demo extras missing ({mod}): pip install 'chip-fast[demo]'")
     import chip_fast
-    from chip_fast.atlas import load_atlas, top_channels
+    from chip_fast.atlas import top_channels
     from chip_fast.demo import DEMO_PHOTOS, load_demo_photos, run_demo
     path = run_demo(tmp_path, samples_per_class=256)
     page = path.read_text()
     imp = chip_fast.load_importance(tmp_path / "demo.chip")
-    atlas = load_atlas(tmp_path / "demo.atlas")
+    atlas = imp.atlas
     assert imp.weights[imp.layers[0]].shape[0] == 1000
     assert set(atlas.layers) == set(imp.layers)
     for name in ("tabby", "espresso", "missile", "moped"):

@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve()
 LAYERS = ["features.3", "features.5"]
 # 8 classes in groups of 2, 48 samples in blocks of 12: 4 groups x 4 blocks = 16 units.
 SETTINGS = dict(samples_per_class=48, seed=3, classes_per_unit=2, samples_per_unit=12,
-                batch_size=16, fill="noise")   # the fill statistics travel too
+                batch_size=16, fill="noise",   # the fill statistics travel too
+                atlas=2)                       # and the channel atlas is gathered
 
 
 class TinyNet(nn.Module):

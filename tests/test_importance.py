@@ -27,7 +27,8 @@ def saved(tmp_path_factory) -> tuple[chip_fast.Importance, Path]:
     net = TinyNet(width=16).eval()          # 32 channels at features.2: the gram is 8 KiB
     g = torch.Generator().manual_seed(1)
     data = (torch.randn(12, 3, 16, 16, generator=g), torch.arange(12) % 6)
-    imp = chip_fast.distill_all_classes(net, data, [LAYER], samples_per_class=64, progress=False)
+    imp = chip_fast.distill_all_classes(net, data, [LAYER], samples_per_class=64, progress=False,
+                                        fill="noise")   # every tensor group is in the file
     imp.class_names = [f"class {c}" for c in range(imp.num_classes)]
     return imp, imp.save(tmp_path_factory.mktemp("imp") / "tiny.chip")
 

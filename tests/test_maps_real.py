@@ -16,7 +16,8 @@ LAYERS = ["features.14.conv.0", "features.18"]   # MobileNetV2's default layers
 def distilled(mobilenet_v2, sample_train):
     src = chip_fast.ImageFolderSource(sample_train)
     imp = chip_fast.distill_all_classes(mobilenet_v2, src, LAYERS, classes=CLASSES,
-                                        samples_per_class=96, augment=2, seed=0, progress=False)
+                                        samples_per_class=96, augment=2, seed=0, progress=False,
+                                        fill="noise")   # the reference below is for noise fill
     images = torch.stack([src.load(c, 0) for c in CLASSES])
     return imp, images
 

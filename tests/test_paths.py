@@ -76,8 +76,8 @@ def test_noise_fill_agrees_within_the_sampling_error():
     torch.manual_seed(0)
     net = Net().eval()
     n = 2048
-    a = distill(net, "auto", samples_per_class=n, seed=7)
-    b = distill(net, "elementwise", samples_per_class=n, seed=7)
+    a = distill(net, "auto", samples_per_class=n, seed=7, fill="noise")
+    b = distill(net, "elementwise", samples_per_class=n, seed=7, fill="noise")
     w, sigma, e = net.fc[1].weight.detach().double(), a.fill_std["conv"].double(), 49
     p = 0.5
     var_u = (1 - p) * (w ** 2 * sigma[None, :] ** 2).sum(1) / e      # per class, one path
