@@ -11,7 +11,6 @@ model). Writes bench/results/explain_speed_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import chip_fast
 from chip_fast.cpus import usable_cpus
 from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.models import load_model
+from bench_helpers import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -58,10 +58,7 @@ def main() -> None:
         "forward_ms_per_image": forward, "photos": len(images), "batch": args.batch,
         "layers": imp.layers, "threads": torch.get_num_threads(), "cpus": usable_cpus(),
         "command": f"python bench/explain_speed.py --photos {args.photos} --batch {args.batch}"}
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "explain_speed_cpu.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results, indent=1))
+    save_result("explain_speed_cpu.json", results)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ Writes bench/results/shared_machine_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path
 
 import torch
+
+from bench_helpers import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -76,10 +77,7 @@ def main() -> None:
               "alone_samples_per_s": alone, "shared_samples_per_s": shared,
               "ratio": shared / alone,
               "command": f"python bench/shared_machine.py --seconds {args.seconds:g}"}
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shared_machine_cpu.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    save_result("shared_machine_cpu.json", result)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def main() -> None:
         chip = [sys.executable, "-m", "chip_fast.cli", "distill", "--arch", "mobilenet_v2",
                 "--weights", str(WEIGHTS), "--data", str(data), "--layers", args.layer,
                 "--samples-per-class", str(args.samples), "--device", "cpu",
-                "--fill", "noise",   # the plain loop's fill: the same work
+                "--fill", "noise", "--baseline", "none",   # the plain loop's work, no more
                 "--out", str(chip_out)]
         plain = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), "--data", str(data),
                  "--layer", args.layer, "--samples", str(args.samples), "--out", str(plain_out)]

@@ -8,7 +8,9 @@ __version__ = "0.1.0"
 from .data import ImageError, ImageFolderSource, TensorSource  # noqa: E402
 from .preprocess import Preprocess  # noqa: E402
 from .distill import distill_all_classes  # noqa: E402
-from .explain import explain  # noqa: E402
+from .explain import ClassNotDistilledError, Explanation, explain, explain_available  # noqa: E402
+from .atlas import ChannelAtlas, top_channels  # noqa: E402
+from .locks import LockedError  # noqa: E402
 from .importance import Importance, ImportanceFileError, load_importance  # noqa: E402
 from .layers import LayerError, default_layers  # noqa: E402
 from .plan import DistillSettings  # noqa: E402
@@ -22,7 +24,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'chip_fast' has no attribute {name!r}")
 
 __all__ = [
-    "DistillSettings", "ImageError", "ImageFolderSource", "Importance", "ImportanceFileError",
-    "ChipCAM", "LayerError", "Preprocess", "TensorSource", "default_layers", "distill_all_classes",
-    "evaluate", "explain", "explain_func", "load_importance",
+    "ChannelAtlas", "ChipCAM", "ClassNotDistilledError", "DistillSettings", "Explanation",
+    "ImageError", "ImageFolderSource", "Importance", "ImportanceFileError", "LayerError",
+    "LockedError", "Preprocess", "TensorSource", "default_layers", "distill_all_classes",
+    "evaluate", "explain", "explain_available", "explain_func", "load_importance", "top_channels",
 ]

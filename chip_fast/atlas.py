@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .preprocess import Preprocess
 

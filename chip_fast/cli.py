@@ -115,7 +115,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 timeout=args.dist_timeout, checkpoint_every=args.checkpoint_every,
                 layers=parse_layers(args.layers), classes=args.classes,
                 samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
-                fill=args.fill, atlas=args.atlas, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
+                fill=args.fill, atlas=args.atlas, baseline=args.baseline,
+                response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                 augment=args.augment, batch_size=args.batch_size)
         except (KeyboardInterrupt, SystemExit):
             if any(checkpoint.glob(CHECKPOINT_GLOB)):
@@ -189,6 +190,10 @@ def _distill_parser(sub) -> None:
                    help="what replaces a disabled channel")
     d.add_argument("--response", choices=["logit", "softmax", "log_softmax"], default="logit",
                    help="the class output that is regressed on the masks")
+    d.add_argument("--baseline", choices=["none", "view"], default=DistillSettings.baseline,
+                   help="view: regress each response minus p_keep x its view's unperturbed "
+                        "response (removes the photo-to-photo spread the masks cannot explain); "
+                        "none: the raw response")
     d.add_argument("--alpha", type=float, default=0.1, help="penalty as a fraction of lambda_max")
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")
     d.add_argument("--augment", type=int, default=1,

@@ -206,7 +206,7 @@ def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | Non
                         seed: int = 0, p_keep: float = 0.5, fill: str = DistillSettings.fill,
                         response: str = "logit", alpha: float = 0.1, nonneg: bool = False,
                         augment: bool | int = False, batch_size: int | None = None,
-                        atlas: int = 0,
+                        atlas: int = 0, baseline: str = DistillSettings.baseline,
                         progress: bool = True, checkpoint: str | Path | None = None,
                         checkpoint_every: float = 300.0, out: str | Path | None = None,
                         keep_checkpoint: bool = True, max_memory: str | int | None = None,
@@ -220,7 +220,11 @@ def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | Non
     preprocessing). ``layers=None`` picks the model's default layers
     (:func:`chip_fast.layers.default_layers`: the last ReLU-like output at the deepest resolution
     and at twice it). ``atlas=k`` keeps the channel atlas (each channel's ``k`` strongest
-    distillation patches, :mod:`chip_fast.atlas`) in the result and the file. ``advanced`` takes the other fields of DistillSettings
+    distillation patches, :mod:`chip_fast.atlas`) in the result and the file.
+    ``baseline="view"`` (default) regresses each response minus ``p_keep`` times its view's
+    unperturbed response (a control variate: the same estimate, far less noise with many
+    photos per class; "none": the raw response). ``advanced`` takes the other fields of
+    DistillSettings
     (classes_per_unit, samples_per_unit, fill_stats_views, tol, max_iter, tail_dtype). With
     ``checkpoint`` (a folder), the sums are saved there atomically every ``checkpoint_every``
     seconds and on SIGTERM/SIGINT, and a rerun of the same call resumes from it;
@@ -243,7 +247,7 @@ def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | Non
         settings = DistillSettings(samples_per_class=samples_per_class, seed=seed, p_keep=p_keep,
                                    fill=fill, response=response, alpha=alpha, nonneg=nonneg,
                                    augment=augment, batch_size=batch_size, atlas=atlas,
-                                   **advanced)
+                                   baseline=baseline, **advanced)
         started = time.monotonic()
         with _on_device_in_eval(model, dev):
             source = as_source(data, preprocess=_folder_preprocess(model))
@@ -259,12 +263,7 @@ def distill_all_classes(model: nn.Module, data=None, layers: Sequence[str] | Non
             try:
                 result = _run(job, world, peers, store, checkpoint_every, progress, distributed)
                 if result is not None:
-                    if max_memory is not None:
-                        result.settings["max_memory"] = str(max_memory)
-                    if out is not None:
-                        result.save(out)
-                    if progress:
-                        _summary(job, world, peers, time.monotonic() - started, out)
+                    _save(result, job, world, peers, out, progress, max_memory, started)
                 # The others wait for the file without a time limit (rank 0's solve may be
                 # long), then a barrier, immediate by then, keeps the store's host alive until
                 # everyone has looked.
@@ -319,6 +318,17 @@ def _run(job: DistillJob, world: World, peers: Peers, store: CheckpointStore | N
     if missing:
         raise DistributedError(f"class groups {missing[:10]} are unfinished after the run")
     return job.finish()
+
+
+def _save(result: Importance, job: DistillJob, world: World, peers: Peers,
+          out: str | Path | None, progress: bool, max_memory, started: float) -> None:
+    """Rank 0's end of a job: the budget into the settings, the file, the summary line."""
+    if max_memory is not None:
+        result.settings["max_memory"] = str(max_memory)
+    if out is not None:
+        result.save(out)
+    if progress:
+        _summary(job, world, peers, time.monotonic() - started, out)
 
 
 def _summary(job: DistillJob, world: World, peers: Peers, wall: float,

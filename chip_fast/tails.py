@@ -221,3 +221,13 @@ def no_sync_checks(device: torch.device):
         yield
     finally:
         torch.cuda.set_sync_debug_mode(old)
+
+
+def response_of(logits: torch.Tensor, classes: torch.Tensor, kind: str) -> torch.Tensor:
+    """The class's response per row, float32: its logit, softmax probability or log-softmax."""
+    logits = logits.float()
+    if kind == "softmax":
+        logits = torch.softmax(logits, dim=1)
+    elif kind == "log_softmax":
+        logits = torch.log_softmax(logits, dim=1)
+    return logits.gather(1, classes[:, None])[:, 0]

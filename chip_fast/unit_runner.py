@@ -35,7 +35,7 @@ from .plan import DistillPlan, DistillSettings, Unit
 from .response_sums import response_sums
 from .split import SplitModel
 from .state import Partial
-from .tails import AffineTail, TailRunner, affine_tail, no_sync_checks
+from .tails import AffineTail, TailRunner, affine_tail, no_sync_checks, response_of
 
 # Called after every prefix pass with the (class, view) keys of the batch, the views themselves
 # (preprocessed, on the device) and the prefix outputs; a view may be seen more than once (the
@@ -47,16 +47,6 @@ AFFINE_BATCH = 4096
 # The fill statistics pass keeps what the units need of its views (spatial means for affine
 # layers, activations otherwise) when that fits here, so no view runs the prefix twice.
 VIEW_CACHE_BYTES = 512 * 2**20
-
-
-def response_of(logits: torch.Tensor, classes: torch.Tensor, kind: str) -> torch.Tensor:
-    """The class's response per row, float32: its logit, softmax probability or log-softmax."""
-    logits = logits.float()
-    if kind == "softmax":
-        logits = torch.softmax(logits, dim=1)
-    elif kind == "log_softmax":
-        logits = torch.log_softmax(logits, dim=1)
-    return logits.gather(1, classes[:, None])[:, 0]
 
 
 @dataclass
@@ -181,19 +171,6 @@ class UnitRunner:
         self.elements = {l: a[0, 0].numel() for l, a in acts.items()}
         return logits.shape[1], channels, dict(self.elements), paths
 
-    def fill_views(self, plan: DistillPlan) -> list[tuple[int, int]]:
-        """The views of the fill statistics: up to ``fill_stats_views``, round-robin over the
-        classes so every class counts."""
-        order: list[tuple[int, int]] = []
-        depth = 0
-        while len(order) < self.settings.fill_stats_views:
-            added = [(c, depth) for c in plan.classes if depth < plan.views.views[c]]
-            if not added:
-                break
-            order += added
-            depth += 1
-        return order[:self.settings.fill_stats_views]
-
     def caches_views(self, plan: DistillPlan) -> bool:
         """Whether the fill statistics pass keeps its views for the units: when no tail reads
         other prefix values and what the units need of the pass's views fits VIEW_CACHE_BYTES.
@@ -202,7 +179,7 @@ class UnitRunner:
             return False
         per_view = sum(4 * plan.channels[l] * (1 if l in self.affine else self.elements[l])
                        for l in plan.layers)
-        return len(self.fill_views(plan)) * per_view <= VIEW_CACHE_BYTES
+        return len(plan.fill_views()) * per_view <= VIEW_CACHE_BYTES
 
     def _unit_input(self, layer: str, acts: torch.Tensor) -> torch.Tensor:
         """What the units use of a layer's activations: spatial means on the affine path."""
@@ -212,9 +189,9 @@ class UnitRunner:
 
     def fill_statistics(self, plan: DistillPlan) -> tuple[dict[str, torch.Tensor],
                                                           dict[str, torch.Tensor]]:
-        """Per-channel mean and std of every layer over the fill views (``fill_views``); with
+        """Per-channel mean and std of every layer over the fill views (``DistillPlan.fill_views``); with
         ``caches_views``, the units' inputs of those views are kept."""
-        order = self.fill_views(plan)
+        order = plan.fill_views()
         keep = self.caches_views(plan)
         s1 = {l: 0.0 for l in plan.layers}
         s2 = {l: 0.0 for l in plan.layers}
@@ -321,12 +298,6 @@ class UnitRunner:
                             syy.view(n_classes, folds).cpu())
                     for layer, (szy, sy, syy) in job.sums.items()}
 
-    def run(self, plan: DistillPlan, unit: Unit, mu: dict[str, torch.Tensor],
-            sigma: dict[str, torch.Tensor], prepared: tuple[Rows, object] | None = None,
-            on_batch: Callable[[int], None] | None = None) -> Partial:
-        """``collect(launch(...))``: one unit's partial sums."""
-        return self.collect(self.launch(plan, unit, mu, sigma, prepared, on_batch), mu, sigma)
-
     def _responses(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows, mu: dict,
                    sigma: dict):
         """Yield (slice of rows, responses y, masks or None) batch by batch for one layer;
@@ -365,7 +336,11 @@ class UnitRunner:
         szy = torch.zeros(n_rows, k, dtype=torch.float64, device=self.device)
         sy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
         syy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
+        base = (self._baseline(layer, acts, prefix_out, rows) if st.baseline == "view"
+                else None)
         for sl, y, masks in self._responses(layer, acts, prefix_out, rows, mu, sigma):
+            if base is not None:
+                y = y - st.p_keep * base.index_select(0, rows.view[sl])
             bad = bad | ~torch.isfinite(y).all()
             a, b, c = response_sums(y, rows.sum_row[sl], n_rows, seed=st.seed,
                                     samples=rows.sample[sl], p_keep=st.p_keep, channels=k,
@@ -376,6 +351,23 @@ class UnitRunner:
             if on_batch is not None:
                 on_batch(len(y))
         return (szy, sy, syy), bad
+
+    def _baseline(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows) -> torch.Tensor:
+        """(V,) the unperturbed response of each of the rows' views for its own class
+        (``baseline="view"``): the same tail on the layer's own activation."""
+        cls = torch.tensor([c for c, _ in rows.keys], device=self.device)
+        kind = self.settings.response
+        affine = self.affine.get(layer)
+        if affine is not None:
+            m = acts.float()
+            return (affine.class_logits(m, cls) if kind == "logit"
+                    else response_of(affine.logits(m), cls, kind))
+        tail, out = self.tails[layer], []
+        for i in range(0, len(cls), self.settings.batch_size):
+            idx = torch.arange(i, min(i + self.settings.batch_size, len(cls)), device=self.device)
+            x = self._tail_input(acts[i:i + len(idx)])
+            out.append(response_of(tail(x, prefix_out, idx), cls[i:i + len(idx)], kind))
+        return torch.cat(out)
 
     def _tail_input(self, acts: torch.Tensor) -> torch.Tensor:
         """The unit's activations once in the layout the tail runs fastest in (channels-last

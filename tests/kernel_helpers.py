@@ -31,10 +31,25 @@ if not CUDA and not os.environ.get("TRITON_INTERPRET") == "1":
                 allow_module_level=True)
 
 
+def _interpreted(f) -> bool:
+    return type(f).__name__ == "InterpretedFunction"
+
+
+def _loaded_kernel_functions() -> list:
+    """Every @triton.jit function of the chip_fast.kernels modules imported so far (a helper
+    such as the Philox rounds, decorated before TRITON_INTERPRET=1, breaks the kernels that
+    call it even when they themselves were decorated after)."""
+    import sys
+    return [f for name, mod in list(sys.modules.items())
+            if name.startswith("chip_fast.kernels") and mod is not None
+            for f in vars(mod).values()
+            if type(f).__name__ in ("JITFunction", "InterpretedFunction")]
+
+
 def skip_unless_runnable(kernel) -> None:
     """Skip the calling test module when ``kernel`` (a @triton.jit function) cannot run here:
     without CUDA it must have been decorated after TRITON_INTERPRET=1 was set."""
-    if not CUDA and not type(kernel).__name__ == "InterpretedFunction":
+    if not CUDA and not all(_interpreted(f) for f in [kernel, *_loaded_kernel_functions()]):
         pytest.skip("chip_fast.kernels was imported before TRITON_INTERPRET=1 was set (run this "
                     "file in its own process or export TRITON_INTERPRET=1)",
                     allow_module_level=True)

@@ -128,7 +128,6 @@ def test_distillation_fills_every_channel_from_its_own_views(tiny_net, tiny_data
 
 def test_resumed_job_has_the_atlas_of_the_whole_job(tiny_net, tiny_data, tmp_path, monkeypatch):
     """Killed after some units, resumed from the checkpoint: the atlas equals one run's."""
-    from chip_fast.distill import DistillJob
     kwargs = dict(samples_per_class=32, seed=2, samples_per_unit=16, classes_per_unit=2,
                   atlas=2)
     whole = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,

@@ -5,7 +5,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 
 from chip_fast.atlas_report import AtlasRow
 from chip_fast.demo import REFINED, PhotoResult, overlay_png, write_report

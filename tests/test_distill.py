@@ -7,7 +7,8 @@ from chip_fast.data import make_view
 from chip_fast.distill import DistillJob
 from chip_fast.perturb import perturb_reference
 from chip_fast.plan import DistillSettings
-from chip_fast.unit_runner import UnitRunner, response_of
+from chip_fast.tails import response_of
+from chip_fast.unit_runner import UnitRunner
 
 
 class Planted(nn.Module):
@@ -62,10 +63,13 @@ def test_same_seed_same_file_and_other_seed_differs(tiny_net, tiny_data, tmp_pat
     assert a.read_bytes() != c.read_bytes()
 
 
-def test_any_sample_regenerates_alone(tiny_net, tiny_data):
-    """The batched job's sums equal a naive loop that rebuilds every sample on its own."""
+@pytest.mark.parametrize("baseline", ["none", "view"])
+def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline):
+    """The batched job's sums equal a naive loop that rebuilds every sample on its own (with
+    baseline="view", minus p_keep times the unperturbed response of the sample's view)."""
     settings = DistillSettings(samples_per_class=20, seed=11, augment=3, samples_per_unit=8,
-                               classes_per_unit=2, batch_size=7, fill="noise")
+                               classes_per_unit=2, batch_size=7, fill="noise",
+                               baseline=baseline)
     job = DistillJob(tiny_net, tiny_data, ["features.1"], settings, classes=[1, 4])
     job.measure_fill_statistics()
     job.run_pending(job.state.pending())
@@ -87,6 +91,10 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data):
                                             sigma=job.state.sigma["features.1"])
                 logits = tiny_net.classifier(torch.flatten(tiny_net.pool(tiny_net.features[2](pert)), 1))
             y = response_of(logits, torch.tensor([c]), "logit")
+            if baseline == "view":
+                with torch.no_grad():
+                    y = y - settings.p_keep * response_of(tiny_net(x), torch.tensor([c]),
+                                                          "logit")
             szy[i % folds] += z[0].double() * y.double()
             syy[i % folds] += y.double()[0] ** 2
         torch.testing.assert_close(job.state.sum_zy["features.1"][slot], szy, rtol=1e-5, atol=1e-6)

@@ -57,12 +57,12 @@ def test_dropout_in_training_mode_is_not_affine():
     assert affine_tail(split, "conv", torch.randn(2, 12, 7, 7)) is None
 
 
-@pytest.mark.parametrize("fill", ["zero", "mean"])
-def test_zero_and_mean_fills_give_the_same_importance_on_both_paths(fill):
+@pytest.mark.parametrize("fill,baseline", [("zero", "none"), ("mean", "none"), ("zero", "view")])
+def test_zero_and_mean_fills_give_the_same_importance_on_both_paths(fill, baseline):
     torch.manual_seed(0)
     net = Net().eval()
-    a = distill(net, "auto", fill=fill, samples_per_class=256, seed=4)
-    b = distill(net, "elementwise", fill=fill, samples_per_class=256, seed=4)
+    a = distill(net, "auto", fill=fill, samples_per_class=256, seed=4, baseline=baseline)
+    b = distill(net, "elementwise", fill=fill, samples_per_class=256, seed=4, baseline=baseline)
     assert a.settings["paths"] == {"conv": "affine"}
     assert b.settings["paths"] == {"conv": "elementwise"}
     torch.testing.assert_close(a.r["conv"], b.r["conv"], rtol=1e-5, atol=1e-7)

@@ -16,5 +16,5 @@ def test_readme_python_example(tmp_path, monkeypatch, capsys):
     block = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(block, str(README), "exec"), {})
-    assert "torch.Size([4, 224, 224]) torch.Size([1000, 320])" in capsys.readouterr().out
+    assert "torch.Size([4, 224, 224]) torch.Size([1000, 1280])" in capsys.readouterr().out
     assert (tmp_path / "demo.chip").is_file()
