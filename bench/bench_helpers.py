@@ -33,13 +33,3 @@ def timed(benchmark, fn, *, rounds=None):
     if rounds is None:
         return benchmark(run)
     return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
-
-
-def save_result(name: str, result: dict) -> None:
-    """Write a whole-job script's result to bench/results/<name> and print it."""
-    import json
-    from pathlib import Path
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))

@@ -20,7 +20,7 @@ import chip_fast
 from chip_fast.cpus import usable_cpus
 from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.models import load_model
-from bench_helpers import save_result
+from results_file import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"

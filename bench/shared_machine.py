@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench_helpers import save_result
+from results_file import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
