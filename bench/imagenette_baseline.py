@@ -22,8 +22,8 @@ import torch
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
 from chip_fast.layers import default_layers
-from chip_fast.plan import DistillSettings
-from imagenette_common import ROOT, TRAIN, distill_cached, halves, mobilenet_v2, top_channel_overlap
+from imagenette_common import (ROOT, TRAIN, distill_cached, halves, library_defaults,
+                               mobilenet_v2, top_channel_overlap)
 
 COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
            ("top-1 loc err", "top1_loc_err"))
@@ -40,9 +40,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model = mobilenet_v2()
     layers = default_layers(model)
-    defaults = DistillSettings()
-    extra = {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
-                                               "alpha", "nonneg", "augment")}
+    extra = {k: v for k, v in library_defaults().items() if k != "baseline"}
     runs, seconds = {}, {}
     for baseline in ("none", "view"):
         t0 = time.perf_counter()

@@ -83,6 +83,15 @@ def distill_cached(model: torch.nn.Module, path: Path, data: Path = TRAIN,
     return imp
 
 
+def library_defaults() -> dict[str, Any]:
+    """The settings of DistillSettings that change the maps, passed explicitly, so a table is
+    the library's defaults even where a keyword default of distill_all_classes would lag."""
+    from chip_fast.plan import DistillSettings
+    defaults = DistillSettings()
+    return {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
+                                              "alpha", "nonneg", "augment", "baseline")}
+
+
 def peers_at(layers: list[str]) -> dict[str, Any]:
     """CAM at features.18 and Grad-CAM, Grad-CAM++, Layer-CAM at ``layers``."""
     methods = {f"cam@{DEEP}": peer("cam", DEEP)}

@@ -12,7 +12,6 @@ written to bench/results/imagenette_search/.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -25,9 +25,8 @@ import chip_fast
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
 from chip_fast.layers import default_layers
-from chip_fast.plan import DistillSettings
-from imagenette_common import (DEEP, ROOT, TRAIN, distill_cached, halves, mobilenet_v2, peers_at,
-                               top_channel_overlap)
+from imagenette_common import (DEEP, ROOT, TRAIN, distill_cached, halves, library_defaults,
+                               mobilenet_v2, peers_at, top_channel_overlap)
 
 COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
            ("top-1 loc err", "top1_loc_err"), ("deletion ↓", "deletion_auc"),
@@ -75,11 +74,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = mobilenet_v2()
     layers = default_layers(model)
-    # The library's defaults, read from DistillSettings and passed explicitly, so the table is
-    # the defaults' even where distill_all_classes's own keyword defaults lag behind.
-    defaults = DistillSettings()
-    extra = {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
-                                               "alpha", "nonneg", "augment")}
+    extra = library_defaults()
     if args.samples is not None:
         extra["samples_per_class"] = args.samples
     t0 = time.perf_counter()
