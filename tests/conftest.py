@@ -1,11 +1,18 @@
 """Shared fixtures: the real data of ../shared/data (skipped where absent) and tiny models."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+# Without CUDA the Triton kernels run in Triton's interpreter, which must be chosen before any
+# module imports triton: some test modules import it indirectly (torchvision, torch._dynamo)
+# at collection, before a kernel test's own kernel_helpers could set it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet1k.pth"
