@@ -71,6 +71,7 @@ class Rows:
     sum_row: torch.Tensor
     sample: torch.Tensor
     keys: list[tuple[int, int]]        # (class, view) of each distinct view, in load order
+    key_cls: torch.Tensor              # the class of each of ``keys``, on the device
 
     def __len__(self) -> int:
         return len(self.view)
@@ -189,8 +190,9 @@ class UnitRunner:
 
     def fill_statistics(self, plan: DistillPlan) -> tuple[dict[str, torch.Tensor],
                                                           dict[str, torch.Tensor]]:
-        """Per-channel mean and std of every layer over the fill views (``DistillPlan.fill_views``); with
-        ``caches_views``, the units' inputs of those views are kept."""
+        """Per-channel mean and std of every layer over the fill views
+        (``DistillPlan.fill_views``); with ``caches_views``, the units' inputs of those views
+        are kept."""
         order = plan.fill_views()
         keep = self.caches_views(plan)
         s1 = {l: 0.0 for l in plan.layers}
@@ -243,7 +245,8 @@ class UnitRunner:
         sum_row = slot * folds + sample % folds
         pin = self.device.type == "cuda"
         on = (lambda t: t.pin_memory().to(self.device, non_blocking=True)) if pin else (lambda t: t)
-        return Rows(on(view), on(cls), on(sum_row), on(sample), keys)
+        return Rows(on(view), on(cls), on(sum_row), on(sample), keys,
+                    on(torch.tensor([c for c, _ in keys])))
 
     def prepare(self, plan: DistillPlan, unit: Unit) -> tuple[Rows, object]:
         """A unit's rows and the decoding of its views not in the cache, started now (call it
@@ -355,13 +358,11 @@ class UnitRunner:
     def _baseline(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows) -> torch.Tensor:
         """(V,) the unperturbed response of each of the rows' views for its own class
         (``baseline="view"``): the same tail on the layer's own activation."""
-        cls = torch.tensor([c for c, _ in rows.keys], device=self.device)
-        kind = self.settings.response
+        cls, kind = rows.key_cls, self.settings.response
         affine = self.affine.get(layer)
         if affine is not None:
-            m = acts.float()
-            return (affine.class_logits(m, cls) if kind == "logit"
-                    else response_of(affine.logits(m), cls, kind))
+            return (affine.class_logits(acts.float(), cls) if kind == "logit"
+                    else response_of(affine.logits(acts.float()), cls, kind))
         tail, out = self.tails[layer], []
         for i in range(0, len(cls), self.settings.batch_size):
             idx = torch.arange(i, min(i + self.settings.batch_size, len(cls)), device=self.device)
