@@ -36,6 +36,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .classes import imagenet_classes
     from .cli import parse_classes
     from .importance import load_importance
+    from .report import CSS, class_label, page
     imp = load_importance(args.importance)
     atlas = imp.atlas
     if atlas is None:
@@ -47,33 +48,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"classes {missing[:10]} were not distilled in {args.importance} "
                          f"(it holds {len(imp.classes)} classes)")
-    photos = _photos(args, imp) if args.images else []
+    model, photos = _photos(args, imp) if args.images else (None, [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for c in classes:
-        label = names[c] if c < len(names) else f"class {c}"
+        label = html.escape(class_label(names, c))
         if not photos:
             rows = class_rows(atlas, imp, c, out, f"c{c}", names, n=args.top)
-            sections.append(f"<h2>{html.escape(label)} ({c})</h2>{rows_html(rows)}")
-        for j, (model, x, rgb, name) in enumerate(photos):
-            heat = (lambda layer, chs, x=x, model=model:
-                    channel_maps(model, layer, x, chs)[0].numpy())
+            sections.append(f"<h2>{label}</h2>{rows_html(rows)}")
+        for j, (x, rgb, name) in enumerate(photos):
+            heat = (lambda layer, chs, x=x: channel_maps(model, layer, x, chs)[0].numpy())
             rows = class_rows(atlas, imp, c, out, f"c{c}_p{j}", names, n=args.top, photo=rgb,
                               channel_heat=heat)
-            sections.append(f"<h2>{html.escape(label)} ({c}) on {html.escape(name)}</h2>"
-                            f"{rows_html(rows)}")
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>CHIP channel atlas'
-            f'</title><style>body {{ font-family: system-ui, sans-serif; margin: 2em; }}'
-            f'{ATLAS_CSS}</style></head><body><h1>CHIP channel atlas</h1>{"".join(sections)}'
-            f'</body></html>')
-    _atomic_text(out / "atlas.html", page)
+            sections.append(f"<h2>{label} on {html.escape(name)}</h2>{rows_html(rows)}")
+    _atomic_text(out / "atlas.html",
+                 page("CHIP channel atlas", "", "".join(sections), CSS + ATLAS_CSS))
     print(f"open {out / 'atlas.html'}")
     return 0
 
 
-def _photos(args: argparse.Namespace, imp) -> list:
-    """(model, input (1, 3, H, W), the pixels it sees (H, W, 3) uint8, name) per photo."""
+def _photos(args: argparse.Namespace, imp) -> tuple:
+    """The model, and per photo (input (1, 3, H, W), the pixels it sees (H, W, 3) uint8, name)."""
     import numpy as np
     from PIL import Image
     from .models import load_model
@@ -87,8 +83,8 @@ def _photos(args: argparse.Namespace, imp) -> list:
     for p in args.images:
         with Image.open(p) as im:
             im = im.convert("RGB")
-            out.append((model, prep(im)[None], np.asarray(prep.geometry(im)), Path(p).name))
-    return out
+            out.append((prep(im)[None], np.asarray(prep.geometry(im)), Path(p).name))
+    return model, out
 
 
 def _atomic_text(path: Path, text: str) -> None:
