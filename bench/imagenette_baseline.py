@@ -19,15 +19,10 @@ from pathlib import Path
 
 import torch
 
-from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
 from chip_fast.layers import default_layers
-from imagenette_common import (ROOT, TRAIN, distill_cached, halves, library_defaults,
-                               mobilenet_v2, top_channel_overlap)
-
-COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
-           ("top-1 loc err", "top1_loc_err"))
-
+from imagenette_common import (ROOT, TRAIN, chip_maps, distill_cached, halves, library_defaults,
+                               median_r2, mobilenet_v2, table, top_channel_overlap)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -49,27 +44,18 @@ def main() -> None:
                                          **{**extra, "seed": s, "baseline": baseline})
                           for s in (0, 1)]
         seconds[baseline] = time.perf_counter() - t0
-    fit = {b: {l: statistics.median(float(v) for v in r)
-               for l, r in imps[0].fit_quality().items()} for b, imps in runs.items()}
+    fit = {b: median_r2(imps[0]) for b, imps in runs.items()}
     stable = {b: {l: statistics.mean(top_channel_overlap(imps[0], imps[1], l).values())
                   for l in layers} for b, imps in runs.items()}
     methods = {}
     for b, imps in runs.items():
-        methods[f"Refined CHIP, baseline {b}"] = chip_method(imps[0], None)
-        for layer in layers:
-            methods[f"CHIP @ {layer}, baseline {b}"] = chip_method(imps[0], [layer])
+        methods.update(chip_maps(imps[0], layers, f", baseline {b}"))
     scores = {}
     for half_name, half in halves().items():
         scores[half_name] = evaluate(model, methods, half, out / half_name,
                                      EvalSettings(faithfulness_limit=0, sanity_limit=0),
                                      plots=False)
-    lines = ["| map | " + " | ".join(f"{c} sel. / con." for c, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
-    for m in methods:
-        cells = [" / ".join(f"{scores[h]['methods'][m][key]:.3f}" for h in scores)
-                 for _, key in COLUMNS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "| baseline | " + " | ".join(f"median held-out R² {l}" for l in layers)
+    lines = [table(scores), "| baseline | " + " | ".join(f"median held-out R² {l}" for l in layers)
               + " | " + " | ".join(f"top-10 stability {l}" for l in layers) + " |",
               "|---" * (2 * len(layers) + 1) + "|"]
     for b in runs:

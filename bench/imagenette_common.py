@@ -92,6 +92,43 @@ def library_defaults() -> dict[str, Any]:
                                               "alpha", "nonneg", "augment", "baseline")}
 
 
+BOX_COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
+               ("top-1 loc err", "top1_loc_err"))
+
+
+def chip_maps(imp: chip_fast.Importance, layers: list[str], suffix: str = "",
+              refined: str = "Refined CHIP") -> dict[str, Any]:
+    """Evaluation methods for ``imp``: Refined CHIP and each layer's CHIP map, named with
+    ``suffix``."""
+    from chip_fast.evaluation.interop import chip_method
+    methods = {f"{refined}{suffix}": chip_method(imp, None)}
+    for layer in layers:
+        methods[f"CHIP @ {layer}{suffix}"] = chip_method(imp, [layer])
+    return methods
+
+
+def median_r2(imp: chip_fast.Importance) -> dict[str, float]:
+    """Per layer, the median over classes of the held-out R^2 (Importance.fit_quality)."""
+    import statistics
+    return {l: statistics.median(float(v) for v in r) for l, r in imp.fit_quality().items()}
+
+
+def table(results: dict[str, dict], columns=BOX_COLUMNS) -> str:
+    """Markdown, one row per method; each column holds every half in ``results`` (evaluate's
+    results by half name), e.g. 'sel. / con.'."""
+    halves_ = list(results)
+    head = " | ".join(f"{c} ({' / '.join(h[:3] + '.' for h in halves_)})" for c, _ in columns)
+    lines = [f"| method | {head} |", "|---" * (len(columns) + 1) + "|"]
+    for name in results[halves_[0]]["methods"]:
+        cells = []
+        for _, key in columns:
+            vals = [results[h]["methods"][name].get(key) for h in halves_]
+            fmt = "{:.1f}" if key == "ms_per_image" else "{:.3f}"
+            cells.append(" / ".join("-" if v is None else fmt.format(v) for v in vals))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def peers_at(layers: list[str]) -> dict[str, Any]:
     """CAM at features.18 and Grad-CAM, Grad-CAM++, Layer-CAM at ``layers``."""
     methods = {f"cam@{DEEP}": peer("cam", DEEP)}

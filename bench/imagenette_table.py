@@ -22,21 +22,18 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
 from chip_fast.layers import default_layers
-from imagenette_common import (DEEP, ROOT, TRAIN, distill_cached, halves, library_defaults,
-                               mobilenet_v2, peers_at, top_channel_overlap)
+from imagenette_common import (BOX_COLUMNS, DEEP, ROOT, TRAIN, chip_maps, distill_cached, halves,
+                               library_defaults, mobilenet_v2, peers_at, table,
+                               top_channel_overlap)
 
-COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
-           ("top-1 loc err", "top1_loc_err"), ("deletion ↓", "deletion_auc"),
-           ("insertion ↑", "insertion_auc"), ("ms/image", "ms_per_image"))
+COLUMNS = BOX_COLUMNS + (("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"),
+                         ("ms/image", "ms_per_image"))
 
 
 def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
-    methods = {"Refined CHIP (defaults)": chip_method(imp, None)}
-    for layer in layers:
-        methods[f"CHIP @ {layer}"] = chip_method(imp, [layer])
+    methods = chip_maps(imp, layers, refined="Refined CHIP (defaults)")
     peers = peers_at(list(dict.fromkeys([DEEP] + layers)))
     names = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
              "layercam": "Layer-CAM"}
@@ -44,21 +41,6 @@ def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
         method, layer = key.split("@")
         methods[f"{names[method]} @ {layer}"] = fn
     return methods
-
-
-def table(results: dict[str, dict]) -> str:
-    """One row per method, each column for both halves (selection / confirmation)."""
-    halves_ = list(results)
-    head = " | ".join(f"{c} ({' / '.join(h[:3] + '.' for h in halves_)})" for c, _ in COLUMNS)
-    lines = [f"| method | {head} |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for name in results[halves_[0]]["methods"]:
-        cells = []
-        for _, key in COLUMNS:
-            vals = [results[h]["methods"][name].get(key) for h in halves_]
-            fmt = "{:.1f}" if key == "ms_per_image" else "{:.3f}"
-            cells.append(" / ".join("-" if v is None else fmt.format(v) for v in vals))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -97,7 +79,7 @@ def main() -> None:
                                           for l, d in stable.items()},
             "classes": imps[0].classes, "device": f"CPU, {torch.get_num_threads()} threads"}
     (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
-    (out / "table.md").write_text(table(results))
+    (out / "table.md").write_text(table(results, COLUMNS))
     print(json.dumps({k: meta[k] for k in ("layers", "distill_s", "evaluate_s", "total_s")}))
     print((out / "table.md").read_text())
 

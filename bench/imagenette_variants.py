@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
 from chip_fast.layers import default_layers
-from imagenette_common import ROOT, TRAIN, distill_cached, halves, library_defaults, mobilenet_v2
-
-COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
-           ("top-1 loc err", "top1_loc_err"))
-
+from imagenette_common import (ROOT, TRAIN, chip_maps, distill_cached, halves, library_defaults,
+                               median_r2, mobilenet_v2, table)
 
 def parse(variant: str) -> tuple[str, object]:
     key, _, text = variant.partition("=")
@@ -57,20 +52,14 @@ def main() -> None:
         path = work / ("mnv2_seed0.chip" if variant == "defaults" else f"mnv2_{name}.chip")
         imp = distill_cached(model, path, TRAIN, None, **settings, seed=0)
         runs[variant] = imp
-        info[variant] = {"distill_s": time.perf_counter() - t0, "held_out_r2_median": {
-            l: statistics.median(float(v) for v in r) for l, r in imp.fit_quality().items()}}
+        info[variant] = {"distill_s": time.perf_counter() - t0,
+                         "held_out_r2_median": median_r2(imp)}
     methods = {}
     for variant, imp in runs.items():
-        methods[f"Refined CHIP, {variant}"] = chip_method(imp, None)
-        for layer in layers:
-            methods[f"CHIP @ {layer}, {variant}"] = chip_method(imp, [layer])
+        methods.update(chip_maps(imp, layers, f", {variant}"))
     result = evaluate(model, methods, halves()["selection"], out / "selection",
                       EvalSettings(faithfulness_limit=0, sanity_limit=0), plots=False)
-    lines = ["| map | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---" * 4 + "|"]
-    for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{result['methods'][m][k]:.3f}"
-                                               for _, k in COLUMNS) + " |")
-    lines += ["", "| variant | " + " | ".join(f"median held-out R² {l}" for l in layers) + " |",
+    lines = [table({"selection": result}), "| variant | " + " | ".join(f"median held-out R² {l}" for l in layers) + " |",
               "|---" * (len(layers) + 1) + "|"]
     for v, d in info.items():
         lines.append(f"| {v} | " + " | ".join(f"{d['held_out_r2_median'][l]:.3f}"
