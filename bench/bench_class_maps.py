@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from bench_helpers import DEV, timed
 
-from chip_fast.class_maps import class_maps_reference, upsample_normalize_reference
+from chip_fast.ops.class_maps import class_maps_reference, upsample_normalize_reference
 from chip_fast.kernels.class_maps import class_maps_triton
 
 MAP_CASES = {"1img_1000cls": (1, 1000), "8img_1cls": (8, 1)}

@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 import chip_fast
-from chip_fast.split import SplitModel
+from chip_fast.models.split import SplitModel
 
 CLASSES = int(os.environ.get("CHIP_BENCH_CLASSES", "100"))
 SAMPLES = int(os.environ.get("CHIP_BENCH_SAMPLES", "512"))
@@ -41,8 +41,8 @@ def test_distill_throughput(benchmark, model):
 def test_tail_forward_same_samples(benchmark, model):
     """The bare tail as the pipeline runs it: the same TailRunner (folded batch norms, bf16
     channels-last weights on CUDA, CUDA graphs), the same input dtype and layout, warmed up."""
-    from chip_fast.plan import DistillSettings, resolve_settings
-    from chip_fast.tails import TailRunner
+    from chip_fast.distill.plan import DistillSettings, resolve_settings
+    from chip_fast.distill.tails import TailRunner
     split = SplitModel(model, [LAYER])
     settings = resolve_settings(DistillSettings(batch_size=BATCH), DEVICE)
     dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else torch.float32

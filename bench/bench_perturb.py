@@ -1,5 +1,5 @@
 """Benchmark of the perturbation: T perturbed activations of a (K, h, w) layer; kernel
-(``perturb_kernel``, the kernel path of ``chip_fast.perturb``) vs ``perturb_reference`` vs naive
+(``perturb_kernel``, the kernel path of ``chip_fast.ops.perturb``) vs ``perturb_reference`` vs naive
 PyTorch. Set-up in bench_helpers.py (GPU only)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from bench_helpers import DEV, timed
 
-from chip_fast.perturb import perturb_kernel, perturb_reference
+from chip_fast.ops.perturb import perturb_kernel, perturb_reference
 
 PERTURB_CASES = {"K1280_7x7_T256": (32, 1280, (7, 7), 256),
                  "K96_56x56_T64": (8, 96, (56, 56), 64),

@@ -8,8 +8,8 @@ import torch
 
 from bench_helpers import DEV, timed
 
-from chip_fast.perturb import perturb_kernel
-from chip_fast.perturb_means import perturb_means_kernel, perturb_means_reference
+from chip_fast.ops.perturb import perturb_kernel
+from chip_fast.ops.perturb_means import perturb_means_kernel, perturb_means_reference
 
 V, K, T, E = 32, 1280, 4096, 49     # MobileNetV2 features.18, one unit of 8 classes x 512
 

@@ -9,7 +9,7 @@ import torch
 from bench_helpers import DEV, timed
 
 from chip_fast.kernels.prox import fista_step_triton
-from chip_fast.prox import fista_step_reference, soft_threshold
+from chip_fast.ops.prox import fista_step_reference, soft_threshold
 
 K_FISTA, C_FISTA = 1280, 1000
 

@@ -1,5 +1,5 @@
 """Benchmark of the response sums: per class slot sum z*y and sum y; kernel
-(``response_sums_kernel``, the kernel path of ``chip_fast.response_sums``) vs
+(``response_sums_kernel``, the kernel path of ``chip_fast.ops.response_sums``) vs
 ``response_sums_reference`` of ``rng.keep_masks`` vs naive PyTorch. Set-up in bench_helpers.py
 (GPU only)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from bench_helpers import DEV, timed
 
 from chip_fast import rng
-from chip_fast.response_sums import response_sums_kernel, response_sums_reference
+from chip_fast.ops.response_sums import response_sums_kernel, response_sums_reference
 
 T_RESP, K_RESP, ROWS_RESP = 8192, 1280, 16
 

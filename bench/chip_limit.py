@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.distill import DistillJob
-from chip_fast.plan import DistillSettings
+from chip_fast.distill.job import DistillJob
+from chip_fast.distill.plan import DistillSettings
 from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.importance import Importance, model_fingerprint
-from chip_fast.models import load_model
+from chip_fast.importance.core import Importance, model_fingerprint
+from chip_fast.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"

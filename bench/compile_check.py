@@ -31,9 +31,9 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from chip_fast.perturb import perturb_kernel  # noqa: E402
-from chip_fast.perturb_means import perturb_means_kernel  # noqa: E402
-from chip_fast.response_sums import response_sums_kernel  # noqa: E402
+from chip_fast.ops.perturb import perturb_kernel  # noqa: E402
+from chip_fast.ops.perturb_means import perturb_means_kernel  # noqa: E402
+from chip_fast.ops.response_sums import response_sums_kernel  # noqa: E402
 import chip_fast.kernels.class_maps as k_maps  # noqa: E402
 import chip_fast.kernels.perturb as k_perturb  # noqa: E402
 import chip_fast.kernels.perturb_means as k_means  # noqa: E402

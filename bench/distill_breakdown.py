@@ -21,10 +21,10 @@ import torch
 import torchvision
 
 import chip_fast
-import chip_fast.fit as fit_mod
-import chip_fast.unit_runner as runner_mod
-from chip_fast.plan import resolve_settings
-from chip_fast.split import SplitModel
+import chip_fast.solve.fit as fit_mod
+import chip_fast.distill.runner as runner_mod
+from chip_fast.distill.plan import resolve_settings
+from chip_fast.models.split import SplitModel
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / ".." / "shared" / "data" / "weights" / "mobilenet_v2_imagenet1k.pth"

@@ -1,4 +1,4 @@
-"""Milliseconds per image of ``chip_fast.explain`` (Refined CHIP, the API as a user calls it) next
+"""Milliseconds per image of ``chip_fast.maps.explain`` (Refined CHIP, the API as a user calls it) next
 to the model's plain forward pass on the same photos, in one run.
 
     python bench/explain_speed.py [--photos 64] [--batch 32]
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.cpus import usable_cpus
+from chip_fast.util.cpus import usable_cpus
 from chip_fast.evaluation.dataset import load_val_dir
-from chip_fast.models import load_model
+from chip_fast.models.loading import load_model
 from results_file import save_result
 
 ROOT = Path(__file__).resolve().parents[1]

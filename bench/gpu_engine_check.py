@@ -34,11 +34,11 @@ import torchvision
 from torch import nn
 
 import chip_fast
-from chip_fast.cpus import usable_cpus
-from chip_fast.distill import DistillJob
-from chip_fast.plan import DistillSettings
-from chip_fast.split import SplitModel
-from chip_fast.tails import TailRunner
+from chip_fast.util.cpus import usable_cpus
+from chip_fast.distill.job import DistillJob
+from chip_fast.distill.plan import DistillSettings
+from chip_fast.models.split import SplitModel
+from chip_fast.distill.tails import TailRunner
 
 
 def sync(device: torch.device) -> None:

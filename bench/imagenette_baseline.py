@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.layers import default_layers
+from chip_fast.models.layers import default_layers
 from imagenette_common import (ROOT, TRAIN, chip_maps, distill_cached, halves, library_defaults,
                                median_r2, mobilenet_v2, table, top_channel_overlap)
 

@@ -19,7 +19,7 @@ import torch
 import chip_fast
 from chip_fast.evaluation.dataset import LocDataset, load_val_dir
 from chip_fast.evaluation.peers import peer
-from chip_fast.models import load_model
+from chip_fast.models.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".." / "shared" / "data"
@@ -86,7 +86,7 @@ def distill_cached(model: torch.nn.Module, path: Path, data: Path = TRAIN,
 def library_defaults() -> dict[str, Any]:
     """The settings of DistillSettings that change the maps, passed explicitly, so a table is
     the library's defaults even where a keyword default of distill_all_classes would lag."""
-    from chip_fast.plan import DistillSettings
+    from chip_fast.distill.plan import DistillSettings
     defaults = DistillSettings()
     return {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
                                               "alpha", "nonneg", "augment", "baseline")}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.split import split_model
+from chip_fast.models.split import split_model
 from imagenette_common import DEEP, ROOT, TRAIN, mobilenet_v2, top_channel_overlap, top_channels
 
 

@@ -23,7 +23,7 @@ import torch
 
 import chip_fast
 from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.layers import default_layers
+from chip_fast.models.layers import default_layers
 from imagenette_common import (BOX_COLUMNS, DEEP, ROOT, TRAIN, chip_maps, distill_cached, halves,
                                library_defaults, mobilenet_v2, peers_at, table,
                                top_channel_overlap)

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.class_maps import upsample_normalize_reference
-from chip_fast.split import split_model
+from chip_fast.ops.class_maps import upsample_normalize_reference
+from chip_fast.models.split import split_model
 from imagenette_common import DEEP, MID, ROOT, halves, mobilenet_v2
 from imagenette_score import Half, _norm
 

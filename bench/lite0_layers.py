@@ -23,9 +23,9 @@ from chip_fast.evaluation.dataset import load_val_dir
 from chip_fast.evaluation.interop import chip_method
 from chip_fast.evaluation.peers import peer
 from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.layers import default_layers
-from chip_fast.models import load_model
-from chip_fast.preprocess import preprocess_for
+from chip_fast.models.layers import default_layers
+from chip_fast.models.loading import load_model
+from chip_fast.data.preprocess import preprocess_for
 from imagenette_common import ROOT, TRAIN, VAL
 
 OLD = ["features.5", "features.8"]

@@ -8,7 +8,7 @@ process runs float32 matrix products on as many threads as this process may use.
 processes each sizing its threads from the CPUs it may use, the second should cost about half
 the throughput, not more: a result much worse than 0.5 means oversubscription (threads that
 wait on each other while descheduled). --threads sets torch's intra-op threads of the
-distillation (0: chip_fast's choice, ``chip_fast.cpus.usable_cpus()``).
+distillation (0: chip_fast's choice, ``chip_fast.util.cpus.usable_cpus()``).
 Writes bench/results/shared_machine_cpu.json.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _busy(threads: int, stop) -> None:
 
 def samples_per_second(seconds: float) -> float:
     import chip_fast
-    from chip_fast.distill import DistillJob
-    from chip_fast.models import load_model
-    from chip_fast.plan import DistillSettings
+    from chip_fast.distill.job import DistillJob
+    from chip_fast.models.loading import load_model
+    from chip_fast.distill.plan import DistillSettings
     model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     source = chip_fast.ImageFolderSource(DATA / "imagenette" / "train")
     job = DistillJob(model, source, ["features.14.conv.0"],
@@ -56,7 +56,7 @@ def samples_per_second(seconds: float) -> float:
 
 
 def main() -> None:
-    from chip_fast.cpus import usable_cpus
+    from chip_fast.util.cpus import usable_cpus
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--threads", type=int, default=0)

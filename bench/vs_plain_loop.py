@@ -78,7 +78,7 @@ def main() -> None:
         tmp = Path(tmp)
         data = photo_folder(tmp / "train", args.photos)
         chip_out, plain_out = tmp / "chip.chip", tmp / "plain.pt"
-        chip = [sys.executable, "-m", "chip_fast.cli", "distill", "--arch", "mobilenet_v2",
+        chip = [sys.executable, "-m", "chip_fast", "distill", "--arch", "mobilenet_v2",
                 "--weights", str(WEIGHTS), "--data", str(data), "--layers", args.layer,
                 "--samples-per-class", str(args.samples), "--device", "cpu",
                 "--fill", "noise", "--baseline", "none",   # the plain loop's work, no more

@@ -5,15 +5,15 @@
 """
 __version__ = "0.1.0"
 
-from .data import ImageError, ImageFolderSource, TensorSource  # noqa: E402
-from .preprocess import Preprocess  # noqa: E402
-from .distill import distill_all_classes  # noqa: E402
-from .explain import ClassNotDistilledError, Explanation, explain, explain_available  # noqa: E402
-from .atlas import ChannelAtlas, top_channels  # noqa: E402
-from .locks import LockedError  # noqa: E402
-from .importance import Importance, ImportanceFileError, load_importance  # noqa: E402
-from .layers import LayerError, default_layers  # noqa: E402
-from .plan import DistillSettings  # noqa: E402
+from .data.sources import ImageError, ImageFolderSource, TensorSource  # noqa: E402
+from .data.preprocess import Preprocess  # noqa: E402
+from .distill.job import distill_all_classes  # noqa: E402
+from .maps.explain import ClassNotDistilledError, Explanation, explain, explain_available  # noqa: E402
+from .atlas.collect import ChannelAtlas, top_channels  # noqa: E402
+from .util.locks import LockedError  # noqa: E402
+from .importance.core import Importance, ImportanceFileError, load_importance  # noqa: E402
+from .models.layers import LayerError, default_layers  # noqa: E402
+from .distill.plan import DistillSettings  # noqa: E402
 
 
 def __getattr__(name: str):

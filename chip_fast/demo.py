@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classes import imagenet_classes
-from .atlas import channel_maps
-from .atlas_report import ATLAS_CSS, AtlasRow, class_rows, rows_html
-from .overlay import blend, save_png
+from .data.classes import imagenet_classes
+from .atlas.collect import channel_maps
+from .atlas.report import ATLAS_CSS, AtlasRow, class_rows, rows_html
+from .report.overlay import blend, save_png
 
 DEMO_PHOTOS = [  # (name, ImageNet class index, how to get the photo from skimage.data)
     ("chelsea", 281, "chelsea"),             # tabby cat
@@ -31,7 +31,7 @@ DEMO_PHOTOS = [  # (name, ImageNet class index, how to get the photo from skimag
     ("rocket", 657, "rocket"),               # missile
     ("motorcycle", 665, "stereo_motorcycle"),  # moped (left view of the stereo pair)
 ]
-# The default layers of EfficientNet-Lite0 (chip_fast.layers: the last ReLU6 outputs at 14x14
+# The default layers of EfficientNet-Lite0 (chip_fast.models.layers: the last ReLU6 outputs at 14x14
 # and at 7x7): the expansion that opens stage 6 and the head conv. Its stage outputs
 # (features.5, features.7) are linear bottlenecks, whose signed values do not say where a
 # pattern is present.
@@ -61,7 +61,7 @@ class PhotoResult:
     maps: dict[str, np.ndarray]                  # REFINED and each layer -> (H, W) in [0, 1]
     top5: list[tuple[int, float]]                # (class, probability), most probable first
     # The class's top channels: patches where each fires in the distillation photos, and where
-    # it fires on this photo (files already in the report's folder; chip_fast.atlas_report).
+    # it fires on this photo (files already in the report's folder; chip_fast.atlas.report).
     atlas: list[AtlasRow] = field(default_factory=list)
 
 
@@ -141,7 +141,7 @@ def load_demo_photos() -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray], li
     """The four skimage photos: model inputs (4, 3, 224, 224), labels (4,), crops, names."""
     import skimage.data
     from PIL import Image
-    from .preprocess import preprocess_for
+    from .data.preprocess import preprocess_for
     prep = preprocess_for("efficientnet_lite0")
     inputs, crops = [], []
     for _, _, getter in DEMO_PHOTOS:
@@ -164,9 +164,9 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
     with its channel atlas (``chip-fast atlas --importance`` reads it).
     """
     import chip_fast
-    from .data import TensorSource
-    from .efficientnet_lite import load_efficientnet_lite0
-    from .preprocess import preprocess_for
+    from .data.sources import TensorSource
+    from .models.efficientnet_lite import load_efficientnet_lite0
+    from .data.preprocess import preprocess_for
     _require_demo_extras()
     layers = list(layers or DEMO_LAYERS)
     out = Path(out_dir)

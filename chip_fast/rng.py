@@ -9,7 +9,7 @@ holding uint32 values, which works on every device and dtype-support level of Py
 This module alone owns the counter layout. The kernels (``chip_fast.kernels``, which may not
 import chip_fast) receive its pieces as arguments: the tag words and class mask below, the key
 words of ``seed_key`` and the threshold of ``keep_threshold``, passed by the dispatching modules
-(``chip_fast.perturb``, ``chip_fast.response_sums``).
+(``chip_fast.ops.perturb``, ``chip_fast.ops.response_sums``).
 
 Counter layout (c0, c1, c2, c3), key (seed low 32 bits, seed high 32 bits); the top 4 bits of
 c3 (from TAG_SHIFT up) say which stream a counter belongs to, the low 28 (CLASS_BITS) the class:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import chip_fast
-from chip_fast.atlas import ChannelAtlas, channel_maps, denormalizer, top_channels
-from chip_fast.data import make_view
-from chip_fast.preprocess import Preprocess
-from chip_fast.split import split_model
+from chip_fast.atlas.collect import ChannelAtlas, channel_maps, denormalizer, top_channels
+from chip_fast.data.sources import make_view
+from chip_fast.data.preprocess import Preprocess
+from chip_fast.models.split import split_model
 
 
 def _views(n: int, seed: int = 0) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
@@ -133,20 +133,20 @@ def test_resumed_job_has_the_atlas_of_the_whole_job(tiny_net, tiny_data, tmp_pat
     whole = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,
                                           **kwargs)
     calls = {"n": 0}
-    real_add = chip_fast.state.DistillState.add
+    real_add = chip_fast.distill.state.DistillState.add
 
     def dying_add(self, unit, partial):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         real_add(self, unit, partial)
-    monkeypatch.setattr(chip_fast.state.DistillState, "add", dying_add)
+    monkeypatch.setattr(chip_fast.distill.state.DistillState, "add", dying_add)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
         chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,
                                       checkpoint=ckpt, checkpoint_every=0, **kwargs)
     assert list(ckpt.iterdir())                  # two units and their views are in there
-    monkeypatch.setattr(chip_fast.state.DistillState, "add", real_add)
+    monkeypatch.setattr(chip_fast.distill.state.DistillState, "add", real_add)
     resumed = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], progress=False,
                                             checkpoint=ckpt, **kwargs)
     a, b = whole.atlas.layers["features.2"], resumed.atlas.layers["features.2"]
@@ -155,7 +155,7 @@ def test_resumed_job_has_the_atlas_of_the_whole_job(tiny_net, tiny_data, tmp_pat
 
 
 def test_a_file_whose_atlas_does_not_fit_its_layers_is_refused(tiny_net, tiny_data, tmp_path):
-    from chip_fast.importance import ImportanceFileError
+    from chip_fast.importance.core import ImportanceFileError
     imp = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], samples_per_class=16,
                                         atlas=2, progress=False)
     k = imp.channels("features.2")

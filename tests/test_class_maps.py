@@ -12,7 +12,7 @@ import torch
 # of triton and chip_fast.kernels.
 from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_unless_runnable
 
-from chip_fast.class_maps import class_maps_reference, upsample_normalize_reference
+from chip_fast.ops.class_maps import class_maps_reference, upsample_normalize_reference
 from chip_fast.kernels import class_maps as kclass_maps
 from chip_fast.kernels.class_maps import class_maps_triton
 

@@ -1,7 +1,7 @@
 """The command line, end to end on the real MobileNetV2 (skipped without ../shared/data)."""
 import pytest
 
-from chip_fast.cli import main, parse_classes
+from chip_fast.cli.app import main, parse_classes
 from conftest import WEIGHTS
 
 

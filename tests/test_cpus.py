@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from chip_fast import cpus
+from chip_fast.util import cpus
 
 
 def test_cgroup_quota_v2_and_v1(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chip_fast.data import ImageFolderSource, Preprocess, make_view, load_image
+from chip_fast.data.sources import ImageFolderSource, Preprocess, make_view, load_image
 
 
 def test_torchvision_decoding_matches_pil(tmp_path):

@@ -1,4 +1,4 @@
-"""Every family's default layers follow the one rule of chip_fast.layers: the output of the last
+"""Every family's default layers follow the one rule of chip_fast.models.layers: the output of the last
 ReLU-like operation (a presence signal) at the deepest resolution and at twice it. Checked
 against what the model itself computes (forward hooks on every activation module), not against
 the rule's own code."""
@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from chip_fast.efficientnet_lite import EfficientNetLite0
-from chip_fast.layers import ACTIVATIONS, default_layers
-from chip_fast.split import SplitModel
+from chip_fast.models.efficientnet_lite import EfficientNetLite0
+from chip_fast.models.layers import ACTIVATIONS, default_layers
+from chip_fast.models.split import SplitModel
 
 SIZE = 64   # /32 networks: deepest 2x2, twice it 4x4
 # family -> (architecture, the layers the rule must give; checked by the test, listed for readers)

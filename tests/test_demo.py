@@ -6,7 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from chip_fast.atlas_report import AtlasRow
+from chip_fast.atlas.report import AtlasRow
 from chip_fast.demo import REFINED, PhotoResult, overlay_png, write_report
 
 
@@ -66,7 +66,7 @@ def test_demo_end_to_end(tmp_path):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"demo extras missing ({mod}): pip install 'chip-fast[demo]'")
     import chip_fast
-    from chip_fast.atlas import top_channels
+    from chip_fast.atlas.collect import top_channels
     from chip_fast.demo import DEMO_PHOTOS, load_demo_photos, run_demo
     path = run_demo(tmp_path, samples_per_class=256)
     page = path.read_text()
@@ -82,7 +82,7 @@ def test_demo_end_to_end(tmp_path):
                 strip = f"{photo}_{layer.replace('.', '')}_{ch}.png"
                 assert strip in page and (tmp_path / strip).is_file()
     images, labels, _, names = load_demo_photos()
-    from chip_fast.models import load_model
+    from chip_fast.models.loading import load_model
     maps = chip_fast.explain(load_model("efficientnet_lite0"), imp, images, labels)
     for i, name in enumerate(names):
         if name in OBJECTS:

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 import chip_fast
-from chip_fast.data import make_view
-from chip_fast.distill import DistillJob
-from chip_fast.perturb import perturb_reference
-from chip_fast.plan import DistillSettings
-from chip_fast.tails import response_of
-from chip_fast.unit_runner import UnitRunner
+from chip_fast.data.sources import make_view
+from chip_fast.distill.job import DistillJob
+from chip_fast.ops.perturb import perturb_reference
+from chip_fast.distill.plan import DistillSettings
+from chip_fast.distill.tails import response_of
+from chip_fast.distill.runner import UnitRunner
 
 
 class Planted(nn.Module):

@@ -21,11 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from chip_fast.checkpoint import CheckpointStore
-from chip_fast.cli import build_parser
-from chip_fast.distill import DistillJob, distill_all_classes
-from chip_fast.plan import DistillSettings, MemoryPlan, parse_bytes, plan_memory
-from chip_fast.unit_runner import UnitRunner
+from chip_fast.distill.checkpoint import CheckpointStore
+from chip_fast.cli.app import build_parser
+from chip_fast.distill.job import DistillJob, distill_all_classes
+from chip_fast.distill.plan import DistillSettings, MemoryPlan, parse_bytes, plan_memory
+from chip_fast.distill.runner import UnitRunner
 
 HERE = Path(__file__).resolve()
 LAYERS = ["features.3", "features.5"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chip_fast.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
-from chip_fast.preprocess import preprocess_for
+from chip_fast.models.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
+from chip_fast.data.preprocess import preprocess_for
 
 DATA = Path(__file__).parents[1] / "../shared/data"
 VAL = DATA / "imagenet-val-dev"

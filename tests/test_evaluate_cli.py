@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import chip_fast
-from chip_fast.cli import main
-from chip_fast.importance import model_fingerprint
+from chip_fast.cli.app import main
+from chip_fast.importance.core import model_fingerprint
 from conftest import VAL_DEV, WEIGHTS
 
 FIRST_TWO = [625, 705]   # classes of the first two photos of imagenet-val-dev; the next: 480, 282

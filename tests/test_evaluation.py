@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from chip_fast.evaluation import metrics as M
-from chip_fast.classes import read_mapping
+from chip_fast.data.classes import read_mapping
 from chip_fast.evaluation.annotations import AnnotationError, read_loc_csv, read_voc_xml
 from chip_fast.evaluation.dataset import LocSample, load_val_dir
-from chip_fast.preprocess import Preprocess, transform_boxes
+from chip_fast.data.preprocess import Preprocess, transform_boxes
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -289,7 +289,7 @@ def test_load_val_dir_csv_and_xml(tmp_path):
 
 def toy_importance(model: torch.nn.Module, layer: str, weights: torch.Tensor):
     import chip_fast
-    from chip_fast.importance import model_fingerprint
+    from chip_fast.importance.core import model_fingerprint
     n = weights.shape[0]
     return chip_fast.Importance(weights={layer: weights}, classes=list(range(n)), num_classes=n,
                                 fingerprint=model_fingerprint(model), settings={})

@@ -15,7 +15,7 @@ import torch
 
 import chip_fast
 from chip_fast import ImportanceFileError
-from chip_fast.importance_file import UnverifiedFileWarning
+from chip_fast.importance.file import UnverifiedFileWarning
 
 LAYER = "features.2"
 
@@ -107,7 +107,7 @@ def test_hand_edited_class_name_is_refused_naming_the_metadata(saved, tmp_path):
     assert re.search("integrity check: the metadata .*does not match its digest", message)
     assert "do not match their digests" not in message      # no tensor was touched
     # the header rewrite itself is sound: the same edit with its digest made good loads
-    from chip_fast.importance_file import metadata_digest
+    from chip_fast.importance.file import metadata_digest
     meta["integrity"]["metadata"] = metadata_digest(meta)
     header["__metadata__"]["chip_fast"] = json.dumps(meta)
     bad = tmp_path / "renamed.chip"
@@ -132,7 +132,7 @@ def test_old_format_file_loads_with_a_warning(saved, tmp_path):
     """A version-1 file, as chip_fast wrote it before the digests: tensors and one metadata
     entry."""
     from safetensors.torch import save_file
-    from chip_fast.importance_file import tensors_of
+    from chip_fast.importance.file import tensors_of
     imp, _ = saved
     meta = imp.metadata()
     meta["version"] = 1

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from chip_fast.overlay import DIM, heat_on_photo, input_region, overlay_on_photo
-from chip_fast.preprocess import Preprocess
+from chip_fast.report.overlay import DIM, heat_on_photo, input_region, overlay_on_photo
+from chip_fast.data.preprocess import Preprocess
 
 
 @pytest.mark.parametrize("size", [(341, 256), (256, 382), (224, 224), (1000, 300)])

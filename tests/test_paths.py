@@ -7,8 +7,8 @@ import torchvision
 from torch import nn
 
 import chip_fast
-from chip_fast.split import SplitModel
-from chip_fast.tails import affine_tail
+from chip_fast.models.split import SplitModel
+from chip_fast.distill.tails import affine_tail
 
 
 class Net(nn.Module):

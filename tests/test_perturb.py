@@ -1,6 +1,6 @@
 """The fused perturbation kernel (``chip_fast.kernels.perturb``) against ``perturb_reference``.
 
-``perturb_kernel`` is the kernel path of ``chip_fast.perturb`` whatever the device; set-up and
+``perturb_kernel`` is the kernel path of ``chip_fast.ops.perturb`` whatever the device; set-up and
 helpers (interpreter, poisoned allocations) are in kernel_helpers.py.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_un
 
 from chip_fast import rng
 from chip_fast.kernels import perturb as kperturb
-from chip_fast.perturb import perturb_kernel, perturb_reference
+from chip_fast.ops.perturb import perturb_kernel, perturb_reference
 
 skip_unless_runnable(kperturb._perturb_kernel)
 

@@ -1,4 +1,4 @@
-"""Perturbed spatial means (``chip_fast.perturb_means``): the kernel against the reference, and
+"""Perturbed spatial means (``chip_fast.ops.perturb_means``): the kernel against the reference, and
 the reference against the spatial mean of the per-element perturbation it stands for."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_un
 
 from chip_fast import rng
 from chip_fast.kernels import perturb_means as kmeans
-from chip_fast.perturb import perturb_reference
-from chip_fast.perturb_means import (noise_mean_scale, perturb_means_kernel,
+from chip_fast.ops.perturb import perturb_reference
+from chip_fast.ops.perturb_means import (noise_mean_scale, perturb_means_kernel,
                                      perturb_means_reference)
 
 skip_unless_runnable(kmeans._perturb_means_kernel)

@@ -13,7 +13,7 @@ from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_un
 
 from chip_fast.kernels import prox as kprox
 from chip_fast.kernels.prox import fista_step_triton
-from chip_fast.prox import fista_step_reference
+from chip_fast.ops.prox import fista_step_reference
 
 skip_unless_runnable(kprox._fista_kernel)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import chip_fast
 from chip_fast import rng
-from chip_fast.fit import held_out_split
+from chip_fast.solve.fit import held_out_split
 
 K, CLASSES, N, FOLDS, SEED, P_KEEP = 12, 3, 64, 4, 5, 0.5
 LAYER = "features"

@@ -1,7 +1,7 @@
 """The response-sums kernel (``chip_fast.kernels.response_sums``) against
 ``response_sums_reference`` of ``rng.keep_masks``.
 
-``response_sums_kernel`` is the kernel path of ``chip_fast.response_sums`` whatever the device;
+``response_sums_kernel`` is the kernel path of ``chip_fast.ops.response_sums`` whatever the device;
 set-up and helpers (interpreter, poisoned allocations) are in kernel_helpers.py.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_un
 
 from chip_fast import rng
 from chip_fast.kernels import response_sums as kresponse_sums
-from chip_fast.response_sums import response_sums_kernel, response_sums_reference
+from chip_fast.ops.response_sums import response_sums_kernel, response_sums_reference
 
 skip_unless_runnable(kresponse_sums._response_sums_kernel)
 

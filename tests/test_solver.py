@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from chip_fast.solver import lasso_objective, solve_lasso
-from chip_fast.response_sums import response_sums_reference
-from chip_fast.stats import covariances, mask_moments
+from chip_fast.solve.lasso import lasso_objective, solve_lasso
+from chip_fast.ops.response_sums import response_sums_reference
+from chip_fast.solve.stats import covariances, mask_moments
 from chip_fast import rng
 
 

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 import chip_fast
-from chip_fast.layers import LayerError, default_layers
-from chip_fast.split import HookedModel, SplitModel, split_model
+from chip_fast.models.layers import LayerError, default_layers
+from chip_fast.models.split import HookedModel, SplitModel, split_model
 
 
 class InplaceNet(nn.Module):

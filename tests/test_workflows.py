@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import chip_fast
-import chip_fast.models
-from chip_fast.cli import main
-from chip_fast.explain import ClassNotDistilledError, explain_available
+import chip_fast.models.loading
+from chip_fast.cli.app import main
+from chip_fast.maps.explain import ClassNotDistilledError, explain_available
 from conftest import TinyNet
 from test_bad_input import write_folder
 
@@ -25,7 +25,7 @@ def tiny_cli(tmp_path, monkeypatch):
     """The CLI on a tiny model (any --arch loads it) and a two-class train/ folder."""
     torch.manual_seed(0)
     model = TinyNet().eval()
-    monkeypatch.setattr(chip_fast.models, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(chip_fast.models.loading, "load_model", lambda *a, **k: model)
     return model, write_folder(tmp_path / "train", WNIDS)
 
 
@@ -37,7 +37,7 @@ def distill_args(data, out, *extra):
 
 def test_ctrl_c_without_checkpoint_saves_and_the_same_command_resumes(tiny_cli, tmp_path,
                                                                       monkeypatch, capsys, caplog):
-    from chip_fast.checkpoint import CheckpointStore
+    from chip_fast.distill.checkpoint import CheckpointStore
     _, data = tiny_cli
     out, ckpt = tmp_path / "x.chip", tmp_path / "x.chip.ckpt"
     fired, save = [], CheckpointStore.save
@@ -94,7 +94,7 @@ def test_training_folder_from_the_environment(tiny_net, tmp_path, monkeypatch, c
     monkeypatch.delenv("CHIP_FAST_TRAIN_DIR", raising=False)
     with pytest.raises(ValueError, match="set the environment variable CHIP_FAST_TRAIN_DIR"):
         chip_fast.distill_all_classes(tiny_net, layers=["features.2"], progress=False)
-    monkeypatch.setattr(chip_fast.models, "load_model", lambda *a, **k: tiny_net)
+    monkeypatch.setattr(chip_fast.models.loading, "load_model", lambda *a, **k: tiny_net)
     rc = main(["distill", "--arch", "tiny", "--out", str(tmp_path / "x.chip")])
     assert rc == 2 and "CHIP_FAST_TRAIN_DIR" in capsys.readouterr().err
     monkeypatch.setenv("CHIP_FAST_TRAIN_DIR", str(tmp_path / "nowhere"))

@@ -1,8 +1,8 @@
 """ILSVRC localization annotations: reading the CSV and Pascal-VOC XML files.
 
 Boxes are float arrays (N, 4) of ``x_min, y_min, x_max, y_max`` in the coordinates of the image
-they belong to, as written in the ILSVRC files; ``chip_fast.preprocess`` moves them through the
-model's preprocessing. The class order file is read by ``chip_fast.classes.read_mapping``.
+they belong to, as written in the ILSVRC files; ``chip_fast.data.preprocess`` moves them through the
+model's preprocessing. The class order file is read by ``chip_fast.data.classes.read_mapping``.
 """
 from __future__ import annotations
 

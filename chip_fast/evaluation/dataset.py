@@ -1,7 +1,7 @@
 """A localization evaluation set: preprocessed photos with their class and boxes in input pixels.
 
 Owns pairing photos with their annotations; the geometry that moves boxes with the pixels is
-``chip_fast.preprocess``'s, reading the annotation files ``annotations``'."""
+``chip_fast.data.preprocess``'s, reading the annotation files ``annotations``'."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..classes import read_mapping
-from ..preprocess import Preprocess
-from ..data import IMAGE_SUFFIXES
+from ..data.classes import read_mapping
+from ..data.preprocess import Preprocess
+from ..data.sources import IMAGE_SUFFIXES
 from .annotations import AnnotationError, ImageBoxes, read_loc_csv, read_xml_dir
 
 

@@ -1,5 +1,5 @@
 """CHIP behind the interfaces other toolkits expect: a pytorch-grad-cam style CAM object and a
-Quantus-style ``explain_func``. Both call the core ``chip_fast.explain`` and add no map logic."""
+Quantus-style ``explain_func``. Both call the core ``chip_fast.maps.explain`` and add no map logic."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,7 +1,7 @@
 """Maps of peer methods, each a function ``(model, images, classes) -> (B, H, W)`` numpy float32
 in [0, 1] at the input size. The Grad-CAM family is computed by pytorch-grad-cam itself, so the
 numbers are that library's, not a re-implementation's. CAM reads its activation from
-``chip_fast.split``, as CHIP does."""
+``chip_fast.models.split``, as CHIP does."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..class_maps import upsample_normalize_reference
-from ..split import split_model
+from ..ops.class_maps import upsample_normalize_reference
+from ..models.split import split_model
 
 MapFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[int]], np.ndarray]
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from ..preprocess import MODES
-from ..progress import Progress
+from ..data.preprocess import MODES
+from ..util.progress import Progress
 from .dataset import LocSample
 from .methods import DEFAULT_METHODS, METHOD_NAMES
 from .peers import MapFn
@@ -290,7 +290,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _layers(args: argparse.Namespace, model: torch.nn.Module, importance) -> list[str]:
-    from ..layers import check_layers
+    from ..models.layers import check_layers
     from .peers import find_gap_head
     if args.layers:
         layers = [l.strip() for l in args.layers.split(",") if l.strip()]
@@ -306,9 +306,9 @@ def _layers(args: argparse.Namespace, model: torch.nn.Module, importance) -> lis
 def main(args: argparse.Namespace) -> int:
     """``chip-fast evaluate``: every check first (files, methods, layers, classes), then the
     run, with a progress line per batch on stderr and the table on stdout."""
-    from ..importance import load_importance
-    from ..models import load_model
-    from ..preprocess import preprocess_for
+    from ..importance.core import load_importance
+    from ..models.loading import load_model
+    from ..data.preprocess import preprocess_for
     from .dataset import load_val_dir
     from .methods import build_methods, check_chip_layers, distilled_images, requested_methods
     log = log_stderr

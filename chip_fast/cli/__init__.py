@@ -1,0 +1,4 @@
+"""The ``chip-fast`` command line."""
+from .app import main
+
+__all__ = ["main"]

@@ -1,0 +1,241 @@
+"""From streamed sums to the sparse fit: a job's Importance, refits, and held-out checks.
+
+Per layer: the exact mask moments of the samples, the covariances G and r (``chip_fast.solve.stats``),
+then the Lasso of every class at once (``chip_fast.solve.lasso``). ``solve_layer`` is that one solve
+(penalty lam_c = alpha_c * lambda_max_c); the job (``fit_importance``), a refit with another
+penalty or with penalties chosen on held-out samples (``refit_importance``) and the held-out
+R^2 (``held_out_r2``) all go through it.
+
+Held-out samples. The sums are kept per fold (sample i is in fold i % F). Fold F-1 is held out;
+the other folds T give G_T, r_T and the means zbar_T, ybar_T. For weights w, the held-out
+squared error of a class, with u_i = z_i - zbar_T and d_i = y_i - ybar_T over the held-out
+samples H (METHOD.md's prediction y = ybar + (z - zbar)^T w, fitted on T), is
+
+    E(w) = sum_H (d_i - u_i^T w)^2 = sum_H d_i^2 - 2 w^T sum_H u_i d_i + w^T (sum_H u_i u_i^T) w
+    sum_H d_i^2      = Syy_H - 2 ybar_T Sy_H + n_H ybar_T^2
+    sum_H u_i d_i    = Szy_H - ybar_T S1_H - Sy_H zbar_T + n_H ybar_T zbar_T
+    sum_H u_i u_i^T  = S2_H - S1_H zbar_T^T - zbar_T S1_H^T + n_H zbar_T zbar_T^T
+
+where S1_H, S2_H are the held-out samples' mask moments (regenerated from the seed) and Szy_H,
+Sy_H, Syy_H the stored sums of fold F-1: exact, without any sample. Owns what goes into the
+Importance object; writing it is ``chip_fast.importance.file``'s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .. import __version__
+from ..importance.core import Importance
+from ..distill.plan import DistillPlan, DistillSettings
+from .lasso import solve_lasso
+from ..distill.state import DistillState
+from .stats import covariances, mask_moments, mask_moments_of
+
+# METHOD.md's default is alpha = 0.1; the held-out choice searches around it, largest first (of
+# penalties with the same held-out error, the sparsest fit wins).
+DEFAULT_ALPHA_PATH = (0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
+
+# One penalty fraction for all classes, or one per row of r.
+Alpha = float | torch.Tensor
+
+
+def lambda_max(r: torch.Tensor, nonneg: bool) -> torch.Tensor:
+    """Per row of r (C, K), the smallest penalty whose fit is zero: max_k |r_ck| (max_k r_ck
+    when w >= 0)."""
+    return (r.clamp(min=0) if nonneg else r.abs()).amax(1)
+
+
+def solve_layer(gram: torch.Tensor, r: torch.Tensor, alpha: Alpha, *, nonneg: bool, tol: float,
+                max_iter: int, where: str = "") -> torch.Tensor:
+    """The Lasso of every row of ``r`` with lam_c = alpha_c * lambda_max_c: (C, K) float64.
+    Warns (naming ``where``) when FISTA stops before the tolerance."""
+    a = torch.as_tensor(alpha, dtype=r.dtype, device=r.device)
+    if not bool(torch.isfinite(a).all() and (a >= 0).all()):
+        raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
+    fit = solve_lasso(gram, r, lam=a * lambda_max(r, nonneg), nonneg=nonneg, tol=tol,
+                      max_iter=max_iter)
+    if not fit.converged:
+        warnings.warn(f"FISTA did not reach tol={tol} in {fit.iterations} iterations{where}",
+                      stacklevel=3)
+    return fit.weights
+
+
+def class_rows(w: torch.Tensor, classes: Sequence[int], num_classes: int) -> torch.Tensor:
+    """(num_classes, K) float32 with the fitted rows of ``classes``, zero elsewhere."""
+    out = torch.zeros(num_classes, w.shape[1], dtype=torch.float32)
+    out[torch.tensor(list(classes))] = w.float()
+    return out
+
+
+def fit_importance(plan: DistillPlan, state: DistillState, fingerprint: dict[str, Any],
+                   source, device: torch.device | str = "cpu") -> Importance:
+    """The Importance of a job whose every unit is done. The mask moments and the solve run on
+    ``device`` (the job's: on a GPU the FISTA steps are the fused prox kernel), in float64: G's
+    entries are differences of counts of up to 10^5 samples, and the fit's KKT test goes to
+    1e-6 of max |r|, below float32's resolution of such sums."""
+    st = plan.settings
+    n = st.samples_per_class
+    weights, grams, rs = {}, {}, {}
+    for layer in plan.layers:
+        sum_z, sum_zz = mask_moments(st.seed, n, plan.channels[layer], st.p_keep, device=device)
+        gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1).to(device),
+                              state.sum_y[layer].sum(1).to(device), n)
+        w = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol, max_iter=st.max_iter,
+                        where=f" at layer {layer}")
+        weights[layer] = class_rows(w.cpu(), plan.classes, plan.num_classes)
+        grams[layer], rs[layer] = gram.cpu(), r.cpu()
+    ids = getattr(source, "class_ids", None)
+    names = getattr(source, "class_names", None)
+    settings: dict[str, Any] = dataclasses.asdict(st)
+    settings["chip_fast_version"] = __version__
+    settings["views_per_class"] = {str(c): v for c, v in plan.views.views.items()}
+    complete = lambda xs: list(xs) if xs and len(xs) == plan.num_classes else None  # noqa: E731
+    return Importance(weights=weights, classes=list(plan.classes), num_classes=plan.num_classes,
+                      fingerprint=fingerprint, settings=settings,
+                      class_ids=complete(ids), class_names=complete(names),
+                      gram=grams, r=rs,
+                      sum_zy=dict(state.sum_zy), sum_y=dict(state.sum_y),
+                      sum_yy=dict(state.sum_yy),
+                      fill_mean={l: m.cpu() for l, m in state.mu.items()},
+                      fill_std={l: m.cpu() for l, m in state.sigma.items()})
+
+
+# -- held-out samples ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """One layer's statistics split into training folds (0..F-2) and the held-out fold F-1."""
+    gram: torch.Tensor    # (K, K) G of the training samples
+    r: torch.Tensor       # (C, K) r of the training samples
+    quad: torch.Tensor    # (K, K) sum_H u u^T
+    lin: torch.Tensor     # (C, K) sum_H u d
+    const: torch.Tensor   # (C,)   sum_H d^2
+    total: torch.Tensor   # (C,)   sum_H (y - ybar_H)^2, the held-out variation
+
+    def errors(self, w: torch.Tensor) -> torch.Tensor:
+        """Held-out squared error sum_H (y - ybar_T - (z - zbar_T)^T w)^2 per class of weights
+        ``w`` (..., C, K) fitted on the training folds: (..., C)."""
+        w = w.to(torch.float64)
+        return self.const - 2 * (w * self.lin).sum(-1) + ((w @ self.quad) * w).sum(-1)
+
+    def r2(self, w: torch.Tensor) -> torch.Tensor:
+        """Held-out R^2 per class: 1 - error / sum_H (y - ybar_H)^2 (NaN for a constant
+        response)."""
+        return 1 - self.errors(w) / self.total
+
+
+def held_out_split(imp: Importance, layer: str) -> HeldOutSplit:
+    """``layer``'s training and held-out statistics, exactly, from ``imp``'s per-fold sums and
+    the mask moments regenerated from its seed."""
+    st = imp.settings
+    folds = st.get("folds")
+    if layer not in imp.sum_zy or not isinstance(folds, int) or folds < 2:
+        raise ValueError(
+            f"a held-out check needs the per-fold sums of at least 2 folds; this importance has "
+            f"{'none' if layer not in imp.sum_zy else f'folds={folds!r}'} at layer {layer} "
+            "(distilled by an older chip_fast, or with folds=1): distil again")
+    n, k, h = st["samples_per_class"], imp.channels(layer), folds - 1
+    samples = torch.arange(n)
+    s1_t, s2_t = mask_moments_of(st["seed"], samples[samples % folds != h], k, st["p_keep"])
+    s1_h, s2_h = mask_moments_of(st["seed"], samples[h::folds], k, st["p_keep"])
+    n_h = len(samples[h::folds])
+    n_t = n - n_h
+    szy, sy, syy = (getattr(imp, name)[layer].to(torch.float64)
+                    for name in ("sum_zy", "sum_y", "sum_yy"))
+    gram, r = covariances(s1_t, s2_t, szy[:, :h].sum(1), sy[:, :h].sum(1), n_t)
+    zbar, ybar = s1_t.to(torch.float64) / n_t, sy[:, :h].sum(1) / n_t
+    s1, s2 = s1_h.to(torch.float64), s2_h.to(torch.float64)
+    quad = s2 - torch.outer(s1, zbar) - torch.outer(zbar, s1) + n_h * torch.outer(zbar, zbar)
+    lin = (szy[:, h] - ybar[:, None] * s1[None, :] - sy[:, h, None] * zbar[None, :]
+           + n_h * ybar[:, None] * zbar[None, :])
+    const = syy[:, h] - 2 * ybar * sy[:, h] + n_h * ybar ** 2
+    total = syy[:, h] - sy[:, h] ** 2 / n_h
+    return HeldOutSplit(gram, r, quad, lin, const, total)
+
+
+def choose_alpha(split: HeldOutSplit, path: Sequence[float], *, nonneg: bool, tol: float,
+                 max_iter: int, where: str = "") -> torch.Tensor:
+    """Per class, the alpha of ``path`` whose fit on the training folds has the smallest
+    held-out error (the first of equal errors: give the path largest first). All alphas and
+    classes are one batched solve: the classes share G."""
+    a = torch.tensor(list(path), dtype=torch.float64)
+    c = split.r.shape[0]
+    w = solve_layer(split.gram, split.r.repeat(len(a), 1), a.repeat_interleave(c),
+                    nonneg=nonneg, tol=tol, max_iter=max_iter, where=where)
+    return a[split.errors(w.view(len(a), c, -1)).argmin(0)]
+
+
+# -- refits of a finished Importance ------------------------------------------------------------
+def _solve_options(imp: Importance, nonneg: bool | None) -> dict[str, Any]:
+    st = imp.settings
+    return {"nonneg": bool(st.get("nonneg", False)) if nonneg is None else bool(nonneg),
+            "tol": float(st.get("tol", DistillSettings.tol)),
+            "max_iter": int(st.get("max_iter", DistillSettings.max_iter))}
+
+
+def _own_alpha(imp: Importance, layer: str) -> Alpha:
+    """The penalty ``imp`` was fitted with at ``layer``: per class after a held-out choice."""
+    chosen = imp.settings.get("alpha_chosen") or {}
+    if layer in chosen:
+        return torch.tensor(chosen[layer], dtype=torch.float64)
+    return float(imp.settings["alpha"])
+
+
+def refit_importance(imp: Importance, alpha: float | str, *,
+                     alphas: Sequence[float] | None = None,
+                     nonneg: bool | None = None) -> Importance:
+    """``imp`` fitted again from its statistics with penalty fraction ``alpha`` (and ``nonneg``,
+    by default the file's): the same weights a distillation with that alpha gives.
+
+    ``alpha="heldout"``: per class and layer, the alpha of ``alphas`` (default
+    ``DEFAULT_ALPHA_PATH``) whose fit on folds 0..F-2 predicts fold F-1 best, then the fit on
+    all folds with it; the settings record ``alpha_path`` and ``alpha_chosen`` ({layer: one
+    alpha per class of ``imp.classes``})."""
+    opts = _solve_options(imp, nonneg)
+    missing = [l for l in imp.layers if l not in imp.gram]
+    if missing:
+        raise ValueError(f"layers {missing} carry no statistics (gram, r) to refit from")
+    settings = {k: v for k, v in imp.settings.items() if k not in ("alpha_path", "alpha_chosen")}
+    if alpha == "heldout":
+        path = sorted({float(a) for a in (DEFAULT_ALPHA_PATH if alphas is None else alphas)},
+                      reverse=True)
+        if not path:
+            raise ValueError("alphas is empty: give the penalties to choose from")
+        per_layer: dict[str, Alpha] = {
+            l: choose_alpha(held_out_split(imp, l), path, where=f" at layer {l} (alpha path)",
+                            **opts) for l in imp.layers}
+        settings.update(alpha_path=path,
+                        alpha_chosen={l: a.tolist() for l, a in per_layer.items()})
+    elif isinstance(alpha, str):
+        raise ValueError(f"alpha must be a number or 'heldout', got {alpha!r}")
+    else:
+        per_layer = {l: float(alpha) for l in imp.layers}
+    settings.update(alpha=alpha if isinstance(alpha, str) else float(alpha),
+                    nonneg=opts["nonneg"])
+    weights = {l: class_rows(solve_layer(imp.gram[l], imp.r[l], per_layer[l],
+                                         where=f" at layer {l}", **opts),
+                             imp.classes, imp.num_classes) for l in imp.layers}
+    copies = {name: dict(getattr(imp, name)) for name in
+              ("gram", "r", "sum_zy", "sum_y", "sum_yy", "fill_mean", "fill_std")}
+    return dataclasses.replace(imp, weights=weights, settings=settings, **copies)
+
+
+def held_out_r2(imp: Importance, alpha: Alpha | None = None, nonneg: bool | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Held-out R^2 per layer, one value per class of ``imp.classes`` (float64): the fit on
+    folds 0..F-2 with ``imp``'s own penalty (or ``alpha``) scored on fold F-1.
+
+    After ``refit(alpha="heldout")`` the per-class alphas were chosen on that same fold, so
+    this R^2 is then slightly optimistic."""
+    opts = _solve_options(imp, nonneg)
+    out = {}
+    for layer in imp.layers:
+        split = held_out_split(imp, layer)
+        a = _own_alpha(imp, layer) if alpha is None else alpha
+        out[layer] = split.r2(solve_layer(split.gram, split.r, a,
+                                          where=f" at layer {layer} (held-out fit)", **opts))
+    return out
