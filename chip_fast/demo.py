@@ -21,6 +21,8 @@ from .data.classes import imagenet_classes
 from .atlas.collect import channel_maps
 from .atlas.report import ATLAS_CSS, AtlasRow, class_rows, rows_html
 from .report.overlay import blend, save_png
+from .report.page import CSS, class_label, page, top_classes_table
+from .util.atomic import atomic_write_text
 
 DEMO_PHOTOS = [  # (name, ImageNet class index, how to get the photo from skimage.data)
     ("chelsea", 281, "chelsea"),             # tabby cat
@@ -65,23 +67,17 @@ class PhotoResult:
     atlas: list[AtlasRow] = field(default_factory=list)
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
-h1 { margin-bottom: 0.2em; } .muted { color: #777; }
-.photo { border-top: 1px solid #ccc; padding: 1em 0; }
-.figs { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0; } figure img { width: 224px; height: 224px; display: block; }
-figcaption { font-size: 0.85em; text-align: center; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
-td, th { padding: 2px 8px; text-align: left; vertical-align: top; }
+# The shared page style, with the demo's grid of fixed-size figures in place of the explain
+# index's flex rows.
+_CSS = CSS + """
+.photo { display: block; } .figs { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { width: auto; } figure img { width: 224px; height: 224px; }
+figcaption { text-align: center; }
 """ + ATLAS_CSS
 
 
-def _class_name(names: list[str], idx: int) -> str:
-    return names[idx] if 0 <= idx < len(names) else f"class {idx}"
-
-
-def _photo_section(r: PhotoResult, images: dict[str, str], names: list[str]) -> str:
+def _photo_section(r: PhotoResult, images: dict[str, str], names: list[str],
+                   held: set[int]) -> str:
     """HTML of one photo: original and overlays, top-5, the atlas of its class's channels."""
     esc = html.escape
     figs = [f'<figure><img src="{esc(images["photo"])}" alt="photo"><figcaption>photo'
@@ -89,13 +85,10 @@ def _photo_section(r: PhotoResult, images: dict[str, str], names: list[str]) -> 
     for key in r.maps:
         figs.append(f'<figure><img src="{esc(images[key])}" alt="{esc(key)}">'
                     f'<figcaption>{esc(key)}</figcaption></figure>')
-    top5 = "".join(
-        f'<tr><td>{"<b>" if c == r.label else ""}{esc(_class_name(names, c))} ({c})'
-        f'{"</b>" if c == r.label else ""}</td><td>{p:.1%}</td></tr>' for c, p in r.top5)
-    label = f"{esc(_class_name(names, r.label))} ({r.label})"
+    label = esc(class_label(names, r.label))
     return (f'<div class="photo"><h2>{esc(r.name)}: maps for <i>{label}</i></h2>'
             f'<div class="figs">{"".join(figs)}</div>'
-            f'<h3>Model top-5</h3><table>{top5}</table>'
+            f'<h3>Model top-5</h3>{top_classes_table(r.top5, names, r.label, held)}'
             f'<h3>What the channels that carry <i>{label}</i> respond to</h3>'
             f'<p class="muted">The top channels of the class (largest distilled importance W) '
             f'at each layer; each row shows where that channel fires most in the distillation '
@@ -107,7 +100,7 @@ def write_report(out_dir: str | Path, results: list[PhotoResult], class_names: l
     """Write overlay PNGs and ``report.html`` into ``out_dir``; return the report's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, distilled = [], {r.label for r in results}   # the demo distils the photos' classes
     for r in results:
         images = {"photo": f"{r.name}_photo.png"}
         save_png(r.photo / 255.0, out / images["photo"])
@@ -115,13 +108,9 @@ def write_report(out_dir: str | Path, results: list[PhotoResult], class_names: l
             slug = key.lower().replace(" ", "_").replace(".", "")
             images[key] = f"{r.name}_{slug}.png"
             overlay_png(r.photo, heat, out / images[key])
-        sections.append(_photo_section(r, images, class_names))
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
-            f'</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>'
-            f'<p class="muted">{notes}</p>{"".join(sections)}</body></html>')
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+        sections.append(_photo_section(r, images, class_names, distilled))
+    return atomic_write_text(out / "report.html",
+                             page(title, f'<p class="muted">{notes}</p>', "".join(sections), _CSS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +130,8 @@ def load_demo_photos() -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray], li
     """The four skimage photos: model inputs (4, 3, 224, 224), labels (4,), crops, names."""
     import skimage.data
     from PIL import Image
-    from .data.preprocess import preprocess_for
-    prep = preprocess_for("efficientnet_lite0")
+    from .models.efficientnet_lite import lite_preprocess
+    prep = lite_preprocess()
     inputs, crops = [], []
     for _, _, getter in DEMO_PHOTOS:
         arr = getattr(skimage.data, getter)()
@@ -163,10 +152,11 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
     Returns the path of ``out_dir/report.html``; ``out_dir/demo.chip`` holds the importance
     with its channel atlas (``chip-fast atlas --importance`` reads it).
     """
-    import chip_fast
     from .data.sources import TensorSource
+    from .distill.run import distill_all_classes
+    from .maps.explain import explain
     from .models.efficientnet_lite import load_efficientnet_lite0
-    from .data.preprocess import preprocess_for
+    from .models.loading import preprocess_of
     _require_demo_extras()
     layers = list(layers or DEMO_LAYERS)
     out = Path(out_dir)
@@ -184,19 +174,19 @@ def run_demo(out_dir: str | Path, samples_per_class: int = 512, seed: int = 0,
 
     say(f"distilling {len(classes)} classes at {', '.join(layers)}, "
         f"{samples_per_class} samples per class, with the channel atlas")
-    data = TensorSource(images, labels, preprocess=preprocess_for("efficientnet_lite0"))
-    imp = chip_fast.distill_all_classes(model, data, layers, classes=classes,
-                                        samples_per_class=samples_per_class, seed=seed,
-                                        augment=True, atlas=ATLAS_TOP_K)
+    data = TensorSource(images, labels, preprocess=preprocess_of(model))
+    imp = distill_all_classes(model, data, layers, classes=classes,
+                              samples_per_class=samples_per_class, seed=seed, augment=True,
+                              atlas=ATLAS_TOP_K)
     imp.save(out / "demo.chip")
     atlas = imp.atlas
 
     say("explaining the photos")
     with torch.no_grad():
         probs = model(images).softmax(1)
-    maps = {REFINED: chip_fast.explain(model, imp, images, classes)}
+    maps = {REFINED: explain(model, imp, images, classes)}
     for layer in layers:
-        maps[layer] = chip_fast.explain(model, imp, images, classes, layers=[layer])
+        maps[layer] = explain(model, imp, images, classes, layers=[layer])
     results = []
     for i, (name, c) in enumerate(zip(names, classes)):
         p, idx = probs[i].topk(5)

@@ -8,7 +8,8 @@ from PIL import Image
 from torch import nn
 
 import chip_fast
-from chip_fast import ImageError, ImageFolderSource, ImportanceFileError, LayerError
+from chip_fast import (ImageError, ImageFolderSource, ImportanceFileError, LayerError,
+                       Preprocess)
 
 
 def write_folder(root, wnids=("n01440764", "n01443537"), per_class=2, size=40):
@@ -46,13 +47,13 @@ def test_corrupt_and_grayscale_images(tmp_path):
     bad = root / "n01440764" / "n01440764_0.JPEG"
     bad.write_bytes(b"this is not a jpeg")
     Image.fromarray(np.full((30, 50), 128, np.uint8), mode="L").save(root / "n01443537" / "gray.JPEG")
-    src = ImageFolderSource(root)
+    src = ImageFolderSource(root, preprocess=Preprocess())
     with pytest.warns(UserWarning, match="n01440764_0.JPEG"):
         x = src.load(0, 0)  # falls over to the class's next image
     assert x.shape == (3, 224, 224) and src.skipped == [bad]
     gray = src.load(1, src.files[1].index(root / "n01443537" / "gray.JPEG"))
     assert gray.shape == (3, 224, 224)
-    strict = ImageFolderSource(root, on_error="raise")
+    strict = ImageFolderSource(root, on_error="raise", preprocess=Preprocess())
     with pytest.raises(ImageError, match="n01440764_0.JPEG"):
         strict.load(0, 0)
 
@@ -142,3 +143,22 @@ def test_model_changed_in_place_is_refused_again(tiny_net, tiny_data):
         tiny_net.classifier.weight.add_(1.0)
     with pytest.raises(ImportanceFileError, match="weights differ"):
         chip_fast.explain(tiny_net, imp, tiny_data[0][:2], [0, 1])
+
+
+def test_a_folder_source_is_read_with_the_models_own_preprocessing(tmp_path):
+    """A source made without preprocess= takes the distilled model's: EfficientNet-Lite0 reads
+    [-1, 1] inputs, never the ImageNet mean/std of another family; a direct read without one is
+    refused with what to do."""
+    from chip_fast.distill.job import DistillJob
+    from chip_fast.models.efficientnet_lite import EfficientNetLite0, lite_preprocess
+    root = write_folder(tmp_path / "train")
+    src = ImageFolderSource(root)
+    with pytest.raises(ValueError, match="no preprocessing to read the photos with"):
+        src.load(src.classes[0], 0)
+    job = DistillJob(EfficientNetLite0().eval(), src, ["features.8"],
+                     chip_fast.DistillSettings(samples_per_class=8))
+    assert job.source is src and src.preprocess == lite_preprocess()
+    given = ImageFolderSource(root, preprocess=Preprocess(size=32))
+    DistillJob(EfficientNetLite0().eval(), given, ["features.8"],
+               chip_fast.DistillSettings(samples_per_class=8))
+    assert given.preprocess == Preprocess(size=32)    # a preprocessing the user chose stays

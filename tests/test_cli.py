@@ -1,7 +1,8 @@
 """The command line, end to end on the real MobileNetV2 (skipped without ../shared/data)."""
 import pytest
 
-from chip_fast.cli.app import main, parse_classes
+from chip_fast.cli import main
+from chip_fast.cli.args import parse_classes
 from conftest import WEIGHTS
 
 
@@ -74,7 +75,7 @@ def test_distill_bad_input_is_one_line(tmp_path, capsys):
 
 def test_every_help_shows_its_defaults(capsys):
     for command, shown in (("distill", "(default: 2048)"), ("explain", "(default: chip-overlays)"),
-                           ("evaluate", "(default: mobilenet_v2)"), ("demo", "(default: chip-demo)")):
+                           ("evaluate", "(default: out/evaluate)"), ("demo", "(default: chip-demo)")):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())

@@ -6,7 +6,7 @@ import chip_fast
 from chip_fast.data.sources import make_view
 from chip_fast.distill.job import DistillJob
 from chip_fast.ops.perturb import perturb_reference
-from chip_fast.distill.plan import DistillSettings
+from chip_fast.distill.settings import DistillSettings
 from chip_fast.distill.tails import response_of
 from chip_fast.distill.runner import UnitRunner
 

@@ -22,9 +22,11 @@ import torch
 from torch import nn
 
 from chip_fast.distill.checkpoint import CheckpointStore
-from chip_fast.cli.app import build_parser
-from chip_fast.distill.job import DistillJob, distill_all_classes
-from chip_fast.distill.plan import DistillSettings, MemoryPlan, parse_bytes, plan_memory
+from chip_fast.cli import build_parser
+from chip_fast.distill.job import DistillJob
+from chip_fast.distill.run import distill_all_classes
+from chip_fast.distill.memory import MemoryPlan, parse_bytes, plan_memory
+from chip_fast.distill.settings import DistillSettings
 from chip_fast.distill.runner import UnitRunner
 
 HERE = Path(__file__).resolve()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chip_fast.models.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
-from chip_fast.data.preprocess import preprocess_for
+from chip_fast.models.efficientnet_lite import (EfficientNetLite0, lite_preprocess,
+                                                load_efficientnet_lite0)
 
 DATA = Path(__file__).parents[1] / "../shared/data"
 VAL = DATA / "imagenet-val-dev"
@@ -44,7 +44,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 def test_skimage_photos_are_classified(model):
     data = pytest.importorskip("skimage.data", reason="photos need: pip install scikit-image")
     from PIL import Image
-    tf = preprocess_for("efficientnet_lite0")
+    tf = lite_preprocess()
     photos = [data.chelsea(), data.coffee(), data.rocket(), data.stereo_motorcycle()[0]]
     x = torch.stack([tf(Image.fromarray(p)) for p in photos])
     with torch.no_grad():

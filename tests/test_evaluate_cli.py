@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import chip_fast
-from chip_fast.cli.app import main
-from chip_fast.importance.core import model_fingerprint
+from chip_fast.cli import main
+from chip_fast.models.fingerprint import model_fingerprint
 from conftest import VAL_DEV, WEIGHTS
 
 FIRST_TWO = [625, 705]   # classes of the first two photos of imagenet-val-dev; the next: 480, 282
@@ -36,7 +36,7 @@ def two_class_file(mobilenet_v2, tmp_path_factory):
 
 
 def evaluate_args(tmp_path, *extra):
-    return ["evaluate", "--weights", str(WEIGHTS), "--val-dir", str(VAL_DEV), "--device", "cpu",
+    return ["evaluate", "--arch", "mobilenet_v2", "--weights", str(WEIGHTS), "--val-dir", str(VAL_DEV), "--device", "cpu",
             "--faithfulness-limit", "0", "--sanity-limit", "0", "--no-plots",
             "--out", str(tmp_path / "out"), *extra]
 

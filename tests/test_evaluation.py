@@ -289,7 +289,7 @@ def test_load_val_dir_csv_and_xml(tmp_path):
 
 def toy_importance(model: torch.nn.Module, layer: str, weights: torch.Tensor):
     import chip_fast
-    from chip_fast.importance.core import model_fingerprint
+    from chip_fast.models.fingerprint import model_fingerprint
     n = weights.shape[0]
     return chip_fast.Importance(weights={layer: weights}, classes=list(range(n)), num_classes=n,
                                 fingerprint=model_fingerprint(model), settings={})
@@ -424,20 +424,18 @@ def test_cli_main_with_chip_and_cam(tmp_path):
     head's weight magnitudes at features.18) so the CHIP path runs without a distillation."""
     if not DATA.is_dir():
         pytest.skip(f"real test data not found at {DATA}")
-    import argparse
     import torchvision
-    from chip_fast.evaluation import configure_parser, main
+    from chip_fast.cli import main
     model = torchvision.models.mobilenet_v2()
     weights = DATA / "weights" / "mobilenet_v2_imagenet1k.pth"
     model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
     toy_importance(model, "features.18",
                    model.classifier[1].weight.detach().abs()).save(tmp_path / "imp.chip")
-    args = configure_parser(argparse.ArgumentParser()).parse_args([
-        "--weights", str(weights), "--val-dir", str(DATA / "imagenet-val-dev"), "--limit", "2",
+    assert main([
+        "evaluate", "--arch", "mobilenet_v2", "--weights", str(weights), "--val-dir", str(DATA / "imagenet-val-dev"), "--limit", "2",
         "--importance", str(tmp_path / "imp.chip"), "--methods", "chip,chip-refined,cam",
         "--faithfulness-limit", "1", "--steps", "2", "--sanity-limit", "1", "--no-plots",
-        "--device", "cpu", "--out", str(tmp_path / "out")])
-    assert main(args) == 0
+        "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(res["methods"]) == {"chip@features.18", "chip-refined", "cam@features.18"}
     assert res["methods"]["chip@features.18"]["layer"] == "features.18"

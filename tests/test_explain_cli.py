@@ -14,8 +14,8 @@ from PIL import Image
 
 import chip_fast
 from chip_fast.data.classes import imagenet_classes
-from chip_fast.cli.app import main
-from chip_fast.importance.core import model_fingerprint
+from chip_fast.cli import main
+from chip_fast.models.fingerprint import model_fingerprint
 from conftest import WEIGHTS
 from test_cli import cli_error as run_error
 

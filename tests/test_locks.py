@@ -105,7 +105,7 @@ def test_distill_refuses_a_checkpoint_folder_in_use(tiny_net, tiny_data, tmp_pat
 def test_second_cli_distill_on_the_same_out_fails_at_once(tmp_path, holder, capsys):
     """The lock is taken before the model loads or the data is read: the data folder and the
     architecture here do not even exist, and the answer is still the lock."""
-    from chip_fast.cli.app import main
+    from chip_fast.cli import main
     out = tmp_path / "x.chip"
     other = holder(out)
     rc = main(["distill", "--arch", "mobilenet_v2", "--data", str(tmp_path / "nowhere"),

@@ -12,7 +12,7 @@ import torch
 
 import chip_fast
 import chip_fast.models.loading
-from chip_fast.cli.app import main
+from chip_fast.cli import main
 from chip_fast.maps.explain import ClassNotDistilledError, explain_available
 from conftest import TinyNet
 from test_bad_input import write_folder

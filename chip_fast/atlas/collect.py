@@ -29,11 +29,16 @@ reports are the demo's and ``chip_fast.cli.atlas``'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ..data.preprocess import Preprocess
+from ..models.split import HookedModel, SplitModel, split_model
+from ..ops.class_maps import upsample_normalize_reference
+
+if TYPE_CHECKING:
+    from ..importance.core import Importance
 
 PATCH_PX = 40      # stored patch side (pixels): 4.8 kB per patch
 TOP_K = 6          # views kept per channel
@@ -267,7 +272,7 @@ class ChannelAtlas:
         return cls(first.value.shape[1], first.patch.shape[2],
                    float(scale[0]) if scale is not None else PATCH_SCALE, layers)
 
-    def observer(self, split, denormalize: Denormalize) -> Callable:
+    def observer(self, split: SplitModel | HookedModel, denormalize: Denormalize) -> Callable:
         """A ``UnitRunner`` prefix observer filling this atlas at ``split``'s layers."""
         def observe(keys, views, prefix_out) -> None:
             acts = {l: split.activation(prefix_out, l) for l in split.layers}
@@ -276,7 +281,7 @@ class ChannelAtlas:
 
 
 # -- reading the atlas with an importance ----------------------------------------------------------
-def top_channels(importance, layer: str, cls: int, n: int = 5) -> list[tuple[int, float]]:
+def top_channels(importance: Importance, layer: str, cls: int, n: int = 5) -> list[tuple[int, float]]:
     """(channel, weight) of the ``n`` channels of largest positive importance for class ``cls``
     at ``layer``, largest first: the channels a (positive) CHIP map of the class is made of."""
     w = importance.weights[layer][cls].float()
@@ -287,12 +292,12 @@ def top_channels(importance, layer: str, cls: int, n: int = 5) -> list[tuple[int
 def channel_maps(model: torch.nn.Module, layer: str, images: torch.Tensor,
                  channels: Sequence[int], size: tuple[int, int] | None = None) -> torch.Tensor:
     """Where each of ``channels`` fires on each image: (B, len(channels), H, W), every map
-    bilinearly upsampled and min-max normalised, from the same activations CHIP maps use."""
-    from ..ops.class_maps import upsample_normalize_reference
-    from ..models.split import split_model
+    bilinearly upsampled and min-max normalised, from the same activations CHIP maps use; on
+    the CPU, for pictures, wherever the model runs."""
     size = size or tuple(images.shape[-2:])
+    images = images.to(next(model.parameters()).device)
     with torch.inference_mode():
         acts, _ = split_model(model, [layer]).forward(images)
         a = acts[layer][:, list(channels)].float()
         b, c = a.shape[:2]
-        return upsample_normalize_reference(a.flatten(0, 1), size).view(b, c, *size)
+        return upsample_normalize_reference(a.flatten(0, 1), size).view(b, c, *size).cpu()

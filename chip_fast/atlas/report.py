@@ -9,11 +9,15 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .collect import ChannelAtlas, top_channels
 from ..report.overlay import blend, save_png
+
+if TYPE_CHECKING:
+    from ..importance.core import Importance
 
 SHOWN_PX = 72   # a patch's side on the page
 
@@ -55,8 +59,8 @@ def strip_png(atlas: ChannelAtlas, layer: str, channel: int, path: Path,
     return path
 
 
-def class_rows(atlas: ChannelAtlas, importance, cls: int, out_dir: Path, prefix: str,
-               class_names: list[str], n: int = 5, layers: list[str] | None = None,
+def class_rows(atlas: ChannelAtlas, importance: Importance, cls: int, out_dir: Path,
+               prefix: str, class_names: list[str], n: int = 5, layers: list[str] | None = None,
                photo: np.ndarray | None = None, channel_heat=None) -> list[AtlasRow]:
     """The atlas rows of class ``cls``: its ``n`` top channels per layer, strips written into
     ``out_dir`` as ``{prefix}_{layer}_{channel}.png``. With ``photo`` (H, W, 3 uint8) and

@@ -6,8 +6,8 @@
 writes ``atlas.html``: each class's top channels with the patches of the distillation photos
 where they fire most and, with --images, where they fire on those photos.
 
-Owns the subcommand's options and its page; the atlas is ``chip_fast.atlas.collect``'s and its rows
-``chip_fast.atlas.report``'s.
+Owns the subcommand's options and its page; the atlas is ``chip_fast.atlas.collect``'s and its
+rows ``chip_fast.atlas.report``'s.
 """
 from __future__ import annotations
 
@@ -15,26 +15,27 @@ import argparse
 import html
 from pathlib import Path
 
+from ..util.atomic import atomic_write_text
+from .args import add_command, add_model_args, model_of, parse_classes
 
-def configure_parser(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
+
+def configure(sub) -> None:
+    s = add_command(sub, "atlas", "show what the channels that carry each class respond to")
     s.add_argument("--importance", required=True,
                    help="importance file distilled with --atlas K")
     s.add_argument("--classes", help="classes to show, e.g. 281,967 (default: the first 20 "
                                      "distilled)")
     s.add_argument("--top", type=int, default=5, help="channels per class and layer")
     s.add_argument("--images", nargs="*", default=[], help="photos to show the channels on")
-    s.add_argument("--arch", help="the model, needed with --images")
-    s.add_argument("--weights", help="state_dict file of --arch (default: pretrained)")
+    add_model_args(s, required=False)
     s.add_argument("--out", default="chip-atlas", help="output folder")
-    s.set_defaults(func=cmd_show)
-    return s
+    s.set_defaults(func=run)
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..atlas.collect import channel_maps
     from ..atlas.report import ATLAS_CSS, class_rows, rows_html
     from ..data.classes import imagenet_classes
-    from .app import parse_classes
     from ..importance.core import load_importance
     from ..report.page import CSS, class_label, page
     imp = load_importance(args.importance)
@@ -44,10 +45,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                          "(API: distill_all_classes(..., atlas=K)) to keep one")
     names = imp.class_names or list(imagenet_classes()[1])
     classes = parse_classes(args.classes) or imp.classes[:20]
-    missing = [c for c in classes if c not in imp.classes]
-    if missing:
-        raise ValueError(f"classes {missing[:10]} were not distilled in {args.importance} "
-                         f"(it holds {len(imp.classes)} classes)")
+    imp.require(classes=classes)
     model, photos = _photos(args, imp) if args.images else (None, [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +60,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             rows = class_rows(atlas, imp, c, out, f"c{c}_p{j}", names, n=args.top, photo=rgb,
                               channel_heat=heat)
             sections.append(f"<h2>{label} on {html.escape(name)}</h2>{rows_html(rows)}")
-    _atomic_text(out / "atlas.html",
-                 page("CHIP channel atlas", "", "".join(sections), CSS + ATLAS_CSS))
+    atomic_write_text(out / "atlas.html",
+                      page("CHIP channel atlas", "", "".join(sections), CSS + ATLAS_CSS))
     print(f"open {out / 'atlas.html'}")
     return 0
 
@@ -72,13 +70,12 @@ def _photos(args: argparse.Namespace, imp) -> tuple:
     """The model, and per photo (input (1, 3, H, W), the pixels it sees (H, W, 3) uint8, name)."""
     import numpy as np
     from PIL import Image
-    from ..models.loading import load_model
-    from ..data.preprocess import preprocess_for
+    from ..models.loading import preprocess_of
     if not args.arch:
         raise ValueError("--images needs --arch (and --weights) to compute the activations")
-    model = load_model(args.arch, args.weights)
+    model = model_of(args)
     imp.check_model(model)
-    prep = preprocess_for(args.arch)
+    prep = preprocess_of(model)
     out = []
     for p in args.images:
         with Image.open(p) as im:
@@ -86,7 +83,3 @@ def _photos(args: argparse.Namespace, imp) -> tuple:
             out.append((prep(im)[None], np.asarray(prep.geometry(im)), Path(p).name))
     return model, out
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    from ..importance.core import _atomic_write
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

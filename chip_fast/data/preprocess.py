@@ -1,9 +1,8 @@
 """Input preprocessing: the one definition of how a photo becomes a model input, per model family.
 
 Owns the geometry (resize + centre crop, or a plain resize) and the normalisation, and the same
-geometry applied to boxes, so evaluation boxes always follow the pixels. Model loading, image
-decoding and datasets live elsewhere (``models``, ``data``, ``evaluation.dataset``) and ask this
-module for their ``Preprocess``.
+geometry applied to boxes, so evaluation boxes always follow the pixels. Which normalisation a
+model family was trained with is the family's own (``chip_fast.models.preprocess_of``).
 """
 from __future__ import annotations
 
@@ -15,12 +14,6 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = ("center_crop", "resize")
-
-# Families trained with another normalisation than torchvision's ImageNet mean/std.
-_FAMILY_NORMALISATION = {
-    "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),   # RGB in [-1, 1] (TF-Lite)
-}
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -65,13 +58,6 @@ class Preprocess:
         x = image.detach().cpu().float() * torch.tensor(self.std)[:, None, None] \
             + torch.tensor(self.mean)[:, None, None]
         return x.clamp(0, 1).permute(1, 2, 0).numpy()
-
-
-def preprocess_for(arch: str, **overrides) -> Preprocess:
-    """The preprocessing ``arch`` (a torchvision name or ``efficientnet_lite0``) was trained
-    with; ``overrides`` change the geometry (e.g. ``mode="resize"`` for pre-scaled photos)."""
-    mean, std = _FAMILY_NORMALISATION.get(arch, (IMAGENET_MEAN, IMAGENET_STD))
-    return replace(Preprocess(mean=mean, std=std), **overrides)
 
 
 # Boxes through the geometry: continuous coordinates, as the metrics treat them.

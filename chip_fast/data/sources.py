@@ -16,7 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,9 @@ class ImageFolderSource(_Source):
     name and replaced by the class's next image (``on_error="skip"``) or stops the job
     (``on_error="raise"``). ``decode_device="cuda"`` decodes JPEGs on the GPU (torchvision's
     nvJPEG); the default decodes with PIL on the CPU threads of the distillation job.
+    ``preprocess``: how a photo becomes an input; left None, the distillation sets the
+    preprocessing of the model it distils (``chip_fast.models.preprocess_of``), so a folder is
+    never read with another model family's normalisation.
     """
 
     def __init__(self, root: str | Path, *, mapping_file: str | Path | None = None,
@@ -95,7 +98,7 @@ class ImageFolderSource(_Source):
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.preprocess = preprocess or Preprocess()
+        self.preprocess = preprocess
         self.on_error = on_error
         self.skipped: list[Path] = []
         folders = sorted(p for p in self.root.iterdir() if p.is_dir())
@@ -135,6 +138,10 @@ class ImageFolderSource(_Source):
         return {n: position[n] for n in names}, wnids, labels
 
     def load(self, c: int, j: int) -> torch.Tensor:
+        if self.preprocess is None:
+            raise ValueError(f"{self.root}: no preprocessing to read the photos with: give "
+                             "ImageFolderSource(..., preprocess=chip_fast.preprocess_of(model)), "
+                             "or pass the source to distill_all_classes, which sets the model's")
         files = self.files[c]
         for attempt in range(len(files)):
             path = files[(j + attempt) % len(files)]
@@ -181,14 +188,19 @@ class TensorSource(_Source):
 
 TRAIN_DIR_ENV = "CHIP_FAST_TRAIN_DIR"
 
+# What a distillation accepts as its images (see ``as_source``).
+DataLike = Union[ImageFolderSource, TensorSource, str, Path,
+                 tuple[torch.Tensor, torch.Tensor | Sequence[int]], None]
 
-def as_source(data=None, **folder_options) -> ImageFolderSource | TensorSource:
+
+def as_source(data: DataLike = None, **folder_options: Any) -> ImageFolderSource | TensorSource:
     """Accept a source, a folder path, an (images, labels) pair, or None: the folder named by
     the environment variable ``CHIP_FAST_TRAIN_DIR`` (the ``train/<wnid>/*.JPEG`` tree a user
     already has; wnid folders keep their ImageNet indices, the class order of ImageNet models).
 
     ``folder_options`` (``mapping_file``, ``preprocess``, ``on_error``, ``decode_device``) apply
-    where this opens a folder, i.e. for a path or None."""
+    where this opens a folder, i.e. for a path or None; a source made without a preprocessing
+    takes ``preprocess`` (the job passes the model's)."""
     if data is None:
         root = os.environ.get(TRAIN_DIR_ENV, "").strip()
         if not root:
@@ -202,6 +214,8 @@ def as_source(data=None, **folder_options) -> ImageFolderSource | TensorSource:
                                     "the train/<wnid>/*.JPEG tree of your training images)")
         return ImageFolderSource(root, **folder_options)
     if isinstance(data, (ImageFolderSource, TensorSource)):
+        if data.preprocess is None:
+            data.preprocess = folder_options.get("preprocess")
         return data
     if isinstance(data, (str, Path)):
         return ImageFolderSource(data, **folder_options)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..importance.core import _atomic_write
+from ..util.atomic import atomic_write
 from .state import DistillState
 
 logger = logging.getLogger("chip_fast")
@@ -46,7 +46,7 @@ class CheckpointStore:
         from safetensors.torch import save_file
         meta = {"chip_fast_checkpoint": json.dumps({"identity": self.identity,
                                                     "done_blocks": state.done_blocks})}
-        _atomic_write(self.path, lambda tmp: save_file(state.tensors(), tmp, metadata=meta))
+        atomic_write(self.path, lambda tmp: save_file(state.tensors(), tmp, metadata=meta))
 
     def _progress(self, path: Path, n_groups: int, blocks: int) -> list[int]:
         """done_blocks of a checkpoint, after checking that it belongs to this job."""

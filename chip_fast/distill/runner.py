@@ -15,8 +15,8 @@ On CUDA nothing between a unit's first and last batch reads the device: indices 
 host once per unit, the kernels skip their range checks, a non-finite response sets a device
 flag that is read with the sums at the end of the unit.
 
-Owns the views, the prefix and tail passes, the fill statistics pass and the probe of the
-model's sizes; it reads the plan and never writes the job's state or files.
+Owns the views, the prefix and tail passes and the fill statistics pass; the model's sizes and
+tails come resolved (``inputs``); it reads the plan and never writes the job's state or files.
 """
 from __future__ import annotations
 
@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 
 from ..util.cpus import usable_cpus
 from ..data.sources import ImageFolderSource, make_view
 from ..ops.perturb import perturb
 from ..ops.perturb_means import perturb_means
-from .plan import DistillPlan, DistillSettings, Unit
+from .inputs import JobInputs
+from .plan import DistillPlan, Unit
+from .settings import DistillSettings
 from ..ops.response_sums import response_sums
-from ..models.split import SplitModel
 from .state import Partial
-from .tails import AffineTail, TailRunner, affine_tail, no_sync_checks, response_of
+from .tails import AffineTail, TailRunner, no_sync_checks, response_of
 
 # Called after every prefix pass with the (class, view) keys of the batch, the views themselves
 # (preprocessed, on the device) and the prefix outputs; a view may be seen more than once (the
@@ -80,17 +80,16 @@ class Rows:
 class UnitRunner:
     """Runs units of one job on one device."""
 
-    def __init__(self, model: nn.Module, split: SplitModel, source, settings: DistillSettings,
-                 device: torch.device) -> None:
-        self.model = model
-        self.split = split
-        self.source = source
+    def __init__(self, inputs: JobInputs, settings: DistillSettings, device: torch.device) -> None:
+        self.split = inputs.split
+        self.source = inputs.source
         self.settings = settings
         self.device = device
         self._pool: ThreadPoolExecutor | None = None
         self.observers: list[PrefixObserver] = []   # e.g. the channel atlas
-        self.affine: dict[str, AffineTail] = {}      # layers on the affine path
-        self.tails: dict[str, TailRunner] = {}
+        self.affine: dict[str, AffineTail] = inputs.affine
+        self.tails: dict[str, TailRunner] = inputs.tails
+        self.elements: dict[str, int] = inputs.elements
         # (class, view) -> what the units need of it per layer, from the fill statistics pass
         self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
@@ -135,7 +134,7 @@ class UnitRunner:
         outs: list[dict[str, torch.Tensor]] = []
         for i in range(0, len(views), self.settings.batch_size):
             x = views[i:i + self.settings.batch_size].to(self.device, non_blocking=True)
-            if x.dim() == 4:   # channels-last convolutions: ~1.5x faster on a CPU, measured
+            if x.dim() == 4:   # channels-last convolutions are faster on a CPU (docs/design.md)
                 x = x.contiguous(memory_format=torch.channels_last)
             outs.append(self.split.run_prefix(x))
         out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
@@ -143,34 +142,6 @@ class UnitRunner:
             for observe in self.observers:
                 observe(keys, views, out)
         return out
-
-    def probe(self, c: int) -> tuple[int, dict[str, int], dict[str, int], dict[str, str]]:
-        """Model output size, channels and spatial elements per layer, and each layer's path
-        ("affine" or "elementwise"), from one view of class ``c``; NaN logits stop here."""
-        x = self._view(c, 0)[None].to(self.device)
-        with torch.inference_mode():
-            out = self.prefix(x)
-            acts = {l: self.split.activation(out, l) for l in self.split.layers}
-            logits = self.split.logits(out)
-            if logits.dim() != 2:
-                raise ValueError(f"the model returns shape {tuple(logits.shape)}, not "
-                                 "(batch, classes)")
-            if not torch.isfinite(logits).all():
-                raise FloatingPointError("the model returns NaN or Inf logits on a distillation "
-                                         f"image of class {c}: check its weights and the "
-                                         "preprocessing")
-            paths = {}
-            for l, a in acts.items():
-                tail = affine_tail(self.split, l, a) if self.settings.tail_path == "auto" else None
-                paths[l] = "affine" if tail is not None else "elementwise"
-                if tail is not None:
-                    self.affine[l] = tail
-                else:
-                    dtype = torch.bfloat16 if self.settings.tail_dtype == "bfloat16" else a.dtype
-                    self.tails[l] = TailRunner(self.split, l, self.device, dtype)
-        channels = {l: a.shape[1] for l, a in acts.items()}
-        self.elements = {l: a[0, 0].numel() for l, a in acts.items()}
-        return logits.shape[1], channels, dict(self.elements), paths
 
     def caches_views(self, plan: DistillPlan) -> bool:
         """Whether the fill statistics pass keeps its views for the units: when no tail reads

@@ -3,8 +3,8 @@ peer methods (CAM, pytorch-grad-cam's Grad-CAM family) on the same images."""
 from .annotations import AnnotationError, read_loc_csv, read_voc_xml
 from .dataset import LocDataset, LocSample, load_val_dir
 from .interop import ChipCAM, chip_method, explain_func
-from .runner import EvalSettings, configure_parser, evaluate, main
+from .runner import EvalSettings, evaluate
 
 __all__ = ["AnnotationError", "ChipCAM", "EvalSettings", "LocDataset", "LocSample",
-           "chip_method", "configure_parser", "evaluate", "explain_func", "load_val_dir", "main",
-           "read_loc_csv", "read_voc_xml"]
+           "chip_method", "evaluate", "explain_func", "load_val_dir", "read_loc_csv",
+           "read_voc_xml"]

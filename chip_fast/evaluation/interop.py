@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..maps.explain import explain
 from .peers import name_of_module
 
 
@@ -74,7 +75,6 @@ def explain_func(model: torch.nn.Module, inputs: np.ndarray | torch.Tensor,
 def _explain(model: torch.nn.Module, importance: Any, x: torch.Tensor,
              classes: Sequence[int] | None, layers: Sequence[str] | None,
              positive: bool = True) -> np.ndarray:
-    import chip_fast
     kw: dict[str, Any] = {"positive": positive}
     if layers is not None:   # None: the core's default, all the importance's layers
         kw["layers"] = list(layers)
@@ -82,7 +82,7 @@ def _explain(model: torch.nn.Module, importance: Any, x: torch.Tensor,
         # the sanity check's re-initialised copy: the importance of the trained model is applied
         # to the changed activations on purpose, so the fingerprint check must not refuse it
         kw["check_model"] = False
-    maps = chip_fast.explain(model, importance, x, None if classes is None else list(classes), **kw)
+    maps = explain(model, importance, x, None if classes is None else list(classes), **kw)
     return maps.detach().float().cpu().numpy().astype(np.float32, copy=False)
 
 

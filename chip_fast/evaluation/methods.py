@@ -45,23 +45,22 @@ def check_chip_layers(names: Sequence[str], layers: Sequence[str], importance,
     """Method chip needs at least one of ``layers`` distilled; the others are named now."""
     if "chip" not in names:
         return
-    held = [l for l in layers if l in importance.layers]
-    if not held:
+    missing = importance.missing_layers(layers)
+    if len(missing) == len(layers):
         raise ValueError(f"method chip: none of the layers {', '.join(layers)} is distilled "
                          f"(the importance holds {', '.join(importance.layers)}): give --layers "
                          "from those, or leave chip out of --methods")
-    for layer in layers:
-        if layer not in held:
-            log(f"[evaluate] chip@{layer}: not run, the layer is not distilled (the importance "
-                f"holds {', '.join(importance.layers)})")
+    for layer in missing:
+        log(f"[evaluate] chip@{layer}: not run, the layer is not distilled (the importance "
+            f"holds {', '.join(importance.layers)})")
 
 
 def distilled_images(dataset: LocDataset, importance, importance_path: str, only_distilled: bool,
                      log: Callable[[str], None]) -> LocDataset:
     """The images CHIP can map: all of ``dataset`` when every image's class is distilled; else
     a refusal that says which are not, or (``only_distilled``) the images whose class is."""
-    held = set(importance.classes)
-    keep = [i for i, c in enumerate(dataset.labels) if c in held]
+    absent = set(importance.missing_classes(dataset.labels))
+    keep = [i for i, c in enumerate(dataset.labels) if c not in absent]
     if len(keep) == len(dataset):
         return dataset
     names = importance.class_names or []
@@ -72,7 +71,8 @@ def distilled_images(dataset: LocDataset, importance, importance_path: str, only
         + (f" {names[dataset.labels[i]]}" if dataset.labels[i] < len(names) else "") + ")"
         for i in lacking[:3])
     what = (f"{len(lacking)} of {len(dataset)} images show classes that {importance_path} does "
-            f"not hold (e.g. {examples}; it holds {len(held)} of {importance.num_classes} "
+            f"not hold (e.g. {examples}; it holds {len(importance.classes)} of "
+            f"{importance.num_classes} "
             "classes), so CHIP cannot map them")
     if not keep:
         raise ValueError(f"{what}: distil the classes of these images, or leave the chip "

@@ -1,11 +1,10 @@
-"""``evaluate``: every method scored on the same images in one run, and the ``chip-fast
-evaluate`` subcommand (``configure_parser`` / ``main``).
+"""``evaluate``: every method scored on the same images in one run (the ``chip-fast evaluate``
+subcommand is ``chip_fast.cli.evaluate``).
 
 Owns running the methods and writing results; the metrics are ``metrics``' and the maps the
 methods' own."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,10 +16,10 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from ..data.preprocess import MODES
+from ..util.atomic import atomic_write, atomic_write_text
 from ..util.progress import Progress
 from .dataset import LocSample
-from .methods import DEFAULT_METHODS, METHOD_NAMES
+
 from .peers import MapFn
 
 
@@ -116,8 +115,8 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
         "methods": {name: _summarise(name, fn, acc[name], correct_arr, thresholds, fraction, s)
                     for name, fn in methods.items()},
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (out_dir / "results.md").write_text(markdown_table(results))
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out_dir / "results.md", markdown_table(results))
     if plots:
         write_plots(results, out_dir, log)
     return results
@@ -231,7 +230,7 @@ def write_plots(results: dict, out_dir: Path, log: Callable[[str], None] = print
            title="Box accuracy vs threshold")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "box_accuracy.png", dpi=120)
+    atomic_write(out_dir / "box_accuracy.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     if results["fraction"] is not None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -243,96 +242,6 @@ def write_plots(results: dict, out_dir: Path, log: Callable[[str], None] = print
             ax.set(xlabel="fraction of pixels", ylabel="class probability", title=title)
         axes[1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "deletion_insertion.png", dpi=120)
+        atomic_write(out_dir / "deletion_insertion.png",
+                     lambda tmp: fig.savefig(tmp, format="png", dpi=120))
         plt.close(fig)
-
-
-# --- the chip-fast evaluate subcommand ---------------------------------------------------------
-
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--arch", default="mobilenet_v2",
-                        help="torchvision classifier name or efficientnet_lite0")
-    parser.add_argument("--weights", help="state_dict file of --arch (default: its pretrained "
-                                           "weights, which needs internet once)")
-    parser.add_argument("--importance", help="chip_fast importance file (adds the CHIP methods)")
-    parser.add_argument("--val-dir", required=True,
-                        help="folder with images/ and LOC_val_solution.csv (or an XML folder) "
-                             "and LOC_synset_mapping.txt")
-    parser.add_argument("--xml-dir", help="per-image Pascal-VOC XML annotations (instead of CSV)")
-    parser.add_argument("--synsets", help="LOC_synset_mapping.txt (default: in --val-dir)")
-    parser.add_argument("--preprocess", choices=MODES, default="resize",
-                        help="how photos become inputs (resize: the pre-scaled val photos "
-                             "keep every box)")
-    parser.add_argument("--size", type=int, default=224, help="input size in pixels")
-    parser.add_argument("--limit", type=int, help="first N images only")
-    parser.add_argument("--methods", help=f"comma list of {', '.join(METHOD_NAMES)} (default: "
-                                          f"{DEFAULT_METHODS}; the chip ones with --importance)")
-    parser.add_argument("--only-distilled", action="store_true",
-                        help="score every method on the images whose class the importance "
-                             "holds (default: refuse a file that lacks some images' classes)")
-    parser.add_argument("--layers", help="comma list of layer names (default: the importance's "
-                                         "layers, else the last conv stage)")
-    parser.add_argument("--threshold-step", type=float, default=0.01,
-                        help="grid step of the MaxBoxAcc threshold search (Choe et al.: 0.01)")
-    parser.add_argument("--faithfulness-limit", type=int, default=50,
-                        help="first N images get deletion/insertion curves")
-    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
-    parser.add_argument("--substrate", choices=M.SUBSTRATES, default="blur",
-                        help="what deleted pixels become")
-    parser.add_argument("--sanity-limit", type=int, default=50,
-                        help="first N images get the randomisation check")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per progress step")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs")
-    parser.add_argument("--out", default="out/evaluate", help="output folder")
-    parser.add_argument("--no-plots", action="store_true", help="write no matplotlib plots")
-    return parser
-
-
-def _layers(args: argparse.Namespace, model: torch.nn.Module, importance) -> list[str]:
-    from ..models.layers import check_layers
-    from .peers import find_gap_head
-    if args.layers:
-        layers = [l.strip() for l in args.layers.split(",") if l.strip()]
-    elif importance is not None:
-        layers = list(importance.layers)
-    else:
-        stage = find_gap_head(model)[0]
-        children = [n for n, _ in dict(model.named_modules())[stage].named_children()]
-        layers = [f"{stage}.{children[-1]}" if children else stage]
-    return check_layers(model, layers)   # the peers hook modules: a wrong name fails now
-
-
-def main(args: argparse.Namespace) -> int:
-    """``chip-fast evaluate``: every check first (files, methods, layers, classes), then the
-    run, with a progress line per batch on stderr and the table on stdout."""
-    from ..importance.core import load_importance
-    from ..models.loading import load_model
-    from ..data.preprocess import preprocess_for
-    from .dataset import load_val_dir
-    from .methods import build_methods, check_chip_layers, distilled_images, requested_methods
-    log = log_stderr
-    importance = load_importance(args.importance) if args.importance else None
-    names = requested_methods(args.methods, importance, log)
-    dataset = load_val_dir(args.val_dir, xml_dir=args.xml_dir, synsets=args.synsets,
-                           limit=args.limit,
-                           preprocess=preprocess_for(args.arch, mode=args.preprocess, size=args.size))
-    model = load_model(args.arch, args.weights, args.device)
-    layers = _layers(args, model, importance)
-    if any(n.startswith("chip") for n in names):
-        importance.check_model(model)
-        check_chip_layers(names, layers, importance, log)
-        dataset = distilled_images(dataset, importance, args.importance, args.only_distilled, log)
-    methods = build_methods(model, names, layers, importance, log)
-    steps = int(round(1 / args.threshold_step))
-    grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
-    settings = EvalSettings(batch_size=args.batch_size, thresholds=grid,
-                            faithfulness_limit=args.faithfulness_limit,
-                            faithfulness_steps=args.steps, substrate=args.substrate,
-                            sanity_limit=args.sanity_limit)
-    log(f"[evaluate] {len(dataset)} images, {len(methods)} methods ({', '.join(methods)}), "
-        f"batches of {args.batch_size}: a line per batch")
-    results = evaluate(model, methods, dataset, args.out, settings, plots=not args.no_plots,
-                       log=log)
-    print((Path(args.out) / "results.md").read_text())
-    return 0 if all("error" not in r for r in results["methods"].values()) else 1

@@ -17,8 +17,9 @@ file can recompute them. A file whose digests do not match is refused, naming wh
 Version-1 files (written before the digests) are read with an :class:`UnverifiedFileWarning`.
 safetensors never unpickles, so loading a stranger's file cannot run code.
 
-This module owns the format: what is written, how it is checked on load. The in-memory object
-is ``chip_fast.importance.core.Importance``; the atomic write is ``importance._atomic_write``.
+This module owns the format: what is written, how it is checked on load, and the error a bad
+file raises. The in-memory object is ``chip_fast.importance.core.Importance``, built from the
+fields this module reads; the atomic write is ``chip_fast.util.atomic``.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .core import Importance, ImportanceFileError, _atomic_write
+if TYPE_CHECKING:
+    from .core import Importance
+
+from ..util.atomic import atomic_write
 
 FORMAT = "chip_fast.importance"
 VERSION = 2
@@ -42,6 +46,10 @@ ATLAS_PREFIX = "atlas/"      # the channel atlas's tensors (chip_fast.atlas.coll
 _STATISTICS = (("gram", None), ("r", None), ("sum_zy", torch.float64), ("sum_y", torch.float64),
                ("sum_yy", torch.float64), ("fill_mean", torch.float32),
                ("fill_std", torch.float32))
+
+
+class ImportanceFileError(ValueError):
+    """A file that is not a valid importance file, or does not fit the model it is used with."""
 
 
 class UnverifiedFileWarning(UserWarning):
@@ -99,7 +107,7 @@ def write_importance(imp: Importance, path: str | Path) -> Path:
     meta[INTEGRITY] = {"algorithm": "sha256", "metadata": metadata_digest(meta),
                        "tensors": {name: tensor_digest(t) for name, t in tensors.items()}}
     entries = {META_KEY: json.dumps(meta)}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=entries))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=entries))
     return path
 
 
@@ -213,9 +221,10 @@ def _check_metadata(meta: dict[str, Any], bad: Callable[[str], ImportanceFileErr
             raise bad(f"{key} has {len(meta[key])} entries for {n} classes")
 
 
-def read_importance(path: str | Path) -> Importance:
-    """Read an importance file, checking it completely: its digests first (a damaged or edited
-    file is refused naming what differs), then its structure. Nothing is unpickled."""
+def read_fields(path: str | Path) -> dict[str, Any]:
+    """The fields of the Importance an importance file holds, checking the file completely: its
+    digests first (a damaged or edited file is refused naming what differs), then its
+    structure. Nothing is unpickled."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"importance file {path} does not exist")
@@ -244,10 +253,10 @@ def read_importance(path: str | Path) -> Importance:
                       f"(format version {meta['version']}): it is loaded without checking it "
                       "for damage or edits; save it again to add them",
                       UnverifiedFileWarning, stacklevel=3)
-    return Importance(weights=parts.pop("weights"), classes=list(meta["classes"]),
-                      num_classes=meta["num_classes"], fingerprint=meta["model"],
-                      settings=meta["settings"], class_ids=meta.get("class_ids"),
-                      class_names=meta.get("class_names"), atlas=atlas, **parts)
+    return dict(weights=parts.pop("weights"), classes=list(meta["classes"]),
+                num_classes=meta["num_classes"], fingerprint=meta["model"],
+                settings=meta["settings"], class_ids=meta.get("class_ids"),
+                class_names=meta.get("class_names"), atlas=atlas, **parts)
 
 
 def _atlas(meta: dict[str, Any], tensors: dict[str, torch.Tensor],

@@ -48,11 +48,9 @@ def refine(maps: list[torch.Tensor]) -> torch.Tensor:
     """Refined CHIP: the product of normalised per-layer maps of the same size, renormalised.
 
     The product lets the class-discriminative deep map gate the finer one: a location counts
-    only where both layers see the class. Measured against the alternatives on the selection
-    half of imagenette (bench/imagenette_search.py, docs/evaluation.md), it is as good as any
-    on MaxBoxAcc (weighted geometric means, sums and thresholded gates are within the noise of
-    127 photos or worse) and the only one whose best threshold sits at the field's fixed 0.2
-    (0.18-0.24 across runs, against ~0.45 for one layer's map), so GT-known@0.2 and the top-1
+    only where both layers see the class. Against the alternatives (weighted geometric means,
+    sums, thresholded gates; docs/evaluation.md) it is as good as any on MaxBoxAcc and the only
+    one whose best threshold sits at the field's fixed 0.2, so GT-known@0.2 and the top-1
     localization error get the whole of it. The order of ``maps`` does not matter.
     """
     out = maps[0]
@@ -134,9 +132,7 @@ def _checked_request(model: nn.Module, importance: Importance, images: torch.Ten
     if check_model:
         importance.check_model(model)
     layers = list(layers or importance.layers)
-    missing = [l for l in layers if l not in importance.weights]
-    if missing:
-        raise ValueError(f"layers {missing} were not distilled; the file holds {importance.layers}")
+    importance.require(layers=layers)
     given = None
     if classes is not None and not isinstance(classes, str):
         given = _as_classes(classes, len(images), images.device)
@@ -199,8 +195,8 @@ def explain(model: nn.Module, importance: Importance, images: torch.Tensor,
     """
     _, given = _checked_request(model, importance, images, classes, layers, check_model)
     if given is not None:
-        held = set(importance.classes)
-        rows = {r: c for r, c in enumerate(given.tolist()) if c not in held}
+        absent = set(importance.missing_classes(given.tolist()))
+        rows = {r: c for r, c in enumerate(given.tolist()) if c in absent}
         if rows:
             raise ClassNotDistilledError(not_distilled_message(importance, rows, "classes"),
                                          rows)

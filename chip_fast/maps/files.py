@@ -61,23 +61,10 @@ def check_request(importance: Importance, out: Path, classes: list[int] | str | 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file; explain writes a folder of overlays "
                          "and maps: name a folder")
-    missing = [l for l in layers or () if l not in importance.weights]
-    if missing:
-        raise ValueError(f"layers {missing} were not distilled; the file holds "
-                         f"{importance.layers}")
     if isinstance(classes, list):
         check_class_range(classes, importance.num_classes)
-        held = set(importance.classes)
-        absent = [c for c in classes if c not in held]
-        if absent:
-            raise ValueError(
-                f"classes {', '.join(map(str, absent[:10]))} are not distilled in this "
-                f"importance file (it holds {len(held)} of {importance.num_classes} classes: "
-                f"{_some(sorted(held))}); ask for those, or --classes {TOP_DISTILLED}")
-
-
-def _some(values: list[int], n: int = 12) -> str:
-    return ", ".join(map(str, values[:n])) + (", ..." if len(values) > n else "")
+    importance.require(layers=layers or (), classes=classes if isinstance(classes, list) else (),
+                       hint=f"; ask for those, or --classes {TOP_DISTILLED}")
 
 
 def _open_photo(path: Path):

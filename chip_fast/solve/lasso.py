@@ -26,6 +26,12 @@ class SolveResult:
     lam: torch.Tensor           # (C,)
 
 
+# FISTA stops when every class meets the KKT conditions to DEFAULT_TOL of its |r_c|_inf (a
+# scale-free test), or after DEFAULT_MAX_ITER steps.
+DEFAULT_TOL = 1e-6
+DEFAULT_MAX_ITER = 5000
+
+
 def lasso_objective(gram: torch.Tensor, r: torch.Tensor, lam: torch.Tensor, w: torch.Tensor
                     ) -> torch.Tensor:
     """Objective per class; w, r are (K, C)."""
@@ -70,8 +76,8 @@ def kkt_violation(gram: torch.Tensor, r: torch.Tensor, lam: torch.Tensor, w: tor
 
 
 def solve_lasso(gram: torch.Tensor, r: torch.Tensor, *, alpha: float = 0.1,
-                lam: torch.Tensor | None = None, nonneg: bool = False, tol: float = 1e-6,
-                max_iter: int = 5000, check_every: int = 10) -> SolveResult:
+                lam: torch.Tensor | None = None, nonneg: bool = False, tol: float = DEFAULT_TOL,
+                max_iter: int = DEFAULT_MAX_ITER, check_every: int = 10) -> SolveResult:
     """Solve all classes' Lasso problems with FISTA.
 
     gram: (K, K) symmetric PSD; r: (C, K). lam: (C,) penalties, default alpha * |r_c|_inf

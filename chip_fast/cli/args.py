@@ -1,0 +1,92 @@
+"""What every ``chip-fast`` subcommand shares: the parser that reports an error in one line, the
+help that shows defaults, the one set of model arguments, and the parsers of class and layer
+lists."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+EXIT_CODES = ("exit codes: 0 done; 1 nothing could be done (e.g. no image explained); 2 bad "
+              "input or output locked by another run; 130 interrupted")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line (and exit code 2), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: x)' where there is a default worth showing (not None, not a flag off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def add_command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand's parser with the shared formatter and the exit codes in its help."""
+    return sub.add_parser(name, help=help, formatter_class=Formatter, epilog=EXIT_CODES)
+
+
+def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--arch, --weights, --device: the same three options, with the same meaning, everywhere a
+    subcommand runs a model."""
+    p.add_argument("--arch", required=required,
+                   help="torchvision classifier name (e.g. mobilenet_v2, resnet50) or "
+                        "efficientnet_lite0" + ("" if required else " (needed with --images)"))
+    p.add_argument("--weights", help="state_dict file (default: the architecture's pretrained "
+                                     "weights, downloaded by torchvision: needs internet once)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """--device, or CUDA where there is one."""
+    if args.device:
+        return torch.device(args.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_of(args: argparse.Namespace, device: str | torch.device | None = None) -> nn.Module:
+    """The model the model arguments name, in eval mode on ``device`` (default: --device)."""
+    from ..models.loading import load_model
+    return load_model(args.arch, args.weights, device_of(args) if device is None else device)
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """'0-99,150,200-210' -> [0, ..., 99, 150, 200, ..., 210] (an argparse type: a bad list is
+    an ArgumentTypeError saying what is wrong)."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    seen: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.startswith("-"):
+            why = "class indices are 0 or more"
+        else:
+            a, sep, b = part.partition("-")
+            try:
+                lo, hi = int(a), int(b) if sep else int(a)
+            except ValueError:
+                why = "use class indices and ranges, e.g. 0-99,150"
+            else:
+                if hi >= lo:
+                    out += [c for c in range(lo, hi + 1) if c not in seen]
+                    seen.update(range(lo, hi + 1))
+                    continue
+                why = f"a range goes up, e.g. {hi}-{lo}"
+        where = "" if part == text.strip() else f"{part!r}: "
+        raise argparse.ArgumentTypeError(f"bad class list {text!r}: {where}{why}")
+    return out or None
+
+
+def parse_layers(text: str | None) -> list[str] | None:
+    """'a,b' -> ['a', 'b']; empty -> None (the default layers)."""
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None

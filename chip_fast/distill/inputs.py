@@ -1,0 +1,111 @@
+"""What a job resolves once from the model and the data, before its plan.
+
+The source (read with the model's own preprocessing, ``chip_fast.models.preprocess_of``), the
+layers (the model's defaults when none are named), the model cut at them, its fingerprint, and
+one view of the first class through it: the number of model outputs, each layer's channels and
+spatial size, and each layer's tail path (affine where the tail is linear in the layer's spatial
+mean, else elementwise). Everything downstream (the plan, the runner, the result) reads these;
+nothing is resolved twice."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..data.sources import DataLike, ImageFolderSource, TensorSource, as_source
+from ..models.fingerprint import model_fingerprint
+from ..models.layers import default_layers
+from ..models.loading import preprocess_of
+from ..models.split import SplitModel
+from .settings import DistillSettings
+from .tails import AffineTail, TailRunner, affine_tail
+
+logger = logging.getLogger("chip_fast")
+
+
+@dataclass
+class JobInputs:
+    """The resolved model and data of one job."""
+    source: ImageFolderSource | TensorSource
+    classes: list[int]                         # the classes to distil, ascending
+    image_shape: tuple[int, ...]               # one preprocessed image
+    split: SplitModel
+    fingerprint: dict[str, Any]
+    num_classes: int
+    channels: dict[str, int]
+    elements: dict[str, int]                   # spatial elements per channel
+    affine: dict[str, AffineTail] = field(default_factory=dict)   # layers on the affine path
+    tails: dict[str, TailRunner] = field(default_factory=dict)    # the others
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.split.layers)
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """"affine" or "elementwise" per layer: part of what a file means (settings["paths"])."""
+        return {l: "affine" if l in self.affine else "elementwise" for l in self.layers}
+
+
+def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | None,
+                   classes: Iterable[int] | None, settings: DistillSettings,
+                   device: torch.device) -> JobInputs:
+    """Resolve ``data``, ``layers`` and ``classes`` for ``model`` (on ``device``, in eval mode)
+    once. The probe runs the first image of the first class; a model whose output is not
+    (batch, classes), or not finite on it, is refused here."""
+    source = as_source(data, preprocess=preprocess_of(model))
+    classes = select_classes(source.classes, classes)
+    if layers is None:
+        layers = default_layers(model)
+        logger.warning("chip_fast: layers=None, distilling the default layers %s", layers)
+    split = SplitModel(model, layers)
+    c = classes[0]
+    image = source.load(c, 0)   # view 0 of a class is its first image itself
+    x = image[None].to(device)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = split.run_prefix(x)
+        acts = {l: split.activation(out, l) for l in split.layers}
+        logits = split.logits(out)
+        _check_logits(logits, c)
+        inputs = JobInputs(source, classes, tuple(image.shape), split, model_fingerprint(model),
+                           logits.shape[1],
+                           {l: a.shape[1] for l, a in acts.items()},
+                           {l: a[0, 0].numel() for l, a in acts.items()})
+        for l, a in acts.items():
+            tail = affine_tail(split, l, a) if settings.tail_path == "auto" else None
+            if tail is not None:
+                inputs.affine[l] = tail
+            else:
+                dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else a.dtype
+                inputs.tails[l] = TailRunner(split, l, device, dtype)
+    return inputs
+
+
+def _check_logits(logits: torch.Tensor, c: int) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"the model returns shape {tuple(logits.shape)}, not (batch, classes)")
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError("the model returns NaN or Inf logits on a distillation image of "
+                                 f"class {c}: check its weights and the preprocessing")
+
+
+def select_classes(available: Sequence[int], wanted: Iterable[int] | None) -> list[int]:
+    """The classes to distil: all of ``available`` or the requested ones, sorted; a requested
+    class without images is refused."""
+    if wanted is None:
+        classes = list(available)
+    else:
+        classes = sorted({int(c) for c in wanted})
+        have = set(available)
+        missing = [c for c in classes if c not in have]
+        if missing:
+            raise ValueError(f"classes {missing[:20]} have no images in the data "
+                             f"({len(available)} classes have images)")
+    if not classes:
+        raise ValueError("no class to distill")
+    return classes

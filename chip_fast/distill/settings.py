@@ -1,0 +1,117 @@
+"""What a distillation computes (``DistillSettings``: every choice that changes the result, all
+recorded in the importance file) and how a run goes about it (``JobOptions``: where it writes,
+checkpoints, runs and reports; none of these change the result)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.sources import views_per_image
+from ..ops.perturb import FILLS
+from ..solve.lasso import DEFAULT_MAX_ITER, DEFAULT_TOL
+
+RESPONSES = ("logit", "softmax", "log_softmax")
+TAIL_PATHS = ("auto", "elementwise")
+BASELINES = ("none", "view")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Every choice that changes the result; all are written into the importance file."""
+    samples_per_class: int = 2048
+    seed: int = 0
+    p_keep: float = 0.5
+    # "zero": a disabled channel is absent. Its importance is then what the class loses when the
+    # channel's content is removed, i.e. presence evidence; with "noise"/"mean" (METHOD.md) a
+    # channel that is *below average* on the class's photos and lowers the score when present
+    # also gets positive weight, and paints the background (measured: docs/evaluation.md, "The
+    # paper's setting").
+    fill: str = "zero"
+    response: str = "logit"
+    alpha: float = 0.1
+    nonneg: bool = False
+    augment: bool | int = False
+    # Perturbed samples per tail forward; None: 64 on a CPU, where a batch that stays in cache
+    # makes the tails faster than 256 (docs/design.md, "Measured choices"), else 256.
+    batch_size: int | None = None
+    classes_per_unit: int = 8
+    samples_per_unit: int = 512
+    fill_stats_views: int = 1024   # views that estimate each channel's mean and std
+    tol: float = DEFAULT_TOL
+    max_iter: int = DEFAULT_MAX_ITER
+    # Sample i belongs to fold i % folds; the sums are kept per fold, so a fit can be checked
+    # (and its penalty chosen) on samples it did not see: Importance.refit, held-out R^2.
+    folds: int = 4
+    # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
+    # "auto" means bfloat16 on CUDA and float32 elsewhere. Responses are always float32.
+    tail_dtype: str = "auto"
+    # "auto": a layer whose tail is affine in its spatial mean (global pooling + Linear) takes
+    # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never
+    # materialises a perturbed activation; "elementwise": every layer perturbs every element.
+    # The file records the path each layer took (settings["paths"]).
+    tail_path: str = "auto"
+    # Patches kept per channel for the channel atlas (chip_fast.atlas.collect), cut from the prefix
+    # passes the distillation makes anyway; 0: no atlas. In the identity, so a checkpoint made
+    # without the atlas (which lacks the views already done) is not resumed into a job with one.
+    atlas: int = 0
+    # "view": each response y is taken minus p_keep times the unperturbed response y0 of the
+    # same view for the same class, a control variate. The masks are independent of the view,
+    # so the fitted weights estimate the same thing; but the photo-to-photo spread of y, which
+    # the masks cannot explain, leaves the fit: where the tail is linear in the layer,
+    # E[y | view] = p_keep * y0 + const exactly (any fill). One more tail forward per view
+    # (measured: docs/evaluation.md, "The paper's setting"). "none": METHOD.md's raw response.
+    baseline: str = "view"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(what)
+        need(isinstance(self.samples_per_class, int) and self.samples_per_class >= 2,
+             f"samples_per_class must be an int >= 2, got {self.samples_per_class!r}")
+        need(0 < self.p_keep < 1, f"p_keep must be in (0, 1), got {self.p_keep}")
+        need(isinstance(self.atlas, int) and not isinstance(self.atlas, bool) and self.atlas >= 0,
+             f"atlas must be an int >= 0 (patches per channel), got {self.atlas!r}")
+        need(self.baseline in BASELINES,
+             f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        need(self.fill in FILLS, f"fill must be one of {FILLS}, got {self.fill!r}")
+        need(self.response in RESPONSES, f"response must be one of {RESPONSES}, got {self.response!r}")
+        need(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        need((self.batch_size is None or self.batch_size >= 1) and self.classes_per_unit >= 1
+             and self.samples_per_unit >= 1,
+             "batch_size, classes_per_unit and samples_per_unit must be >= 1")
+        need(isinstance(self.folds, int) and 1 <= self.folds <= self.samples_per_class,
+             f"folds must be an int in [1, samples_per_class], got {self.folds!r}")
+        views_per_image(self.augment)
+        need(self.tail_dtype in ("auto", "float32", "bfloat16"),
+             f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
+        need(self.tail_path in TAIL_PATHS,
+             f"tail_path must be one of {TAIL_PATHS}, got {self.tail_path!r}")
+
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How one run goes: outputs, checkpoints, progress, device and the torchrun time limit.
+    Nothing here changes the importance (``max_memory`` chooses batch sizes, which the file
+    records in the settings)."""
+    out: str | Path | None = None
+    checkpoint: str | Path | None = None
+    checkpoint_every: float = 300.0
+    keep_checkpoint: bool = True
+    progress: bool = True
+    max_memory: str | int | None = None
+    device: str | torch.device | None = None
+    timeout: float = 600.0
+
+
+def resolve_settings(settings: DistillSettings, device: torch.device) -> DistillSettings:
+    """``settings`` with "auto"/None made concrete for ``device`` (the file records them); a
+    memory budget chooses the batch sizes instead through :func:`plan_memory`."""
+    cuda = device.type == "cuda"
+    tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
+        "bfloat16" if cuda else "float32")
+    batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
+    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
