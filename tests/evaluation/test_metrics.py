@@ -16,8 +16,9 @@ from chip_fast.data.classes import read_mapping
 from chip_fast.evaluation.annotations import AnnotationError, read_loc_csv, read_voc_xml
 from chip_fast.evaluation.dataset import LocSample, load_val_dir
 from chip_fast.data.preprocess import Preprocess, transform_boxes
+from tests.helpers import SHARED
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = SHARED
 
 
 def rect_map(h: int, w: int, box: tuple[int, int, int, int], value: float = 1.0) -> np.ndarray:

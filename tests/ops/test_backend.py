@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 # Imported first: without CUDA it sets TRITON_INTERPRET=1 before triton is imported.
-from kernel_helpers import CUDA, skip_unless_runnable
+from tests.kernel_helpers import CUDA, skip_unless_runnable
 
 import chip_fast
 from chip_fast.kernels import perturb as kperturb

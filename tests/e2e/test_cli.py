@@ -3,7 +3,7 @@ import pytest
 
 from chip_fast.cli import main
 from chip_fast.cli.args import parse_classes
-from conftest import WEIGHTS
+from tests.helpers import WEIGHTS, cli_error, write_folder
 
 
 def test_class_ranges():
@@ -43,20 +43,8 @@ def test_errors_are_reported_not_raised(mobilenet_v2, sample_train, tmp_path, ca
     assert rc == 2 and "unknown --arch" in capsys.readouterr().err
 
 
-def cli_error(argv, capsys) -> str:
-    """Run the CLI; it must exit with 2 and one line on stderr, which is returned."""
-    try:
-        rc = main(argv)
-    except SystemExit as e:   # argparse's own errors
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 def test_distill_bad_input_is_one_line(tmp_path, capsys):
     """Each is refused before a model loads (the --arch here does not even exist)."""
-    from test_bad_input import write_folder
     base = ["distill", "--arch", "no_such_net", "--out", str(tmp_path / "x.chip")]
     assert "argument --classes: bad class list '5-2': a range goes up" in \
         cli_error(base + ["--classes", "5-2"], capsys)

@@ -16,8 +16,8 @@ import chip_fast
 from chip_fast.data.classes import imagenet_classes
 from chip_fast.cli import main
 from chip_fast.models.fingerprint import model_fingerprint
-from conftest import WEIGHTS
-from test_cli import cli_error as run_error
+from tests.helpers import WEIGHTS
+from tests.helpers import cli_error as run_error
 
 TABBY, EGYPTIAN, TENCH = "n02123159", "n02123045", "n01440764"   # top-1: 281, 285, 0
 

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
 
 from chip_fast.models.efficientnet_lite import (EfficientNetLite0, lite_preprocess,
                                                 load_efficientnet_lite0)
+from tests.helpers import VAL_DEV
 
-DATA = Path(__file__).parents[1] / "../shared/data"
-VAL = DATA / "imagenet-val-dev"
+VAL = VAL_DEV
 
 
 @pytest.fixture(scope="module")

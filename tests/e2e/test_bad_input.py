@@ -10,16 +10,7 @@ from torch import nn
 import chip_fast
 from chip_fast import (ImageError, ImageFolderSource, ImportanceFileError, LayerError,
                        Preprocess)
-
-
-def write_folder(root, wnids=("n01440764", "n01443537"), per_class=2, size=40):
-    rng = np.random.default_rng(0)
-    for w in wnids:
-        (root / w).mkdir(parents=True)
-        for j in range(per_class):
-            arr = rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / w / f"{w}_{j}.JPEG")
-    return root
+from tests.helpers import write_folder
 
 
 def test_wrong_layer_lists_valid_names(tiny_net, tiny_data):
@@ -76,7 +67,7 @@ def test_importance_from_another_model_is_refused(tiny_net, tiny_data, tmp_path)
                                         progress=False)
     path = imp.save(tmp_path / "tiny.chip")
     loaded = chip_fast.load_importance(path)
-    from conftest import TinyNet
+    from tests.helpers import TinyNet
     other = TinyNet().eval()  # same architecture, other weights
     with pytest.raises(ImportanceFileError, match="weights differ"):
         chip_fast.explain(other, loaded, tiny_data[0][:2], [0, 1])

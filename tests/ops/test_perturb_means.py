@@ -6,7 +6,7 @@ import pytest
 import torch
 
 # Imported first: without CUDA it sets TRITON_INTERPRET=1 before triton is imported.
-from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_unless_runnable
+from tests.kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_unless_runnable
 
 from chip_fast import rng
 from chip_fast.kernels import perturb_means as kmeans

@@ -15,7 +15,7 @@ import torch
 import chip_fast
 from chip_fast.cli import main
 from chip_fast.models.fingerprint import model_fingerprint
-from conftest import VAL_DEV, WEIGHTS
+from tests.helpers import VAL_DEV, WEIGHTS
 
 FIRST_TWO = [625, 705]   # classes of the first two photos of imagenet-val-dev; the next: 480, 282
 

@@ -14,8 +14,7 @@ import chip_fast
 import chip_fast.models.loading
 from chip_fast.cli import main
 from chip_fast.maps.explain import ClassNotDistilledError, explain_available
-from conftest import TinyNet
-from test_bad_input import write_folder
+from tests.helpers import TinyNet, write_folder
 
 WNIDS = ("n01440764", "n01443537")   # ImageNet classes 0 and 1
 

@@ -22,7 +22,7 @@ LAYER = "features.2"
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[chip_fast.Importance, Path]:
-    from conftest import TinyNet
+    from tests.helpers import TinyNet
     torch.manual_seed(0)
     net = TinyNet(width=16).eval()          # 32 channels at features.2: the gram is 8 KiB
     g = torch.Generator().manual_seed(1)

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("triton", reason="Triton is not installed (it is Linux-only)")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow   # ~200 compilations: about a minute on two cores, seconds once cached

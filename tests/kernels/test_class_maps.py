@@ -10,7 +10,7 @@ import torch
 
 # Imported first: without CUDA it sets TRITON_INTERPRET=1, which must precede the first import
 # of triton and chip_fast.kernels.
-from kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_unless_runnable
+from tests.kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_unless_runnable
 
 from chip_fast.ops.class_maps import class_maps_reference, upsample_normalize_reference
 from chip_fast.kernels import class_maps as kclass_maps
