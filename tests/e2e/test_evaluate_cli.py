@@ -1,9 +1,11 @@
 """``chip-fast evaluate`` as a user meets it, on the real MobileNetV2 and val photos (skipped
-without ../shared/data): what CHIP cannot run is refused before any peer runs, Refined CHIP is
-among the default methods, and every batch reports progress on stderr.
+without ../shared/data): a run with CHIP, Refined CHIP and CAM writes its results, what CHIP
+cannot run is refused before any peer runs, Refined CHIP is among the default methods, and
+every batch reports progress on stderr.
 
 The importance is a stand-in (no distillation): at features.18 the head's weight magnitudes, at
-features.17 random positive weights, for the classes of the first two val photos only."""
+features.17 random positive weights, for the classes of the first two val photos only (one run
+uses the head's weight magnitudes for every class instead)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,8 @@ import torch
 import chip_fast
 from chip_fast.cli import main
 from chip_fast.models.fingerprint import model_fingerprint
-from tests.helpers import VAL_DEV, WEIGHTS
+from tests.evaluation.helpers import toy_importance
+from tests.helpers import SHARED as DATA, VAL_DEV, WEIGHTS
 
 FIRST_TWO = [625, 705]   # classes of the first two photos of imagenet-val-dev; the next: 480, 282
 
@@ -82,3 +85,27 @@ def test_bad_method_requests_are_one_line(two_class_file, tmp_path, capsys):
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]   # after notes such as "no --importance: ..."
         assert rc == 2 and expected in last and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_cli_main_with_chip_and_cam(tmp_path):
+    """``chip-fast evaluate`` end to end on 2 real photos, with a stand-in importance file (the
+    head's weight magnitudes at features.18) so the CHIP path runs without a distillation."""
+    if not DATA.is_dir():
+        pytest.skip(f"real test data not found at {DATA}")
+    import torchvision
+    from chip_fast.cli import main
+    model = torchvision.models.mobilenet_v2()
+    weights = DATA / "weights" / "mobilenet_v2_imagenet1k.pth"
+    model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
+    toy_importance(model, "features.18",
+                   model.classifier[1].weight.detach().abs()).save(tmp_path / "imp.chip")
+    assert main([
+        "evaluate", "--arch", "mobilenet_v2", "--weights", str(weights), "--val-dir", str(DATA / "imagenet-val-dev"), "--limit", "2",
+        "--importance", str(tmp_path / "imp.chip"), "--methods", "chip,chip-refined,cam",
+        "--faithfulness-limit", "1", "--steps", "2", "--sanity-limit", "1", "--no-plots",
+        "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(res["methods"]) == {"chip@features.18", "chip-refined", "cam@features.18"}
+    assert res["methods"]["chip@features.18"]["layer"] == "features.18"
+    assert res["n_images"] == 2 and "deletion_auc" in res["methods"]["cam@features.18"]

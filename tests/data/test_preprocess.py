@@ -1,0 +1,35 @@
+"""Preprocessing geometry (``chip_fast.data.preprocess``): boxes follow the pixels through a
+plain resize and through resize + centre crop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chip_fast.data.preprocess import Preprocess, transform_boxes
+
+
+def test_box_transforms_resize_and_center_crop():
+    boxes = np.array([[0, 0, 227, 227], [22.7, 45.4, 113.5, 227]])
+    assert np.allclose(transform_boxes(boxes, (227, 227), "resize", 224),
+                       [[0, 0, 224, 224], [22.4, 44.8, 112, 224]])
+    # 400 x 300 -> short side 256: 341 x 256; central 224 crop starts at (58, 16)
+    b = np.array([[0, 0, 400, 300], [0, 0, 40, 40], [200, 150, 260, 210]], float)
+    out = transform_boxes(b, (400, 300), "center_crop", 224, 256)
+    sx, sy = 341 / 400, 256 / 300                                     # torchvision truncates 341.3
+    assert np.allclose(out[0], [0, 0, 224, 224])                     # clipped by the crop
+    assert len(out) == 2                                             # (0,0,40,40) fell outside
+    assert np.allclose(out[1], [200 * sx - 58, 150 * sy - 16, 260 * sx - 58, 210 * sy - 16])
+
+
+@pytest.mark.parametrize("mode", ["resize", "center_crop"])
+def test_boxes_follow_the_pixels(mode):
+    """A bright rectangle drawn in a photo lands where its transformed box says."""
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[90:210, 150:330] = 255
+    box = np.array([[150, 90, 330, 210.]])
+    x = Preprocess(size=224, resize=256, mode=mode)(Image.fromarray(img))
+    bright = (x[0] > 0).numpy()
+    ys, xs = np.nonzero(bright)
+    got = transform_boxes(box, (400, 300), mode, 224, 256)[0]
+    assert np.allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], got, atol=1.5)

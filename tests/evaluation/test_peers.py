@@ -1,0 +1,59 @@
+"""Peer methods (``chip_fast.evaluation.peers``): the Grad-CAM peer on the real MobileNetV2 and
+real photos (skipped without ../shared/data) against Grad-CAM computed here without gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chip_fast.evaluation import metrics as M
+from chip_fast.evaluation.dataset import load_val_dir
+from tests.evaluation.helpers import brute_force_box_accuracy
+from tests.helpers import SHARED as DATA
+
+
+def gradcam_of_gap_linear_by_hand(model, x: torch.Tensor, classes) -> np.ndarray:
+    """Grad-CAM at the layer feeding global average pooling into one linear layer, from the
+    paper's own identity (Selvaraju et al., sec. 3.1: there Grad-CAM is CAM): the gradient of
+    the class score with respect to A_k(i, j) is W_ck / (h w), so the channel weights are
+    W_ck / (h w) and the map is ReLU(sum_k W_ck A_k) up to scale. pytorch-grad-cam's output
+    scaling: min-max (with its 1e-7) at the layer's resolution, bilinear resize, min-max again."""
+    with torch.no_grad():
+        a = model.features(x)
+        cam = torch.relu(torch.einsum("bk,bkhw->bhw", model.classifier[1].weight[classes], a))
+    def minmax(m):
+        m = m - m.amin((1, 2), keepdim=True)
+        return m / (1e-7 + m.amax((1, 2), keepdim=True))
+    up = torch.nn.functional.interpolate(minmax(cam)[:, None], size=x.shape[-2:], mode="bilinear",
+                                         align_corners=False)[:, 0]
+    return minmax(up).numpy()
+
+
+@pytest.mark.slow
+def test_gradcam_on_real_photos_matches_an_independent_computation():
+    """The harness's Grad-CAM peer (pytorch-grad-cam, hooks and autograd) at features.18 of the
+    real MobileNetV2 on the first 30 dev photos equals Grad-CAM computed here without gradients
+    from the paper's identity for a GAP + linear head, and the harness's box accuracy of those
+    maps equals the brute-force loop's of the independent maps."""
+    if not DATA.is_dir():
+        pytest.skip(f"real test data not found at {DATA}")
+    pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("scipy")
+    import torchvision
+    from chip_fast.evaluation.peers import peer
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(DATA / "weights" / "mobilenet_v2_imagenet1k.pth",
+                                     weights_only=True), strict=True)
+    model.eval()
+    ds = load_val_dir(DATA / "imagenet-val-dev", limit=30)
+    x = torch.stack([ds[i].image for i in range(len(ds))])
+    boxes = [ds[i].boxes for i in range(len(ds))]
+    maps = peer("gradcam", "features.18")(model, x, ds.labels)
+    ref = gradcam_of_gap_linear_by_hand(model, x, ds.labels)
+    assert np.abs(maps - ref).max() < 1e-5          # measured 1.7e-6
+    s = M.localization_summary(M.localization_ious(maps, boxes), np.ones(len(ds), bool))
+    curve = brute_force_box_accuracy(ref, boxes, M.DEFAULT_THRESHOLDS)
+    # one photo of slack: maps equal to 1e-5 may still fall on either side of a threshold
+    assert np.abs(np.array(s["box_acc_curve"]) - curve).max() <= 1.01 / len(ds)
+    assert s["max_box_acc"] == pytest.approx(curve.max(), abs=1.01 / len(ds))
+    assert s["gt_known@0.2"] == pytest.approx(curve[20], abs=1.01 / len(ds))
