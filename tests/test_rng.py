@@ -1,3 +1,6 @@
+"""Counter-based random numbers (``chip_fast.rng``): Philox known answers, keep masks and fill
+noise keyed by (seed, class, sample, channel) rather than by batch or chunk, and their rates
+and moments."""
 import torch
 
 from chip_fast import rng
@@ -56,3 +59,9 @@ def test_noise_is_keyed_not_chunked(monkeypatch):
     assert torch.equal(whole, chunked)
     # Row 264 is (class 5, sample 37, channel 0): generated alone, it is the same row.
     assert torch.equal(rng.fill_noise(3, t(5), t(37), t(0), 13)[0], whole[264])
+
+
+def test_noise_means_are_keyed_by_class_and_sample():
+    a = rng.noise_means(3, torch.tensor([1, 1, 2]), torch.tensor([5, 6, 5]), 9)
+    b = rng.noise_means(3, torch.tensor([1]), torch.tensor([6]), 9)
+    assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[2])

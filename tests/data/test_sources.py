@@ -1,8 +1,17 @@
+"""Distillation images (``chip_fast.data.sources``): photo folders (ImageNet indices kept, a
+mapping file's order, corrupt, grayscale and empty inputs), in-memory tensors, decoding, and
+the keyed views made of each image."""
+from __future__ import annotations
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from chip_fast.data.sources import ImageFolderSource, Preprocess, make_view, load_image
+import chip_fast
+from chip_fast.data.sources import (ImageError, ImageFolderSource, Preprocess, load_image,
+                                    make_view)
+from tests.helpers import write_folder
 
 
 def test_torchvision_decoding_matches_pil(tmp_path):
@@ -35,3 +44,45 @@ def test_mapping_file_orders_classes(tmp_path):
     assert src.classes == [0, 1] and src.class_names == ["bee", "ant"]
     sorted_src = ImageFolderSource(tmp_path / "train")  # not wnids: ImageFolder's sorted order
     assert sorted_src.class_ids == ["a_class", "b_class"]
+
+
+def test_imagenet_folder_keeps_imagenet_indices(tmp_path):
+    src = ImageFolderSource(write_folder(tmp_path / "train", ("n01443537", "n15075141")))
+    assert src.classes == [1, 999]
+    assert src.class_names[1] == "goldfish"
+
+
+def test_corrupt_and_grayscale_images(tmp_path):
+    root = write_folder(tmp_path / "train")
+    bad = root / "n01440764" / "n01440764_0.JPEG"
+    bad.write_bytes(b"this is not a jpeg")
+    Image.fromarray(np.full((30, 50), 128, np.uint8), mode="L").save(root / "n01443537" / "gray.JPEG")
+    src = ImageFolderSource(root, preprocess=Preprocess())
+    with pytest.warns(UserWarning, match="n01440764_0.JPEG"):
+        x = src.load(0, 0)  # falls over to the class's next image
+    assert x.shape == (3, 224, 224) and src.skipped == [bad]
+    gray = src.load(1, src.files[1].index(root / "n01443537" / "gray.JPEG"))
+    assert gray.shape == (3, 224, 224)
+    strict = ImageFolderSource(root, on_error="raise", preprocess=Preprocess())
+    with pytest.raises(ImageError, match="n01440764_0.JPEG"):
+        strict.load(0, 0)
+
+
+def test_empty_class_folder_is_skipped_with_a_warning(tmp_path):
+    root = write_folder(tmp_path / "train")
+    (root / "n01484850").mkdir()
+    with pytest.warns(UserWarning, match="n01484850"):
+        src = ImageFolderSource(root)
+    assert src.classes == [0, 1]
+    (tmp_path / "empty" / "n01440764").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class folder holds an image"), pytest.warns(UserWarning):
+        ImageFolderSource(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        ImageFolderSource(tmp_path / "nowhere")
+
+
+def test_bad_tensor_sources():
+    with pytest.raises(ValueError, match="labels"):
+        chip_fast.TensorSource(torch.zeros(3, 3, 8, 8), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="NaN"):
+        chip_fast.TensorSource(torch.full((1, 3, 8, 8), float("nan")), [0])

@@ -1,14 +1,13 @@
 """Distillation under torchrun, on CPU with gloo: same file as one process, resumable, fails fast.
 
-The worker that torchrun starts is this file itself (see ``main`` at the bottom), so the tiny
-model and data are defined once. Every process runs with one intra-op thread, as torchrun's
-workers do, so CPU float results are comparable bit for bit.
+The worker that torchrun starts is ``distributed_worker.py`` beside this file (see its
+``main``), which also defines the tiny model and data, so they are defined once. Every process
+runs with one intra-op thread, as torchrun's workers do, so CPU float results are comparable bit
+for bit.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -19,46 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from chip_fast.distill.checkpoint import CheckpointStore
-from chip_fast.cli import build_parser
 from chip_fast.distill.job import DistillJob
 from chip_fast.distill.run import distill_all_classes
-from chip_fast.distill.memory import MemoryPlan, parse_bytes, plan_memory
 from chip_fast.distill.settings import DistillSettings
-from chip_fast.distill.runner import UnitRunner
+from tests.distill.distributed_worker import LAYERS, SETTINGS, make_data, make_model, read
 
-HERE = Path(__file__).resolve()
-LAYERS = ["features.3", "features.5"]
-# 8 classes in groups of 2, 48 samples in blocks of 12: 4 groups x 4 blocks = 16 units.
-SETTINGS = dict(samples_per_class=48, seed=3, classes_per_unit=2, samples_per_unit=12,
-                batch_size=16, fill="noise",   # the fill statistics travel too
-                atlas=2)                       # and the channel atlas is gathered
-
-
-class TinyNet(nn.Module):
-    def __init__(self, classes: int = 8) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(12, 16, 3, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-
-def make_model() -> TinyNet:
-    torch.manual_seed(0)
-    return TinyNet().eval()
-
-
-def make_data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(24, 3, 12, 12, generator=g), torch.arange(8).repeat_interleave(3)
+HERE = Path(__file__).resolve().with_name("distributed_worker.py")   # the worker torchrun starts
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -70,12 +37,6 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["chip_fast"])
 
 
 def assert_same_file(a: Path, b: Path) -> None:
@@ -245,94 +206,3 @@ def test_resume_with_another_world_size(tmp_path, reference):
         distill_all_classes(make_model(), make_data(), LAYERS, out=out, checkpoint=ckpt,
                             progress=False, **SETTINGS)
     assert_same_file(out, reference)
-
-
-def test_damaged_or_foreign_checkpoint_is_refused(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "rank-1-of-2.ckpt").write_bytes(b"\x00garbage")
-    kw = dict(out=tmp_path / "imp.safetensors", checkpoint=ckpt, progress=False)
-    with pytest.raises(ValueError, match=r"rank-1-of-2.ckpt is damaged"):
-        distill_all_classes(make_model(), make_data(), LAYERS, **kw, **SETTINGS)
-    (ckpt / "rank-1-of-2.ckpt").unlink()
-    distill_all_classes(make_model(), make_data(), LAYERS, **kw, **SETTINGS)
-    with pytest.raises(ValueError, match="belongs to another job"):
-        distill_all_classes(make_model(), make_data(), LAYERS, **kw, **{**SETTINGS, "seed": 4})
-    (ckpt / "x").write_text("")
-    with pytest.raises(ValueError, match="is a file"):
-        distill_all_classes(make_model(), make_data(), LAYERS,
-                            **{**kw, "checkpoint": ckpt / "x"}, **SETTINGS)
-
-
-def test_memory_budget_maps_to_settings(tmp_path):
-    assert parse_bytes("4GiB") == 4 * 2**30
-    assert parse_bytes("512 MiB") == 512 * 2**20
-    assert parse_bytes("2GB") == 2 * 10**9
-    with pytest.raises(ValueError, match="cannot read memory size"):
-        parse_bytes("lots")
-    model = make_model()
-    small = plan_memory(model, (3, 12, 12), LAYERS, "2MiB", classes_per_unit=2,
-                        samples_per_class=48)
-    assert small == plan_memory(make_model(), (3, 12, 12), LAYERS, 2 * 2**20,
-                                classes_per_unit=2, samples_per_class=48)
-    assert isinstance(small, MemoryPlan) and small.batch_size >= 1
-    big = plan_memory(model, (3, 12, 12), LAYERS, "64GiB", classes_per_unit=2,
-                      samples_per_class=48)
-    assert (big.batch_size, big.samples_per_unit) == (1024, 64)
-    assert small.batch_size < big.batch_size
-    with pytest.raises(ValueError, match="too small"):
-        plan_memory(model, (3, 12, 12), LAYERS, "10KiB")
-    settings = {k: v for k, v in SETTINGS.items() if k not in ("batch_size", "samples_per_unit")}
-    out = tmp_path / "imp.safetensors"
-    with pytest.raises(ValueError, match="not both"):
-        distill_all_classes(model, make_data(), LAYERS, out=out, max_memory="2MiB",
-                            progress=False, **SETTINGS)
-    imp = distill_all_classes(model, make_data(), LAYERS, out=out, max_memory="2MiB",
-                              progress=False, **settings)
-    assert imp.settings["max_memory"] == "2MiB"
-    assert imp.settings["batch_size"] == small.batch_size
-    assert imp.settings["samples_per_unit"] == small.samples_per_unit
-    assert read(out)[1]["settings"]["max_memory"] == "2MiB"
-
-
-def test_cli_options():
-    base = ["distill", "--arch", "resnet18", "--data", "d", "--out", "o"]
-    args = build_parser().parse_args(base + ["--max-memory", "4GiB", "--dist-timeout", "30"])
-    assert (args.max_memory, args.dist_timeout, args.checkpoint_every) == ("4GiB", 30.0, 300.0)
-    args = build_parser().parse_args(base + ["--checkpoint-every", "60"])
-    assert (args.max_memory, args.dist_timeout, args.checkpoint_every) == (None, 600.0, 60.0)
-
-
-# -- the worker torchrun starts -----------------------------------------------------------------
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--timeout", type=float, default=30)
-    p.add_argument("--checkpoint-every", type=float, default=300)
-    p.add_argument("--unit-sleep", type=float, default=0.0)
-    p.add_argument("--die-rank", type=int, default=-1)
-    p.add_argument("--die-after", type=int, default=0, help="units before the rank dies")
-    p.add_argument("--seed-rank1", type=int, default=None, help="rank 1 uses another seed")
-    a = p.parse_args()
-    torch.set_num_threads(1)
-    rank = int(os.environ.get("RANK", "0"))
-    run_unit = UnitRunner.launch
-    calls = [0]
-
-    def hooked(self, *args):
-        if rank == a.die_rank and calls[0] >= a.die_after:
-            os._exit(7)    # abrupt: no cleanup, no message, like a killed process
-        calls[0] += 1
-        time.sleep(a.unit_sleep)
-        return run_unit(self, *args)
-    UnitRunner.launch = hooked
-    settings = dict(SETTINGS)
-    if rank == 1 and a.seed_rank1 is not None:
-        settings["seed"] = a.seed_rank1
-    distill_all_classes(make_model(), make_data(), LAYERS, out=a.out, checkpoint=a.ckpt,
-                        timeout=a.timeout, checkpoint_every=a.checkpoint_every, **settings)
-
-
-if __name__ == "__main__":
-    main()

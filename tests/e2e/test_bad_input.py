@@ -1,16 +1,13 @@
-"""Bad input gives a clear error or a clear skip, never a crash deep inside."""
+"""Bad input through the API (distill, explain, load an importance file) gives a clear error,
+never a crash deep inside. (Bad photo folders and tensors: tests/data/test_sources.py.)"""
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 import chip_fast
-from chip_fast import (ImageError, ImageFolderSource, ImportanceFileError, LayerError,
-                       Preprocess)
-from tests.helpers import write_folder
+from chip_fast import ImportanceFileError, LayerError
 
 
 def test_wrong_layer_lists_valid_names(tiny_net, tiny_data):
@@ -25,41 +22,6 @@ def test_hooks_are_removed_after_an_error(tiny_net, tiny_data, tmp_path):
     with pytest.raises(ValueError, match="images"):
         chip_fast.explain(tiny_net, imp, tiny_data[0][:3], [0, 1])
     assert all(not m._forward_hooks for m in tiny_net.modules())
-
-
-def test_imagenet_folder_keeps_imagenet_indices(tmp_path):
-    src = ImageFolderSource(write_folder(tmp_path / "train", ("n01443537", "n15075141")))
-    assert src.classes == [1, 999]
-    assert src.class_names[1] == "goldfish"
-
-
-def test_corrupt_and_grayscale_images(tmp_path):
-    root = write_folder(tmp_path / "train")
-    bad = root / "n01440764" / "n01440764_0.JPEG"
-    bad.write_bytes(b"this is not a jpeg")
-    Image.fromarray(np.full((30, 50), 128, np.uint8), mode="L").save(root / "n01443537" / "gray.JPEG")
-    src = ImageFolderSource(root, preprocess=Preprocess())
-    with pytest.warns(UserWarning, match="n01440764_0.JPEG"):
-        x = src.load(0, 0)  # falls over to the class's next image
-    assert x.shape == (3, 224, 224) and src.skipped == [bad]
-    gray = src.load(1, src.files[1].index(root / "n01443537" / "gray.JPEG"))
-    assert gray.shape == (3, 224, 224)
-    strict = ImageFolderSource(root, on_error="raise", preprocess=Preprocess())
-    with pytest.raises(ImageError, match="n01440764_0.JPEG"):
-        strict.load(0, 0)
-
-
-def test_empty_class_folder_is_skipped_with_a_warning(tmp_path):
-    root = write_folder(tmp_path / "train")
-    (root / "n01484850").mkdir()
-    with pytest.warns(UserWarning, match="n01484850"):
-        src = ImageFolderSource(root)
-    assert src.classes == [0, 1]
-    (tmp_path / "empty" / "n01440764").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no class folder holds an image"), pytest.warns(UserWarning):
-        ImageFolderSource(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError):
-        ImageFolderSource(tmp_path / "nowhere")
 
 
 def test_importance_from_another_model_is_refused(tiny_net, tiny_data, tmp_path):
@@ -119,13 +81,6 @@ def test_nan_logits_stop_with_a_clear_error(tiny_data):
                                       progress=False)
 
 
-def test_bad_tensor_sources():
-    with pytest.raises(ValueError, match="labels"):
-        chip_fast.TensorSource(torch.zeros(3, 3, 8, 8), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="NaN"):
-        chip_fast.TensorSource(torch.full((1, 3, 8, 8), float("nan")), [0])
-
-
 def test_model_changed_in_place_is_refused_again(tiny_net, tiny_data):
     imp = chip_fast.distill_all_classes(tiny_net, tiny_data, ["features.2"], samples_per_class=8,
                                         progress=False)
@@ -136,20 +91,3 @@ def test_model_changed_in_place_is_refused_again(tiny_net, tiny_data):
         chip_fast.explain(tiny_net, imp, tiny_data[0][:2], [0, 1])
 
 
-def test_a_folder_source_is_read_with_the_models_own_preprocessing(tmp_path):
-    """A source made without preprocess= takes the distilled model's: EfficientNet-Lite0 reads
-    [-1, 1] inputs, never the ImageNet mean/std of another family; a direct read without one is
-    refused with what to do."""
-    from chip_fast.distill.job import DistillJob
-    from chip_fast.models.efficientnet_lite import EfficientNetLite0, lite_preprocess
-    root = write_folder(tmp_path / "train")
-    src = ImageFolderSource(root)
-    with pytest.raises(ValueError, match="no preprocessing to read the photos with"):
-        src.load(src.classes[0], 0)
-    job = DistillJob(EfficientNetLite0().eval(), src, ["features.8"],
-                     chip_fast.DistillSettings(samples_per_class=8))
-    assert job.source is src and src.preprocess == lite_preprocess()
-    given = ImageFolderSource(root, preprocess=Preprocess(size=32))
-    DistillJob(EfficientNetLite0().eval(), given, ["features.8"],
-               chip_fast.DistillSettings(samples_per_class=8))
-    assert given.preprocess == Preprocess(size=32)    # a preprocessing the user chose stays

@@ -8,7 +8,6 @@ import torch
 # Imported first: without CUDA it sets TRITON_INTERPRET=1 before triton is imported.
 from tests.kernel_helpers import DEV, assert_close, gen, poisoned_allocations, skip_unless_runnable
 
-from chip_fast import rng
 from chip_fast.kernels import perturb_means as kmeans
 from chip_fast.ops.perturb import perturb_reference
 from chip_fast.ops.perturb_means import (noise_mean_scale, perturb_means_kernel,
@@ -75,12 +74,6 @@ def test_noise_mean_has_the_distribution_of_the_noise_spatial_mean():
         assert abs(fill.mean() - mu[c]) < 4 * sigma[c] / e ** 0.5 / len(fill) ** 0.5
         assert abs(fill.std() / (sigma[c] / e ** 0.5) - 1) < 0.06
     assert noise_mean_scale(e) == pytest.approx(1 / 7)
-
-
-def test_noise_means_are_keyed_by_class_and_sample():
-    a = rng.noise_means(3, torch.tensor([1, 1, 2]), torch.tensor([5, 6, 5]), 9)
-    b = rng.noise_means(3, torch.tensor([1]), torch.tensor([6]), 9)
-    assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[2])
 
 
 def test_errors_and_empty():

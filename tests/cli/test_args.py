@@ -1,0 +1,28 @@
+"""What every subcommand shares (``chip_fast.cli.args``): class lists and ranges parsed or
+refused with the reason, and every help showing its defaults."""
+from __future__ import annotations
+
+import pytest
+
+from chip_fast.cli import main
+from chip_fast.cli.args import parse_classes
+
+
+def test_class_ranges():
+    assert parse_classes("0-3,7,9-10") == [0, 1, 2, 3, 7, 9, 10]
+    assert parse_classes("3,1-3") == [3, 1, 2]      # once each, in the order given
+    assert parse_classes(None) is None
+    import argparse
+    for text, why in (("5-2", "a range goes up, e.g. 2-5"), ("-3", "0 or more"),
+                      ("1,x", "'x': use class indices and ranges")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            parse_classes(text)
+
+
+def test_every_help_shows_its_defaults(capsys):
+    for command, shown in (("distill", "(default: 2048)"), ("explain", "(default: chip-overlays)"),
+                           ("evaluate", "(default: out/evaluate)"), ("demo", "(default: chip-demo)")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert shown in text and "(default: None)" not in text, command
