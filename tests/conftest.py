@@ -14,7 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.helpers import SAMPLE_TRAIN, WEIGHTS, TinyNet  # noqa: E402 (after the choice above)
+from tests.helpers import SAMPLE_TRAIN, WEIGHTS, TinyNet  # noqa: E402 (after the choice)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Tests of chip_fast.atlas: the channel atlas collected during distillation."""

@@ -1,6 +1,7 @@
-"""The channel atlas: the streamed top-k is the exact top-k over all views, whatever the batches,
-repeats and merges; patches are cut where the channel fires, in the photo's own colours; the
-atlas survives its tensors; a distillation fills it from its own prefix passes."""
+"""The channel atlas (``chip_fast.atlas.collect``): the streamed top-k is the exact top-k over all
+views, whatever the batches, repeats and merges; patches are cut where the channel fires, in the
+photo's own colours; the atlas survives its tensors; a distillation fills it from its own prefix
+passes."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
-"""The affine path (tails linear in the spatial mean) against the per-element path."""
+"""Tail paths (``chip_fast.distill.tails``): the affine path (tails linear in the spatial mean)
+recognised, and against the per-element path."""
 from __future__ import annotations
 
 import pytest

@@ -1,0 +1,1 @@
+"""Tests of chip_fast.evaluation: metrics, annotations, datasets, peers, interop and the runner."""

@@ -1,7 +1,8 @@
-"""The importance file's integrity check: a file changed after it was written (flipped bytes, a
-negated weight row, a hand-edited class name) is refused naming what differs; a file of the
-format before the digests loads with a warning. The files are edited at the byte level here,
-through the safetensors layout (8-byte header length, JSON header, data), not through chip_fast."""
+"""The importance file's integrity check (``chip_fast.importance.file``): a file changed after it
+was written (flipped bytes, a negated weight row, a hand-edited class name) is refused naming what
+differs; a file of the format before the digests loads with a warning. The files are edited at the
+byte level here, through the safetensors layout (8-byte header length, JSON header, data), not
+through chip_fast."""
 from __future__ import annotations
 
 import json

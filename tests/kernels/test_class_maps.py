@@ -1,7 +1,7 @@
 """The class-map kernels (``chip_fast.kernels.class_maps``) against
 ``upsample_normalize_reference(class_maps_reference(...))``.
 
-Set-up and helpers (interpreter, poisoned allocations) are in kernel_helpers.py.
+Set-up and helpers (interpreter, poisoned allocations) are in tests/kernel_helpers.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fused FISTA-step kernel (``chip_fast.kernels.prox``) against ``fista_step_reference``.
 
-Set-up and helpers (interpreter, poisoned allocations) are in kernel_helpers.py.
+Set-up and helpers (interpreter, poisoned allocations) are in tests/kernel_helpers.py.
 """
 from __future__ import annotations
 

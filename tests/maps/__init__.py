@@ -1,0 +1,1 @@
+"""Tests of chip_fast.maps: explaining images with an importance file."""

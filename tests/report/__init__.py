@@ -1,0 +1,1 @@
+"""Tests of chip_fast.report: overlays on photos."""

@@ -1,6 +1,6 @@
-"""Overlays at the photo's own size: the map goes back through the preprocessing geometry (the
-inverse of what ``Preprocess.boxes`` does forward), the uncovered part is dimmed, and the legend
-is drawn on the picture."""
+"""Overlays at the photo's own size (``chip_fast.report.overlay``): the map goes back through the
+preprocessing geometry (the inverse of what ``Preprocess.boxes`` does forward), the uncovered part
+is dimmed, and the legend is drawn on the picture."""
 from __future__ import annotations
 
 import numpy as np

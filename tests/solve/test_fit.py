@@ -1,8 +1,8 @@
-"""Refits from the stored statistics and held-out checks, against references built from explicit
-samples: a tiny conv -> ReLU -> global mean -> linear model distilled with fill="zero", so every
-response y_i = s_c(head(z_i * m_c)) is computed here by hand from the regenerated masks z_i and
-the class image's channel means m_c, and every statistic, Lasso fit (coordinate descent, not
-FISTA) and held-out error is recomputed from those samples directly."""
+"""Refits from the stored statistics and held-out checks (``chip_fast.solve.fit``), against
+references built from explicit samples: a tiny conv -> ReLU -> global mean -> linear model distilled
+with fill="zero", so every response y_i = s_c(head(z_i * m_c)) is computed here by hand from the
+regenerated masks z_i and the class image's channel means m_c, and every statistic, Lasso fit
+(coordinate descent, not FISTA) and held-out error is recomputed from those samples directly."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,1 @@
+"""Tests of chip_fast.util: CPU counts and locks."""

@@ -1,4 +1,5 @@
-"""Thread pools sized from the CPUs the process may use, not the machine's count."""
+"""``chip_fast.util.cpus``: thread pools sized from the CPUs the process may use, not the machine's
+count."""
 from __future__ import annotations
 
 import os

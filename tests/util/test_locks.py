@@ -1,6 +1,6 @@
-"""Locks on what a run writes: one run per output file and checkpoint folder, the refused run
-names the holder, a crashed holder leaves no stale lock; on the CLI, the second distill fails
-at once."""
+"""Locks on what a run writes (``chip_fast.util.locks``): one run per output file and checkpoint
+folder, the refused run names the holder, a crashed holder leaves no stale lock; on the CLI, the
+second distill fails at once."""
 from __future__ import annotations
 
 import json
