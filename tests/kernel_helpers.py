@@ -1,6 +1,6 @@
-"""Shared set-up of the kernel tests (tests/ops/test_perturb.py, test_perturb_means.py,
-test_response_sums.py, test_backend.py; tests/kernels/test_class_maps.py, test_prox.py): each
-tests Triton kernels against their PyTorch reference. Imported as ``tests.kernel_helpers``.
+"""Shared set-up of the kernel tests (tests/ops/: test_perturb.py, test_perturb_means.py,
+test_response_sums.py, test_class_maps.py, test_prox.py, test_backend.py): each tests Triton
+kernels against their PyTorch reference. Imported as ``tests.kernel_helpers``.
 
 Without CUDA the kernels run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, set
 here, so a kernel test file imports this module before anything imports triton or

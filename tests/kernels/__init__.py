@@ -1,2 +1,2 @@
-"""Tests of chip_fast.kernels called directly: Triton kernels against their PyTorch references,
-and every kernel compiling for the GPUs it targets."""
+"""Tests of chip_fast.kernels as a whole: every Triton kernel compiles for the GPUs it targets.
+(Each kernel against its PyTorch reference: tests/ops/, one file per op.)"""

@@ -1,2 +1,2 @@
-"""Tests of chip_fast.ops: each hot op's kernel path against its reference, and the backend
-switch."""
+"""Tests of chip_fast.ops, one file per hot op: its Triton kernel against its PyTorch reference
+(tests/kernel_helpers.py sets them up), and the backend switch."""
