@@ -7,7 +7,7 @@ fills, layouts) are recorded by calling the wrapper on the shapes the engine and
 with the launch replaced by a recorder; each distinct configuration is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` to PTX and a cubin, and
 ptxas (the one Triton ships) reports registers, spills and stack. Exit status 1 on any compile
-error. tests/test_compile.py runs this with the installed Triton;
+error. tests/kernels/test_compile.py runs this with the installed Triton;
 bench/compile_check_triton36.sh runs it with Triton 3.6, the version of the GPU machines.
 
 Must run with TRITON_INTERPRET unset (the interpreter replaces the kernels); it unsets it.
@@ -44,7 +44,7 @@ TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
          torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8",
          torch.int8: "i8", torch.bool: "i1"}
 # Kernels that run once per batch of the distillation loop: a register spill there costs the
-# job, so tests/test_compile.py fails on one unless the kernel's docstring justifies it.
+# job, so tests/kernels/test_compile.py fails on one unless the kernel's docstring justifies it.
 HOT = {"_perturb_kernel", "_perturb_means_kernel", "_response_sums_kernel"}
 
 

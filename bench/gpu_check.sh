@@ -34,9 +34,9 @@ PYEOF
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     > "$OUT_DIR/nvidia-smi.txt" 2>&1
 
-step kernel_tests 70 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_perturb.py \
-    tests/test_perturb_means.py tests/test_response_sums.py tests/test_class_maps.py \
-    tests/test_prox.py --junitxml="$OUT_DIR/test_kernels.xml"
+step kernel_tests 70 "$PY" -m pytest -q -x -p no:cacheprovider tests/ops/test_perturb.py \
+    tests/ops/test_perturb_means.py tests/ops/test_response_sums.py tests/ops/test_class_maps.py \
+    tests/ops/test_prox.py --junitxml="$OUT_DIR/test_kernels.xml"
 step kernel_bench 50 "$PY" -m pytest -q -p no:cacheprovider bench/bench_perturb.py \
     bench/bench_perturb_means.py bench/bench_response_sums.py bench/bench_class_maps.py \
     bench/bench_prox.py --benchmark-json="$OUT_DIR/bench_kernels.json" \
