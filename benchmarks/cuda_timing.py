@@ -1,13 +1,13 @@
-"""Shared set-up of the kernel benchmarks (bench_perturb, bench_response_sums, bench_class_maps,
-bench_prox): pytest-benchmark runs of each Triton kernel against its PyTorch reference and the
-straightforward PyTorch a user would write (materialised masks from torch.rand, per-class loops).
+"""Shared set-up of the kernel benchmarks (test_perturb, test_perturb_means, test_response_sums,
+test_class_maps, test_prox): pytest-benchmark runs of each Triton kernel against its PyTorch
+reference and the straightforward PyTorch a user would write (materialised masks from torch.rand,
+per-class loops).
 
 GPU only: on the CPU interpreter timings mean nothing, so importing this module skips the
 benchmark module without CUDA. Sizes follow MobileNetV2 / VGG-like layers: K = 1280 channels at
 7x7, 1000 classes. Groups: one per kernel and case; within a group, compare the `triton`,
 `reference` and `naive` rows.
-Run:  python -m pytest bench/bench_perturb.py bench/bench_response_sums.py \
-          bench/bench_class_maps.py bench/bench_prox.py --benchmark-json=results.json
+Run, from the repository root:  python -m pytest benchmarks/ --benchmark-json=results.json
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Benchmark of the class maps: P (image, class) maps at 224x224; kernels
 (``class_maps_triton``) vs ``upsample_normalize_reference(class_maps_reference(...))`` vs naive
-PyTorch. Set-up in bench_helpers.py (GPU only)."""
+PyTorch. Set-up in cuda_timing.py (GPU only)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench_helpers import DEV, timed
+from benchmarks.cuda_timing import DEV, timed
 
 from chip_fast.ops.class_maps import class_maps_reference, upsample_normalize_reference
 from chip_fast.kernels.class_maps import class_maps_triton

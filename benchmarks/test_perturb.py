@@ -1,12 +1,12 @@
 """Benchmark of the perturbation: T perturbed activations of a (K, h, w) layer; kernel
 (``perturb_kernel``, the kernel path of ``chip_fast.ops.perturb``) vs ``perturb_reference`` vs naive
-PyTorch. Set-up in bench_helpers.py (GPU only)."""
+PyTorch. Set-up in cuda_timing.py (GPU only)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench_helpers import DEV, timed
+from benchmarks.cuda_timing import DEV, timed
 
 from chip_fast.ops.perturb import perturb_kernel, perturb_reference
 

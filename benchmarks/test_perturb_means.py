@@ -1,12 +1,12 @@
 """Benchmark of the affine path's perturbation: T x K perturbed spatial means; kernel
 (``perturb_means_kernel``) vs ``perturb_means_reference`` vs naive PyTorch, and what it replaces:
-the per-element perturbation of the same T samples at 7x7. Set-up in bench_helpers.py (GPU only)."""
+the per-element perturbation of the same T samples at 7x7. Set-up in cuda_timing.py (GPU only)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench_helpers import DEV, timed
+from benchmarks.cuda_timing import DEV, timed
 
 from chip_fast.ops.perturb import perturb_kernel
 from chip_fast.ops.perturb_means import perturb_means_kernel, perturb_means_reference

@@ -1,12 +1,12 @@
 """Benchmark of the FISTA step: K = 1280 channels, C = 1000 classes; kernel
-(``fista_step_triton``) vs ``fista_step_reference`` vs naive PyTorch. Set-up in bench_helpers.py
+(``fista_step_triton``) vs ``fista_step_reference`` vs naive PyTorch. Set-up in cuda_timing.py
 (GPU only)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench_helpers import DEV, timed
+from benchmarks.cuda_timing import DEV, timed
 
 from chip_fast.kernels.prox import fista_step_triton
 from chip_fast.ops.prox import fista_step_reference, soft_threshold

@@ -1,13 +1,13 @@
 """Benchmark of the response sums: per class slot sum z*y and sum y; kernel
 (``response_sums_kernel``, the kernel path of ``chip_fast.ops.response_sums``) vs
-``response_sums_reference`` of ``rng.keep_masks`` vs naive PyTorch. Set-up in bench_helpers.py
+``response_sums_reference`` of ``rng.keep_masks`` vs naive PyTorch. Set-up in cuda_timing.py
 (GPU only)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench_helpers import DEV, timed
+from benchmarks.cuda_timing import DEV, timed
 
 from chip_fast import rng
 from chip_fast.ops.response_sums import response_sums_kernel, response_sums_reference
