@@ -1,17 +1,18 @@
 """Where distillation time goes: tail forwards vs perturbation, statistics and solve.
 
-    python bench/distill_breakdown.py [--classes 100] [--samples 512] [--layer features.16]
+    python -m benchmarks.jobs distill_breakdown [--classes 100] [--samples 512]
+        [--layer features.16]
 
 Runs a real distillation of MobileNetV2 (the real weights of ../shared/data when present; the
 timing does not depend on them) with every stage timed in place, and writes the table as JSON
-and Markdown into bench/results/. The brief's bar: perturbation + statistics + solve under half
-of the tail forwards' time on a 2-core CPU, under 10% on an H100/H200.
+and Markdown into benchmarks/results/ (distill_breakdown_<cpu|cuda>). The brief's bar:
+perturbation + statistics + solve under half of the tail forwards' time on a 2-core CPU, under
+10% on an H100/H200.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import time
 from collections import defaultdict
@@ -26,7 +27,9 @@ import chip_fast.distill.runner as runner_mod
 from chip_fast.distill.plan import resolve_settings
 from chip_fast.models.split import SplitModel
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.jobs.record import RESULTS, write_result
+
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / ".." / "shared" / "data" / "weights" / "mobilenet_v2_imagenet1k.pth"
 
 
@@ -69,15 +72,16 @@ def timed_stages(device: torch.device):
             setattr(owner, name, real)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--layer", default="features.16")
     ap.add_argument("--batch-size", type=int, help="default: the library's (64 on CPU, 256 on GPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(RESULTS), help="folder of the result files")
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
     model = torchvision.models.mobilenet_v2()
     if WEIGHTS.is_file():
@@ -103,10 +107,7 @@ def main() -> None:
         "stages_s": dict(totals),
         "overhead_over_tail": overhead / totals["tail forward"],
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tag = "cuda" if device.type == "cuda" else "cpu"
-    (out / f"distill_breakdown_{tag}.json").write_text(json.dumps(result, indent=2))
     lines = [f"# Distillation time breakdown ({result['device']}, torch {torch.__version__})", "",
              f"MobileNetV2 @ {args.layer}, {args.classes} classes x {args.samples} samples "
              f"= {samples} perturbed networks, batch {batch}.", "",
@@ -116,9 +117,4 @@ def main() -> None:
     lines += [f"| **perturbation + statistics + solve** | {overhead:.2f} | "
               f"**{result['overhead_over_tail']:.1%}** |",
               f"| whole job (wall) | {wall:.2f} | {samples / wall:.0f} samples/s |"]
-    (out / f"distill_breakdown_{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
+    write_result(f"distill_breakdown_{tag}", result, "\n".join(lines) + "\n", root=args.out)

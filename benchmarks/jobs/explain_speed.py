@@ -1,12 +1,12 @@
-"""Milliseconds per image of ``chip_fast.maps.explain`` (Refined CHIP, the API as a user calls it) next
+"""Milliseconds per image of ``chip_fast.explain`` (Refined CHIP, the API as a user calls it) next
 to the model's plain forward pass on the same photos, in one run.
 
-    python bench/explain_speed.py [--photos 64] [--batch 32]
+    python -m benchmarks.jobs explain_speed [--photos 64] [--batch 32]
 
 MobileNetV2 with the real weights, the first --photos photos of ../shared/data/imagenet-val-dev,
 an importance file distilled for their classes at the default layers (the distillation is not
 timed). explain is called once before timing (the model is traced and checked then, once per
-model). Writes bench/results/explain_speed_cpu.json.
+model). Writes benchmarks/results/explain_speed_cpu.json.
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 import chip_fast
+from chip_fast.evaluation import load_val_dir
+from chip_fast.models import load_model
 from chip_fast.util.cpus import usable_cpus
-from chip_fast.evaluation.dataset import load_val_dir
-from chip_fast.models.loading import load_model
-from results_file import save_result
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.jobs.record import RESULTS, write_result
+
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 
 
@@ -38,11 +39,13 @@ def per_image_ms(fn, batches: list[tuple[torch.Tensor, torch.Tensor]], repeats: 
     return 1000 * best / sum(len(x) for x, _ in batches)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(RESULTS), help="folder of the result file")
+    args = ap.parse_args(argv)
     model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     ds = load_val_dir(DATA / "imagenet-val-dev", limit=args.photos)
     images = torch.stack([ds[i].image for i in range(len(ds))])
@@ -57,9 +60,6 @@ def main() -> None:
         lambda x, c: chip_fast.explain(model, imp, x, c), batches),
         "forward_ms_per_image": forward, "photos": len(images), "batch": args.batch,
         "layers": imp.layers, "threads": torch.get_num_threads(), "cpus": usable_cpus(),
-        "command": f"python bench/explain_speed.py --photos {args.photos} --batch {args.batch}"}
-    save_result("explain_speed_cpu.json", results)
-
-
-if __name__ == "__main__":
-    main()
+        "command": f"python -m benchmarks.jobs explain_speed --photos {args.photos} "
+                   f"--batch {args.batch}"}
+    write_result("explain_speed_cpu", results, root=args.out)

@@ -1,7 +1,7 @@
 """The CHIP distillation loop a user would write in plain PyTorch: the baseline chip_fast is
-measured against (bench/vs_plain_loop.py).
+measured against (vs_plain_loop).
 
-    python bench/plain_loop.py --data FOLDER --layer features.18 --samples 4096 --out w.pt
+    python -m benchmarks.jobs plain_loop --data FOLDER --layer features.18 --samples 4096 --out w.pt
 
 MobileNetV2 with the real weights of ../shared/data. For every photo of the folder (the
 ``train/<wnid>/`` layout) the layer's activation; per channel the mean and std over them; then
@@ -22,14 +22,16 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
-WEIGHTS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "weights" / \
-    "mobilenet_v2_imagenet1k.pth"
-WNIDS = Path(__file__).resolve().parents[1] / "chip_fast" / "imagenet_classes.txt"
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+WEIGHTS = DATA / "weights" / "mobilenet_v2_imagenet1k.pth"
+# The class order from the data, not from chip_fast: the plain loop is what a user writes without
+# the library, so it reads nothing of the library's files.
+WNIDS = DATA / "imagenet-val-dev" / "LOC_synset_mapping.txt"
 
 
 def load_photos(folder: Path) -> dict[int, torch.Tensor]:
     """class index -> (n, 3, 224, 224) preprocessed photos."""
-    wnids = [l.split("\t")[0] for l in WNIDS.read_text().splitlines() if l and l[0] != "#"]
+    wnids = [line.split()[0] for line in WNIDS.read_text().splitlines() if line.strip()]
     prep = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
                       T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     out = {}
@@ -78,14 +80,15 @@ def fista(gram: torch.Tensor, r: torch.Tensor, alpha: float, iters: int = 5000,
     return w
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--layer", default="features.18")
     ap.add_argument("--samples", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default="plain_weights.pt")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2()
@@ -129,7 +132,3 @@ def main() -> None:
     torch.save({"classes": list(sums), "weights": weights.float(), "layer": args.layer}, args.out)
     print(f"plain loop: {len(sums)} classes x {n} samples at {args.layer} in "
           f"{time.perf_counter() - t0:.1f} s (in process)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Distillation on a shared CPU: alone, and next to another job that keeps every CPU busy.
 
-    python bench/shared_machine.py [--seconds 20] [--threads 0]
+    python -m benchmarks.jobs shared_machine [--seconds 20] [--threads 0]
 
 Runs the units of one distillation (MobileNetV2 features.14.conv.0, real Imagenette photos,
 per-element path) for about --seconds and reports samples/s, first alone, then while a second
@@ -9,7 +9,7 @@ processes each sizing its threads from the CPUs it may use, the second should co
 the throughput, not more: a result much worse than 0.5 means oversubscription (threads that
 wait on each other while descheduled). --threads sets torch's intra-op threads of the
 distillation (0: chip_fast's choice, ``chip_fast.util.cpus.usable_cpus()``).
-Writes bench/results/shared_machine_cpu.json.
+Writes benchmarks/results/shared_machine_cpu.json.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from results_file import save_result
+from benchmarks.jobs.record import RESULTS, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 
 
@@ -36,13 +36,12 @@ def _busy(threads: int, stop) -> None:
 def samples_per_second(seconds: float) -> float:
     import chip_fast
     from chip_fast.distill.job import DistillJob
-    from chip_fast.models.loading import load_model
-    from chip_fast.distill.plan import DistillSettings
+    from chip_fast.models import load_model
     model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     source = chip_fast.ImageFolderSource(DATA / "imagenette" / "train")
     job = DistillJob(model, source, ["features.14.conv.0"],
-                     DistillSettings(samples_per_class=4096, samples_per_unit=64,
-                                     fill_stats_views=16), classes=source.classes[:1])
+                     chip_fast.DistillSettings(samples_per_class=4096, samples_per_unit=64,
+                                               fill_stats_views=16), classes=source.classes[:1])
     job.measure_fill_statistics()
     done, t0 = 0, time.perf_counter()
     for unit in job.state.pending():
@@ -55,12 +54,14 @@ def samples_per_second(seconds: float) -> float:
     return rate
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from chip_fast.util.cpus import usable_cpus
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(RESULTS), help="folder of the result file")
+    args = ap.parse_args(argv)
     cpus = usable_cpus()
     torch.set_num_threads(args.threads or cpus)
     alone = samples_per_second(args.seconds)
@@ -76,9 +77,5 @@ def main() -> None:
     result = {"cpus": cpus, "torch_threads": torch.get_num_threads(),
               "alone_samples_per_s": alone, "shared_samples_per_s": shared,
               "ratio": shared / alone,
-              "command": f"python bench/shared_machine.py --seconds {args.seconds:g}"}
-    save_result("shared_machine_cpu.json", result)
-
-
-if __name__ == "__main__":
-    main()
+              "command": f"python -m benchmarks.jobs shared_machine --seconds {args.seconds:g}"}
+    write_result("shared_machine_cpu", result, root=args.out)

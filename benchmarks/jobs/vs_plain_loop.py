@@ -1,19 +1,19 @@
-"""chip-fast distill against the plain PyTorch loop (bench/plain_loop.py), each timed as a whole
-process (start-up, loading, fill statistics and solve included), in one run, alternating.
+"""chip-fast distill against the plain PyTorch loop (plain_loop), each timed as a whole process
+(start-up, loading, fill statistics and solve included), in one run, alternating.
 
-    python bench/vs_plain_loop.py [--layer features.18] [--samples 4096] [--photos 16] [--repeats 2]
+    python -m benchmarks.jobs vs_plain_loop [--layer features.18] [--samples 4096] [--photos 16]
+        [--repeats 2]
 
 The data is a folder of symlinks to the first ``--photos`` photos (sorted names) of each class of
 ../shared/data/imagenette/train; the model MobileNetV2 with the real weights. Both runs use the
-same photos, classes, layer and sample count. Writes bench/results/vs_plain_loop/<layer>_<samples>.json
-and .md with wall, user and system seconds of each process, their ratio, and how well the two
-importance matrices agree (they use different random numbers, so they agree within sampling
-error, not exactly).
+same photos, classes, layer and sample count. Writes
+benchmarks/results/vs_plain_loop/<layer>_<samples>.json and .md with wall, user and system seconds
+of each process, their ratio, and how well the two importance matrices agree (they use different
+random numbers, so they agree within sampling error, not exactly).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.jobs.record import RESULTS, write_result
+
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 WEIGHTS = DATA / "weights" / "mobilenet_v2_imagenet1k.pth"
 
@@ -44,7 +46,9 @@ def photo_folder(dest: Path, per_class: int) -> Path:
 def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    # From the repository root, so that both "python -m" processes import this tree's chip_fast
+    # and benchmarks, whatever chip_fast an environment has installed.
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -65,14 +69,15 @@ def agreement(chip_file: Path, plain_file: Path, layer: str) -> dict[str, float]
     return {"weight_correlation_mean": sum(corr) / len(corr), "top10_overlap_mean": sum(top) / len(top)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layer", default="features.18")
     ap.add_argument("--samples", type=int, default=4096)
     ap.add_argument("--photos", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_plain_loop"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(RESULTS / "vs_plain_loop"))
+    args = ap.parse_args(argv)
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,7 +88,7 @@ def main() -> None:
                 "--samples-per-class", str(args.samples), "--device", "cpu",
                 "--fill", "noise", "--baseline", "none",   # the plain loop's work, no more
                 "--out", str(chip_out)]
-        plain = [sys.executable, str(ROOT / "bench" / "plain_loop.py"), "--data", str(data),
+        plain = [sys.executable, "-m", "benchmarks.jobs", "plain_loop", "--data", str(data),
                  "--layer", args.layer, "--samples", str(args.samples), "--out", str(plain_out)]
         runs: dict[str, list[dict[str, float]]] = {"chip_fast": [], "plain": []}
         for _ in range(args.repeats):
@@ -97,14 +102,11 @@ def main() -> None:
               "photos_per_class": args.photos, "cpu": platform.processor() or platform.machine(),
               "cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__, "runs": runs,
               "best_wall_s": best, "speedup": best["plain"] / best["chip_fast"],
-              "agreement": agree, "command": " ".join(["python bench/vs_plain_loop.py",
+              "agreement": agree, "command": " ".join(["python -m benchmarks.jobs vs_plain_loop",
                                                         f"--layer {args.layer}",
                                                         f"--samples {args.samples}",
                                                         f"--photos {args.photos}"])}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.layer.replace('.', '_')}_{args.samples}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     md = (f"| process | best wall s | user s | sys s |\n|---|---|---|---|\n" + "".join(
         f"| {n} | {best[n]:.1f} | {min(r['user_s'] for r in rs):.1f} | "
         f"{min(r['sys_s'] for r in rs):.1f} |\n" for n, rs in runs.items()) +
@@ -113,9 +115,4 @@ def main() -> None:
         f"per class, {result['cpus']} CPUs); importance agreement: mean correlation "
         f"{agree['weight_correlation_mean']:.3f}, top-10 overlap {agree['top10_overlap_mean']:.2f}\n"
         f"\n`{result['command']}`\n")
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-
-
-if __name__ == "__main__":
-    main()
+    write_result(stem, result, md, root=args.out)
