@@ -1,6 +1,6 @@
 """Compile every Triton kernel of chip_fast for NVIDIA GPUs ahead of time, without a GPU.
 
-    python bench/compile_check.py [--arch 90 80] [--json out.json]
+    python -m tools.compile_check [--arch 90 80] [--json out.json]      (from the repository root)
 
 For each kernel, the launch configurations its wrapper really chooses (block sizes, dtypes,
 fills, layouts) are recorded by calling the wrapper on the shapes the engine and the tests use,
@@ -8,7 +8,7 @@ with the launch replaced by a recorder; each distinct configuration is compiled 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` to PTX and a cubin, and
 ptxas (the one Triton ships) reports registers, spills and stack. Exit status 1 on any compile
 error. tests/test_compile.py runs this with the installed Triton;
-bench/compile_check_triton36.sh runs it with Triton 3.6, the version of the GPU machines.
+tools/compile_check_triton36.sh runs it with Triton 3.6, the version of the GPU machines.
 
 Must run with TRITON_INTERPRET unset (the interpreter replaces the kernels); it unsets it.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The compile check (bench/compile_check.py) with Triton 3.6, the version on the GPU machines,
+# The compile check (tools/compile_check.py) with Triton 3.6, the version on the GPU machines,
 # in its own virtual environment (the system's torch, Triton 3.6 in front of it). No GPU needed.
-# Usage: bash bench/compile_check_triton36.sh   (results in bench/results/compile_triton36.json)
+# Usage: bash tools/compile_check_triton36.sh   (results in tools/results/compile_triton36.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${CHIP_FAST_TRITON36_VENV:-${TMPDIR:-/tmp}/chip_fast_triton36}"
@@ -10,5 +10,5 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/python" -m pip install -q 'triton==3.6.*'
 fi
 "$VENV/bin/python" -c "import triton; print('triton', triton.__version__)"
-"$VENV/bin/python" bench/compile_check.py \
-    --arch 90 80 --json bench/results/compile_triton36.json
+"$VENV/bin/python" -m tools.compile_check \
+    --arch 90 80 --json tools/results/compile_triton36.json

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One script for a GPU machine: every Triton kernel against its reference on the GPU, the kernel
 # benchmarks, the distillation engine on CUDA against the CPU and against its floors
-# (bench/gpu_engine_check.py), and torchrun with NCCL on one GPU. Results, with the device name,
-# go to $OUT (or bench/results/gpu/ when OUT is unset). Each step has its own time limit; the
+# (tools/gpu_engine_check.py), and torchrun with NCCL on one GPU. Results, with the device name,
+# go to $OUT (or tools/results/gpu/ when OUT is unset). Each step has its own time limit; the
 # limits add up to 290 s, so the whole script fits in 5 minutes.
-# Usage, from anywhere:  bash bench/gpu_check.sh
+# Usage, from anywhere:  bash tools/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET CHIP_FAST_BACKEND
-OUT_DIR="${OUT:-bench/results/gpu}"
+OUT_DIR="${OUT:-tools/results/gpu}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 status=0
@@ -37,13 +37,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
 step kernel_tests 70 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_perturb.py \
     tests/test_perturb_means.py tests/test_response_sums.py tests/test_class_maps.py \
     tests/test_prox.py --junitxml="$OUT_DIR/test_kernels.xml"
-step kernel_bench 50 "$PY" -m pytest -q -p no:cacheprovider bench/bench_perturb.py \
-    bench/bench_perturb_means.py bench/bench_response_sums.py bench/bench_class_maps.py \
-    bench/bench_prox.py --benchmark-json="$OUT_DIR/bench_kernels.json" \
-    --benchmark-max-time=0.2 --benchmark-columns=min,median,rounds --benchmark-sort=name
-step engine 120 "$PY" bench/gpu_engine_check.py --out "$OUT_DIR"
+step kernel_bench 50 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_perturb.py \
+    benchmarks/test_perturb_means.py benchmarks/test_response_sums.py \
+    benchmarks/test_class_maps.py benchmarks/test_prox.py \
+    --benchmark-json="$OUT_DIR/bench_kernels.json" --benchmark-max-time=0.2 \
+    --benchmark-columns=min,median,rounds --benchmark-sort=name
+step engine 120 "$PY" -m tools.gpu_engine_check --out "$OUT_DIR"
 # torchrun + NCCL on the one GPU: the distributed path end to end (init, broadcast, gather).
 step torchrun_nccl 40 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
-    bench/gpu_engine_check.py --out "$OUT_DIR/torchrun" --only correctness --quick
+    -m tools.gpu_engine_check --out "$OUT_DIR/torchrun" --only correctness --quick
 echo "== results in $OUT_DIR (status $status)"
 exit $status

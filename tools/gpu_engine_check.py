@@ -1,8 +1,8 @@
 """The distillation engine on a GPU: correctness against the CPU, and throughput against the
-floors that bound it. Run by bench/gpu_check.sh; with ``--device cpu --quick`` it runs here as a
+floors that bound it. Run by tools/gpu_check.sh; with ``--device cpu --quick`` it runs here as a
 smoke test of the script itself.
 
-    python bench/gpu_engine_check.py --out DIR [--device cuda] [--quick]
+    python -m tools.gpu_engine_check --out DIR [--device cuda] [--quick]    (from the repo root)
 
 1. Correctness: a small CNN distilled on the GPU and on the CPU (same seed: same masks, same
    fill numbers to float32 rounding) gives the same statistics r within the tail's precision,
@@ -34,9 +34,9 @@ import torchvision
 from torch import nn
 
 import chip_fast
+from chip_fast import DistillSettings
 from chip_fast.util.cpus import usable_cpus
 from chip_fast.distill.job import DistillJob
-from chip_fast.distill.plan import DistillSettings
 from chip_fast.models.split import SplitModel
 from chip_fast.distill.tails import TailRunner
 
@@ -239,7 +239,7 @@ def imagenet_job(device: torch.device, vgg: dict, quick: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench/results/gpu")
+    ap.add_argument("--out", default="tools/results/gpu")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     ap.add_argument("--only", nargs="*", help="parts to run (default all)")
