@@ -1,6 +1,7 @@
 """What CHIP at a linear head converges to with unlimited samples, scored against CAM.
 
-    python bench/chip_limit.py [--limit 630] [--faithfulness 50] [--out bench/results/chip_limit]
+    python -m experiments.chip_limit [--limit 630] [--faithfulness 50]
+        [--out experiments/chip_limit/results]
 
 At MobileNetV2's features.18 the tail is global average pooling + a linear layer, so the class-c
 logit of a perturbed network is exactly linear in the masks:
@@ -26,15 +27,13 @@ from pathlib import Path
 import torch
 
 import chip_fast
+from chip_fast import DistillSettings, Importance
 from chip_fast.distill.job import DistillJob
-from chip_fast.distill.plan import DistillSettings
-from chip_fast.evaluation.dataset import load_val_dir
-from chip_fast.evaluation.interop import chip_method
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.importance.core import Importance, model_fingerprint
-from chip_fast.models.loading import load_model
+from chip_fast.evaluation import EvalSettings, chip_method, evaluate, load_val_dir
+from chip_fast.importance.core import model_fingerprint
+from chip_fast.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 LAYER = "features.18"
 
@@ -73,10 +72,10 @@ def limit_importance(model: torch.nn.Module, classes: list[int], coef: torch.Ten
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.chip_limit")
     ap.add_argument("--limit", type=int, default=630)
     ap.add_argument("--faithfulness", type=int, default=50)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chip_limit"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")

@@ -4,7 +4,7 @@ the library's other defaults, two seeds each; the fit (held-out R^2), the stabil
 class's top-10 channels across the seeds, and the CHIP maps scored on both halves of val-dev
 (the decision is read on the selection half).
 
-    python bench/imagenette_baseline.py [--out bench/results/imagenette_baseline]
+    python -m experiments.imagenette.baseline [--out experiments/imagenette/results/baseline]
 
 Distillations are cached as .chip files in --work (``mnv2_<baseline>_seed<s>.chip``), so a
 rerun only scores.
@@ -19,22 +19,25 @@ from pathlib import Path
 
 import torch
 
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.models.layers import default_layers
-from imagenette_common import (ROOT, TRAIN, chip_maps, distill_cached, halves, library_defaults,
-                               median_r2, mobilenet_v2, table, top_channel_overlap)
+import chip_fast
+from chip_fast.evaluation import EvalSettings, evaluate
+
+from experiments.imagenette.common import (RESULTS, TRAIN, chip_maps, distill_cached, halves,
+                                           library_defaults, median_r2, mobilenet_v2, table,
+                                           top_channel_overlap)
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "imagenette_baseline"))
-    ap.add_argument("--work", default=str(ROOT / "bench" / "results" / "imagenette"))
+    ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.baseline")
+    ap.add_argument("--out", default=str(RESULTS / "baseline"))
+    ap.add_argument("--work", default=str(RESULTS / "table"))
     args = ap.parse_args()
     torch.manual_seed(0)
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     model = mobilenet_v2()
-    layers = default_layers(model)
+    layers = chip_fast.default_layers(model)
     extra = {k: v for k, v in library_defaults().items() if k != "baseline"}
     runs, seconds = {}, {}
     for baseline in ("none", "view"):
@@ -65,7 +68,7 @@ def main() -> None:
     (out / "run.json").write_text(json.dumps({
         "layers": layers, "distill_s": seconds, "held_out_r2_median": fit,
         "top10_stability": stable, "settings": runs["view"][0].settings,
-        "command": "python bench/imagenette_baseline.py",
+        "command": "python -m experiments.imagenette.baseline",
         "device": f"CPU, {torch.get_num_threads()} threads"}, indent=1, default=str))
     print((out / "table.md").read_text())
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the imagenette benches (bench/imagenette_search.py, imagenette_table.py):
+"""Shared pieces of the imagenette study (search, table, baseline, variants, stability):
 the model, the two halves of val-dev, distillation with a cache, the peers, held-out R^2 and
 top-channel stability. Only chip_fast's public API is used, so the scripts keep working while
 the distillation engine changes underneath.
@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 import chip_fast
-from chip_fast.evaluation.dataset import LocDataset, load_val_dir
+from chip_fast.evaluation import LocDataset, chip_method, load_val_dir
 from chip_fast.evaluation.peers import peer
-from chip_fast.models.loading import load_model
+from chip_fast.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
 DATA = ROOT / ".." / "shared" / "data"
 TRAIN = DATA / "imagenette" / "train"
 VAL = DATA / "imagenette" / "val-dev"
@@ -86,8 +87,7 @@ def distill_cached(model: torch.nn.Module, path: Path, data: Path = TRAIN,
 def library_defaults() -> dict[str, Any]:
     """The settings of DistillSettings that change the maps, passed explicitly, so a table is
     the library's defaults even where a keyword default of distill_all_classes would lag."""
-    from chip_fast.distill.plan import DistillSettings
-    defaults = DistillSettings()
+    defaults = chip_fast.DistillSettings()
     return {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
                                               "alpha", "nonneg", "augment", "baseline")}
 
@@ -100,7 +100,6 @@ def chip_maps(imp: chip_fast.Importance, layers: list[str], suffix: str = "",
               refined: str = "Refined CHIP") -> dict[str, Any]:
     """Evaluation methods for ``imp``: Refined CHIP and each layer's CHIP map, named with
     ``suffix``."""
-    from chip_fast.evaluation.interop import chip_method
     methods = {f"{refined}{suffix}": chip_method(imp, None)}
     for layer in layers:
         methods[f"CHIP @ {layer}{suffix}"] = chip_method(imp, [layer])

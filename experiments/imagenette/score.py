@@ -1,6 +1,6 @@
 """Scoring for the imagenette search: localization of CHIP maps (per layer, and every
 candidate way of combining the layers) and of the peers, on one half of val-dev, from the
-metrics of chip_fast.evaluation. Used by bench/imagenette_search.py (``score``)."""
+metrics of chip_fast.evaluation. Used by search.py (``score``)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ import torch
 
 import chip_fast
 from chip_fast.evaluation import metrics as M
-from imagenette_common import DEEP, MID, halves, mobilenet_v2, peers_at, top_channel_overlap
+from experiments.imagenette.common import (DEEP, MID, halves, mobilenet_v2, peers_at,
+                                           top_channel_overlap)
 
 Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

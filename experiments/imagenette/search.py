@@ -2,12 +2,12 @@
 on imagenette/train (300 photos per class) with one choice changed at a time, scored on the
 *selection* half of val-dev only (even-indexed photos).
 
-    python bench/imagenette_search.py distill   # the runs below, cached in --work
-    python bench/imagenette_search.py score     # maps of every run and combination, selection half
+    python -m experiments.imagenette.search distill   # the runs below, cached in --work
+    python -m experiments.imagenette.search score     # maps of every run and combination
 
 Runs are cached as .chip files (with their wall time) in --work, so both stages can be stopped
 and resumed; the time of the whole search is the sum of those times plus the scoring time,
-written to bench/results/imagenette_search/.
+written to experiments/imagenette/results/search/.
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from imagenette_common import DEEP, MID, ROOT, distill_cached, mobilenet_v2, photo_subset
+from experiments.imagenette.common import (DEEP, MID, RESULTS, distill_cached, mobilenet_v2,
+                                           photo_subset)
 
-OUT = ROOT / "bench" / "results" / "imagenette_search"
+OUT = RESULTS / "search"
 
 # name -> (photos per class or None for all 300, distill_all_classes settings)
 RUNS: dict[str, tuple[int | None, dict]] = {
@@ -62,7 +63,7 @@ def distill(work: Path, only: list[str] | None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.search")
     ap.add_argument("stage", choices=["distill", "score"])
     ap.add_argument("--work", default="/tmp/chip_imagenette_search")
     ap.add_argument("--only", help="comma list of run names")
@@ -74,7 +75,7 @@ def main() -> None:
     if args.stage == "distill":
         distill(work, only)
     else:
-        from imagenette_score import score
+        from experiments.imagenette.score import score
         score(work, OUT)
 
 

@@ -1,7 +1,7 @@
 """How stable a class's top channels are, and how well the sparse linear model fits, against the
-number of samples, on the imagenette runs of bench/imagenette_search.py and imagenette_table.py.
+number of samples, on the imagenette runs of search.py and table.py.
 
-    python bench/imagenette_stability.py [--work /tmp/chip_imagenette_search]
+    python -m experiments.imagenette.stability [--work /tmp/chip_imagenette_search]
 
 For each distillation: the held-out R^2 per class and layer (Importance.fit_quality: the fit on
 folds 0..2 scored on fold 3); for pairs of seeds, the share of a class's top-10 channels (by
@@ -20,7 +20,9 @@ import torch
 
 import chip_fast
 from chip_fast.models.split import split_model
-from imagenette_common import DEEP, ROOT, TRAIN, mobilenet_v2, top_channel_overlap, top_channels
+
+from experiments.imagenette.common import (DEEP, RESULTS, TRAIN, mobilenet_v2, top_channel_overlap,
+                                           top_channels)
 
 
 def class_means(model: torch.nn.Module, classes: list[int]) -> dict[int, torch.Tensor]:
@@ -52,14 +54,14 @@ def limit_top10(model: torch.nn.Module, classes: list[int], alpha: float = 0.1
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.stability")
     ap.add_argument("--work", default="/tmp/chip_imagenette_search")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "imagenette_search"))
+    ap.add_argument("--out", default=str(RESULTS / "search"))
     args = ap.parse_args()
     model = mobilenet_v2()
     runs = {p.stem: p for p in sorted(Path(args.work).glob("zero_logit_*.chip"))}
     runs.update({f"table_{p.stem}": p for p in
-                 sorted((ROOT / "bench" / "results" / "imagenette").glob("mnv2_seed*.chip"))})
+                 sorted((RESULTS / "table").glob("mnv2_seed*.chip"))})
     imps = {name: chip_fast.load_importance(p) for name, p in runs.items()}
     limit = limit_top10(model, next(iter(imps.values())).classes)
     rows = {}

@@ -1,14 +1,15 @@
 """The paper's setting: CHIP distilled from 300 photos per class (imagenette/train) against the
 peers, on both halves of imagenette/val-dev, in one command.
 
-    python bench/imagenette_table.py [--out bench/results/imagenette] [--samples N]
+    python -m experiments.imagenette.table [--out experiments/imagenette/results/table]
+        [--samples N]
 
 MobileNetV2 (../shared/data), CHIP exactly as ``distill_all_classes`` + ``explain`` give it
 with their defaults (default layers, Refined CHIP, every DistillSettings default), seed 0,
 on imagenette/train; each layer's CHIP map beside it. Peers (CAM, and pytorch-grad-cam's
 Grad-CAM, Grad-CAM++, Layer-CAM) at features.18 and at every layer CHIP uses. Scored by
 chip_fast.evaluation on the selection half (even-indexed val-dev photos in sorted order, where
-the defaults were chosen: bench/imagenette_search.py) and on the confirmation half (odd). Also
+the defaults were chosen: experiments/imagenette/search.py) and on the confirmation half (odd). Also
 written: the held-out R^2 of the sparse linear model per class and layer, and, with --seeds 2,
 how many of a class's top-10 channels a second seed finds again.
 """
@@ -22,11 +23,11 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.models.layers import default_layers
-from imagenette_common import (BOX_COLUMNS, DEEP, ROOT, TRAIN, chip_maps, distill_cached, halves,
-                               library_defaults, mobilenet_v2, peers_at, table,
-                               top_channel_overlap)
+from chip_fast.evaluation import EvalSettings, evaluate
+
+from experiments.imagenette.common import (BOX_COLUMNS, DEEP, RESULTS, TRAIN, chip_maps,
+                                           distill_cached, halves, library_defaults, mobilenet_v2,
+                                           peers_at, table, top_channel_overlap)
 
 COLUMNS = BOX_COLUMNS + (("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"),
                          ("ms/image", "ms_per_image"))
@@ -44,8 +45,8 @@ def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "imagenette"))
+    ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.table")
+    ap.add_argument("--out", default=str(RESULTS / "table"))
     ap.add_argument("--samples", type=int, help="samples per class (default: the library's)")
     ap.add_argument("--seeds", type=int, default=2, help="distillations for the stability check")
     ap.add_argument("--faithfulness", type=int, default=32, help="photos per half with "
@@ -55,7 +56,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = mobilenet_v2()
-    layers = default_layers(model)
+    layers = chip_fast.default_layers(model)
     extra = library_defaults()
     if args.samples is not None:
         extra["samples_per_class"] = args.samples

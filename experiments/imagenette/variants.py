@@ -2,7 +2,7 @@
 (the search's half): MobileNetV2 at its default layers on imagenette/train, seed 0, the CHIP
 maps (Refined and each layer) and the held-out R^2.
 
-    python bench/imagenette_variants.py samples_per_class=4096 p_keep=0.75
+    python -m experiments.imagenette.variants samples_per_class=4096 p_keep=0.75
 
 Each argument is one variant (a DistillSettings field and its value); the defaults run too.
 Distillations are cached in --work; results go to --out/table.md.
@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.models.layers import default_layers
-from imagenette_common import (ROOT, TRAIN, chip_maps, distill_cached, halves, library_defaults,
-                               median_r2, mobilenet_v2, table)
+import chip_fast
+from chip_fast.evaluation import EvalSettings, evaluate
+
+from experiments.imagenette.common import (RESULTS, TRAIN, chip_maps, distill_cached, halves,
+                                           library_defaults, median_r2, mobilenet_v2, table)
+
 
 def parse(variant: str) -> tuple[str, object]:
     key, _, text = variant.partition("=")
@@ -30,16 +32,16 @@ def parse(variant: str) -> tuple[str, object]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.variants")
     ap.add_argument("variants", nargs="*", help="field=value, e.g. samples_per_class=4096")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "imagenette_variants"))
-    ap.add_argument("--work", default=str(ROOT / "bench" / "results" / "imagenette"))
+    ap.add_argument("--out", default=str(RESULTS / "variants"))
+    ap.add_argument("--work", default=str(RESULTS / "table"))
     args = ap.parse_args()
     torch.manual_seed(0)
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     model = mobilenet_v2()
-    layers = default_layers(model)
+    layers = chip_fast.default_layers(model)
     runs, info = {}, {}
     for variant in ["defaults", *args.variants]:
         settings = library_defaults()
@@ -48,7 +50,7 @@ def main() -> None:
             settings[key] = value
         name = variant.replace("=", "_").replace(".", "p")
         t0 = time.perf_counter()
-        # The defaults' file is bench/imagenette_table.py's seed-0 file when present.
+        # The defaults' file is the table's seed-0 file (results/table) when present.
         path = work / ("mnv2_seed0.chip" if variant == "defaults" else f"mnv2_{name}.chip")
         imp = distill_cached(model, path, TRAIN, None, **settings, seed=0)
         runs[variant] = imp
@@ -66,7 +68,7 @@ def main() -> None:
                                               for l in layers) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "run.json").write_text(json.dumps({
-        "variants": info, "command": "python bench/imagenette_variants.py "
+        "variants": info, "command": "python -m experiments.imagenette.variants "
         + " ".join(args.variants), "device": f"CPU, {torch.get_num_threads()} threads"},
         indent=1))
     print((out / "table.md").read_text())

