@@ -46,7 +46,7 @@ class DistillSettings:
     nonneg: bool = False
     augment: bool | int = False
     # Perturbed samples per tail forward; None: 64 on a CPU, where a batch that stays in cache
-    # makes the tails 1.7x faster than 256 (bench/results/batch_size_cpu), else 256.
+    # makes the tails 1.7x faster than 256 (benchmarks/results/batch_size_cpu), else 256.
     batch_size: int | None = None
     classes_per_unit: int = 8
     samples_per_unit: int = 512

@@ -49,7 +49,7 @@ def refine(maps: list[torch.Tensor]) -> torch.Tensor:
 
     The product lets the class-discriminative deep map gate the finer one: a location counts
     only where both layers see the class. Measured against the alternatives on the selection
-    half of imagenette (bench/imagenette_search.py, docs/evaluation.md), it is as good as any
+    half of imagenette (experiments/imagenette/search.py, docs/evaluation.md), it is as good as any
     on MaxBoxAcc (weighted geometric means, sums and thresholded gates are within the noise of
     127 photos or worse) and the only one whose best threshold sits at the field's fixed 0.2
     (0.18-0.24 across runs, against ~0.45 for one layer's map), so GT-known@0.2 and the top-1
