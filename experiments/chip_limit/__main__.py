@@ -42,8 +42,11 @@ def class_deviations(model: torch.nn.Module, classes: list[int]
                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """d_c and mu_c = E_views[abar] for every class (rows of (num_classes, K) float64
     tensors), and num_classes. With fill="zero" the fill's mean is 0, so d_c becomes mu_c."""
+    # Noise fill, as when the docs' table was made: d_c needs the fill mean mu, which the
+    # default zero fill has no pass to measure.
     job = DistillJob(model, chip_fast.ImageFolderSource(DATA / "imagenet-sample" / "train"),
-                     [LAYER], DistillSettings(samples_per_class=2048, augment=8), classes)
+                     [LAYER], DistillSettings(samples_per_class=2048, augment=8, fill="noise"),
+                     classes)
     try:
         with torch.inference_mode():
             job.measure_fill_statistics()
