@@ -1,7 +1,7 @@
 """Fused perturbation: T perturbed activation tensors in one launch, written once in the dtype and
 layout the tail consumes (e.g. bf16 channels-last on CUDA).
 
-Registers (bench/compile_check.py, ptxas): 40-92 per thread, no spills with Triton 3.8. With
+Registers (tools/compile_check.py, ptxas): 40-92 per thread, no spills with Triton 3.8. With
 Triton 3.6, _perturb_kernel spills 4 bytes (one stack word) for float64 activations written as
 bf16 channels-last on sm_90, a combination the engine launches only for a float64 model with
 bf16 tails; a 4-byte stack slot per thread, left as is (not measured on a GPU).

@@ -1,5 +1,5 @@
 """GPU code checked without a GPU: every Triton kernel compiles for H100/H200 (sm_90) and A100
-(sm_80) in every launch configuration its wrapper chooses (bench/compile_check.py, run in its own
+(sm_80) in every launch configuration its wrapper chooses (tools/compile_check.py, run in its own
 process because the kernel tests switch Triton to its interpreter), and no kernel of the hot
 loop spills registers unless its docstring says why."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_kernel_compiles_for_sm90_and_sm80(tmp_path):
     out = tmp_path / "compile.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compile_check.py"),
+    proc = subprocess.run([sys.executable, "-m", "tools.compile_check",
                            "--arch", "90", "80", "--json", str(out)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     print(proc.stdout[-20000:])            # registers, spills, shared memory: -s shows them
