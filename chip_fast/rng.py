@@ -17,6 +17,11 @@ c3 (from TAG_SHIFT up) say which stream a counter belongs to, the low 28 (CLASS_
 - keep mask of (sample i, channel k): counter (i, k // 4, 0, MASK_TAG_WORD), word k % 4.
   Masks do not depend on the class: every class sees the same mask stream, so the Gram matrix of
   the masks is shared by all classes and the solve is one batched problem (METHOD.md).
+  Antithetic design (``antithetic=True``, p_keep 0.5): samples 2j and 2j + 1 are a pair; both
+  draw counter (j, k // 4, 0, MASK_TAG_WORD), and the odd one keeps exactly the channels the
+  even one drops. A pair shares its view and its fold (``fold_of``), so the part of a response
+  that is even in the mask (its view's offset, pairwise interactions of channels) cancels
+  inside every pair and never reaches the covariances.
 - fill noise of (class c, sample i, channel k, element e): counter (i, k, e // 4,
   (c & CLASS_BITS) | NOISE_TAG_WORD), Box-Muller on words (0, 1) and (2, 3), element e takes
   normal e % 4.
@@ -92,16 +97,35 @@ def keep_threshold(p_keep: float) -> int:
     return min(int(round(p_keep * 2.0**32)), _U32)
 
 
-def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:
+def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float,
+               antithetic: bool = False) -> torch.Tensor:
     """Bernoulli(p_keep) keep masks z of shape (len(samples), channels), as bool.
 
     ``samples`` are per-class sample indices; the mask of a sample is the same for every class,
-    so a batch that holds a sample for several classes draws its mask once.
+    so a batch that holds a sample for several classes draws its mask once. ``antithetic``: the
+    paired design of the module doc (odd samples complement their even partner).
     """
-    unique, inverse = torch.unique(samples, return_inverse=True)
-    if len(unique) < len(samples):
-        return _keep_masks(seed, unique, channels, p_keep).index_select(0, inverse)
-    return _keep_masks(seed, samples, channels, p_keep)
+    draws = samples >> 1 if antithetic else samples
+    unique, inverse = torch.unique(draws, return_inverse=True)
+    if len(unique) < len(draws):
+        masks = _keep_masks(seed, unique, channels, p_keep).index_select(0, inverse)
+    else:
+        masks = _keep_masks(seed, draws, channels, p_keep)
+    if antithetic:
+        masks ^= (samples & 1).bool()[:, None]
+    return masks
+
+
+def fold_of(samples: torch.Tensor, folds: int, antithetic: bool = False) -> torch.Tensor:
+    """The fold of each sample: i % folds, or (i // 2) % folds in the antithetic design (a pair
+    stays in one fold, so every fold is a sample of whole pairs)."""
+    return (samples >> 1 if antithetic else samples) % folds
+
+
+def pair_start(samples: torch.Tensor, antithetic: bool = False) -> torch.Tensor:
+    """The first sample of each sample's pair (itself without the antithetic design): what a
+    pair shares, its view, is keyed by it."""
+    return (samples >> 1) << 1 if antithetic else samples
 
 
 def _keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:

@@ -83,23 +83,29 @@ def _perturb_launches() -> list[tuple]:
         if layout == "nhwc_bf16":   # the CUDA engine: bf16 channels-last into the tail's input
             out_buf = torch.empty(t, k, *sp, dtype=torch.bfloat16).contiguous(
                 memory_format=torch.channels_last)
-        out += _record(k_perturb, "_perturb_kernel", lambda: perturb_kernel(
-            acts, idx, idx, idx, seed=2**63 + 5, p_keep=0.5, fill=fill, mu=torch.zeros(k),
-            sigma=torch.ones(k), out=out_buf))
+        # The engine's antithetic design for its own layout and dtypes; both designs elsewhere
+        # would double the configurations without reaching another code path.
+        designs = (False, True) if layout == "nhwc_bf16" or dtype == torch.float32 else (False,)
+        for antithetic in designs:
+            out += _record(k_perturb, "_perturb_kernel", lambda: perturb_kernel(
+                acts, idx, idx, idx, seed=2**63 + 5, p_keep=0.5, fill=fill, mu=torch.zeros(k),
+                sigma=torch.ones(k), out=out_buf, antithetic=antithetic))
     return out
 
 
 def _other_launches() -> list[tuple]:
     out = []
-    for t, k, rows in [(4096, 1280, 32), (8192, 576, 64), (100, 13, 3), (30, 3, 1000)]:
+    for (t, k, rows), anti in itertools.product(
+            [(4096, 1280, 32), (8192, 576, 64), (100, 13, 3), (30, 3, 1000)], (False, True)):
         samples, y = torch.arange(t), torch.zeros(t)
         out += _record(k_sums, "_response_sums_kernel", lambda: response_sums_kernel(
-            2**40 + 17, samples, 0.5, k, y, samples % rows, rows))
-    for (t, k), fill in itertools.product([(4096, 1280), (9, 13)], ("noise", "zero", "mean")):
+            2**40 + 17, samples, 0.5, k, y, samples % rows, rows, antithetic=anti))
+    for (t, k), fill, anti in itertools.product([(4096, 1280), (9, 13)],
+                                                ("noise", "zero", "mean"), (False, True)):
         idx = torch.arange(t) % 4
         out += _record(k_means, "_perturb_means_kernel", lambda: perturb_means_kernel(
             torch.zeros(4, k), idx, idx, idx, seed=3, p_keep=0.5, fill=fill, mu=torch.zeros(k),
-            sigma=torch.ones(k), elements=49))
+            sigma=torch.ones(k), elements=49, antithetic=anti))
     for (b, k, h, w, c, p, size), dtype in itertools.product(
             [(8, 1280, 7, 7, 1000, 8, (224, 224)), (8, 576, 14, 14, 1000, 8, (224, 224)),
              (2, 13, 5, 7, 3, 5, (17, 23))], (torch.float32, torch.bfloat16, torch.float16)):

@@ -44,7 +44,8 @@ def _fill_quarter(a_row, o_row, e, a_se, o_se, row_ok, E, keep, fill):
 def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr, out_ptr,
                     K, E, a_sv, a_sk, a_se, o_st, o_sk, o_se, key0, key1, threshold,
                     FILL: tl.constexpr, MASK_TAG: tl.constexpr, NOISE_TAG: tl.constexpr,
-                    CLASS_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
+                    CLASS_MASK: tl.constexpr, ANTITHETIC: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_Q: tl.constexpr):
     # One program: one sample t and BLOCK_C channels, looping over the E spatial elements in
     # quads of 4 (one Philox call gives the noise of 4 consecutive elements, as in rng.fill_noise).
     # Element e of channel k sits at k * s_k + e * s_e, so one kernel serves NCHW (s_e = 1) and
@@ -60,13 +61,20 @@ def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr
     s = tl.load(sample_ptr + t).to(tl.uint32)
     cls = tl.load(class_ptr + t)
 
-    # Keep mask of (t, k): counter (sample, k // 4, 0, MASK_TAG), word k % 4.
+    # Keep mask of (t, k): counter (draw, k // 4, 0, MASK_TAG), word k % 4; the draw is the
+    # sample, or its pair (sample // 2) in the antithetic design, whose odd member complements.
     zero = tl.zeros([BLOCK_C], dtype=tl.uint32)
-    m0, m1, m2, m3 = philox4x32_10(zero + s, (k // 4).to(tl.uint32), zero,
+    if ANTITHETIC:
+        draw = s >> 1
+    else:
+        draw = s
+    m0, m1, m2, m3 = philox4x32_10(zero + draw, (k // 4).to(tl.uint32), zero,
                                    zero + MASK_TAG, k0, k1)
     j = k % 4
     word = tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
     keep = word < thr
+    if ANTITHETIC:
+        keep = keep != ((s & 1) == 1)
 
     kk = k.to(tl.int64)[:, None]
     a_row = acts_ptr + v * a_sv + kk * a_sk
@@ -135,13 +143,14 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
                    samples: torch.Tensor, *, key: tuple[int, int], threshold: int,
                    mask_tag: int, noise_tag: int, class_mask: int, fill: str,
                    mu: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor | None = None,
-                   channels_last: bool = False, validate: bool = True) -> torch.Tensor:
+                   channels_last: bool = False, validate: bool = True,
+                   antithetic: bool = False) -> torch.Tensor:
     """``perturb_reference``'s activations in one launch: (T, K, *spatial).
 
     key, threshold: the uint32 Philox key words and keep threshold (``rng.seed_key``,
     ``rng.keep_threshold``); mask_tag, noise_tag, class_mask: the counter layout's tag words and
-    class bits (``rng.MASK_TAG_WORD``, ``rng.NOISE_TAG_WORD``, ``rng.CLASS_BITS``).
-    ``out``: write there (its dtype and layout, e.g. a CUDA graph's bf16 channels-last input);
+    class bits (``rng.MASK_TAG_WORD``, ``rng.NOISE_TAG_WORD``, ``rng.CLASS_BITS``);
+    ``antithetic``: the paired mask design (``rng.keep_masks``). ``out``: write there (its dtype and layout, e.g. a CUDA graph's bf16 channels-last input);
     else a new tensor in acts' dtype, channels-last with ``channels_last``. The keep decisions
     are bit-identical to ``rng.keep_masks``; noise matches ``rng.fill_noise`` to float32 rounding
     of log/cos/sin (~1e-6 relative). ``validate=False`` skips the index range checks, which
@@ -201,5 +210,6 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
     _perturb_kernel[grid](acts, view, classes, samples, mu, sigma, out, k, e,
                           a_sv, a_sk, a_se, o_st, o_sk, o_se, key0, key1, threshold,
                           FILL=_FILL_CODES[fill], MASK_TAG=mask_tag, NOISE_TAG=noise_tag,
-                          CLASS_MASK=class_mask, BLOCK_C=block_c, BLOCK_Q=block_q)
+                          CLASS_MASK=class_mask, ANTITHETIC=bool(antithetic), BLOCK_C=block_c,
+                          BLOCK_Q=block_q)
     return out

@@ -23,7 +23,7 @@ _FILL_CODES = {"noise": 0, "zero": 1, "mean": 2}
 
 
 @triton.jit
-def _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, t, c, t_ok, K, word, thr, normal,
+def _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, t, c, t_ok, K, keep, normal,
                 scale, FILL: tl.constexpr):
     """out[t, c] = means[v, c] where kept, else the fill mean, for one lane of the quads."""
     ok = t_ok[:, None] & (c < K)[None, :]
@@ -36,15 +36,15 @@ def _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, t, c, t_ok, K, word, t
         fill = tl.zeros_like(a)
     else:
         fill = tl.zeros_like(a) + mu[None, :]
-    tl.store(out_ptr + t[:, None] * K + c[None, :], tl.where(word < thr, a, fill), mask=ok)
+    tl.store(out_ptr + t[:, None] * K + c[None, :], tl.where(keep, a, fill), mask=ok)
 
 
 @triton.jit(do_not_specialize=["key0", "key1", "threshold"])
 def _perturb_means_kernel(means_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr,
                           out_ptr, T, K, key0, key1, threshold, scale,
                           FILL: tl.constexpr, MASK_TAG: tl.constexpr, NOISE_TAG: tl.constexpr,
-                          CLASS_MASK: tl.constexpr, BLOCK_T: tl.constexpr,
-                          BLOCK_Q: tl.constexpr):
+                          CLASS_MASK: tl.constexpr, ANTITHETIC: tl.constexpr,
+                          BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr):
     # Program: BLOCK_T samples x BLOCK_Q channel quads (channels 4q .. 4q + 3).
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -56,8 +56,23 @@ def _perturb_means_kernel(means_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, si
     s = tl.load(sample_ptr + t, mask=t_ok, other=0).to(tl.uint32)
     zero = tl.zeros([BLOCK_T, BLOCK_Q], dtype=tl.uint32)
     qu = zero + q[None, :].to(tl.uint32)
-    # Keep masks: counter (sample, quad, 0, MASK_TAG), word j for channel 4q + j.
-    m0, m1, m2, m3 = philox4x32_10(zero + s[:, None], qu, zero, zero + MASK_TAG, k0, k1)
+    # Keep masks: counter (draw, quad, 0, MASK_TAG), word j for channel 4q + j; the draw is the
+    # sample, or its pair in the antithetic design, whose odd member complements.
+    if ANTITHETIC:
+        draw = s >> 1
+    else:
+        draw = s
+    m0, m1, m2, m3 = philox4x32_10(zero + draw[:, None], qu, zero, zero + MASK_TAG, k0, k1)
+    keep0 = m0 < thr
+    keep1 = m1 < thr
+    keep2 = m2 < thr
+    keep3 = m3 < thr
+    if ANTITHETIC:
+        odd = ((s & 1) == 1)[:, None]
+        keep0 = keep0 != odd
+        keep1 = keep1 != odd
+        keep2 = keep2 != odd
+        keep3 = keep3 != odd
     if FILL == 0:
         # Fill means: counter (sample, quad, 0, (class & CLASS_MASK) | NOISE_TAG).
         cls = tl.load(class_ptr + t, mask=t_ok, other=0)
@@ -72,12 +87,12 @@ def _perturb_means_kernel(means_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, si
         n3 = n0
     tt = t.to(tl.int64)
     c = 4 * q
-    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c, t_ok, K, m0, thr, n0, scale, FILL)
-    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c + 1, t_ok, K, m1, thr, n1, scale,
+    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c, t_ok, K, keep0, n0, scale, FILL)
+    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c + 1, t_ok, K, keep1, n1, scale,
                 FILL)
-    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c + 2, t_ok, K, m2, thr, n2, scale,
+    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c + 2, t_ok, K, keep2, n2, scale,
                 FILL)
-    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c + 3, t_ok, K, m3, thr, n3, scale,
+    _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, tt, c + 3, t_ok, K, keep3, n3, scale,
                 FILL)
 
 
@@ -85,7 +100,7 @@ def perturb_means_triton(means: torch.Tensor, view: torch.Tensor, classes: torch
                          samples: torch.Tensor, *, key: tuple[int, int], threshold: int,
                          mask_tag: int, noise_tag: int, class_mask: int, fill: str,
                          mu: torch.Tensor, sigma: torch.Tensor, scale: float,
-                         validate: bool = True) -> torch.Tensor:
+                         validate: bool = True, antithetic: bool = False) -> torch.Tensor:
     """(T, K) float32 perturbed spatial means (``perturb_means_reference`` without masks).
 
     means: (V, K) spatial means of the views; scale: 1 / sqrt(E) as float32 (the std of a mean
@@ -123,5 +138,6 @@ def perturb_means_triton(means: torch.Tensor, view: torch.Tensor, classes: torch
                                 mu.float().contiguous(), sigma.float().contiguous(), out, t, k,
                                 key0, key1, u32_as_i32(threshold), scale,
                                 FILL=_FILL_CODES[fill], MASK_TAG=mask_tag, NOISE_TAG=noise_tag,
-                                CLASS_MASK=class_mask, BLOCK_T=block_t, BLOCK_Q=block_q)
+                                CLASS_MASK=class_mask, ANTITHETIC=bool(antithetic),
+                                BLOCK_T=block_t, BLOCK_Q=block_q)
     return out

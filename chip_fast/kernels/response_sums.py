@@ -28,7 +28,8 @@ from .philox import philox4x32_10
 @triton.jit(do_not_specialize=["key0", "key1", "threshold"])
 def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, syy_ptr, K, S,
                           key0, key1, threshold, MASK_TAG: tl.constexpr,
-                          BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr):
+                          ANTITHETIC: tl.constexpr, BLOCK_T: tl.constexpr,
+                          BLOCK_Q: tl.constexpr):
     # Program (row r, split s, block of BLOCK_Q channel quads). The samples of row r are
     # sorted_samples[bounds[r]:bounds[r+1]]; split s takes its s-th contiguous slice.
     r = tl.program_id(0).to(tl.int64)
@@ -59,13 +60,27 @@ def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, syy_pt
         ok = i < hi
         smp = tl.load(sample_ptr + i, mask=ok, other=0).to(tl.uint32)
         y = tl.load(y_ptr + i, mask=ok, other=0.0).to(tl.float64)  # padding rows add 0
-        w0, w1, w2, w3 = philox4x32_10(zero + smp[:, None], zero + qu[None, :], zero,
+        if ANTITHETIC:  # a pair's draw; its odd member complements
+            draw = smp >> 1
+        else:
+            draw = smp
+        w0, w1, w2, w3 = philox4x32_10(zero + draw[:, None], zero + qu[None, :], zero,
                                        zero + MASK_TAG, k0, k1)
+        keep0 = w0 < thr
+        keep1 = w1 < thr
+        keep2 = w2 < thr
+        keep3 = w3 < thr
+        if ANTITHETIC:
+            odd = ((smp & 1) == 1)[:, None]
+            keep0 = keep0 != odd
+            keep1 = keep1 != odd
+            keep2 = keep2 != odd
+            keep3 = keep3 != odd
         yb = y[:, None]
-        acc0 += tl.sum(tl.where(w0 < thr, yb, 0.0), axis=0)
-        acc1 += tl.sum(tl.where(w1 < thr, yb, 0.0), axis=0)
-        acc2 += tl.sum(tl.where(w2 < thr, yb, 0.0), axis=0)
-        acc3 += tl.sum(tl.where(w3 < thr, yb, 0.0), axis=0)
+        acc0 += tl.sum(tl.where(keep0, yb, 0.0), axis=0)
+        acc1 += tl.sum(tl.where(keep1, yb, 0.0), axis=0)
+        acc2 += tl.sum(tl.where(keep2, yb, 0.0), axis=0)
+        acc3 += tl.sum(tl.where(keep3, yb, 0.0), axis=0)
         acc_y += y
         acc_yy += y * y
 
@@ -89,14 +104,16 @@ def _splits(t: int, n_rows: int, block_t: int) -> int:
 
 def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
                          samples: torch.Tensor, channels: int, y: torch.Tensor,
-                         rows: torch.Tensor, n_rows: int, validate: bool = True
+                         rows: torch.Tensor, n_rows: int, validate: bool = True,
+                         antithetic: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference(rng.keep_masks(seed, samples, channels, p_keep), y, rows,
     n_rows)`` without materialising the masks: (sum z*y (n_rows, K), sum y (n_rows,),
     sum y^2 (n_rows,)), float64.
 
     key, threshold: the uint32 Philox key words and keep threshold of (seed, p_keep)
-    (``rng.seed_key``, ``rng.keep_threshold``); mask_tag: ``rng.MASK_TAG_WORD``.
+    (``rng.seed_key``, ``rng.keep_threshold``); mask_tag: ``rng.MASK_TAG_WORD``;
+    ``antithetic``: the paired mask design (``rng.keep_masks``).
     ``validate=False`` skips the index range checks, which read the device.
     """
     if not isinstance(channels, int) or channels < 0:
@@ -132,7 +149,7 @@ def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
     grid = (n_rows, s, triton.cdiv(quads, block_q))
     _response_sums_kernel[grid](sorted_samples, sorted_y, bounds, szy, sy, syy, channels, s,
                                 key0, key1, threshold, MASK_TAG=mask_tag,
-                                BLOCK_T=block_t, BLOCK_Q=block_q)
+                                ANTITHETIC=bool(antithetic), BLOCK_T=block_t, BLOCK_Q=block_q)
     if s == 1:
         return szy[:, 0], sy[:, 0], syy[:, 0]
     return szy.sum(1), sy.sum(1), syy.sum(1)

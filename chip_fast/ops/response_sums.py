@@ -38,7 +38,8 @@ def response_sums_reference(masks: torch.Tensor, y: torch.Tensor, rows: torch.Te
 
 
 def response_sums_kernel(seed: int, samples: torch.Tensor, p_keep: float, channels: int,
-                         y: torch.Tensor, rows: torch.Tensor, n_rows: int, validate: bool = True
+                         y: torch.Tensor, rows: torch.Tensor, n_rows: int, validate: bool = True,
+                         antithetic: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference(rng.keep_masks(seed, samples, channels, p_keep), y, rows,
     n_rows)`` by the Triton kernel, whatever the device (the tests run it on CPU under Triton's
@@ -47,19 +48,20 @@ def response_sums_kernel(seed: int, samples: torch.Tensor, p_keep: float, channe
     from ..kernels.response_sums import response_sums_triton
     return response_sums_triton(rng.seed_key(seed), rng.keep_threshold(p_keep),
                                 rng.MASK_TAG_WORD, samples, channels, y, rows, n_rows,
-                                validate=validate)
+                                validate=validate, antithetic=antithetic)
 
 
 def response_sums(y: torch.Tensor, rows: torch.Tensor, n_rows: int, *, seed: int,
                   samples: torch.Tensor, p_keep: float, channels: int,
-                  masks: torch.Tensor | None = None, validate: bool = True
+                  masks: torch.Tensor | None = None, validate: bool = True,
+                  antithetic: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference``. On CUDA a Triton kernel regenerates the masks from their keys
     (seed, samples, p_keep) instead of reading them; the PyTorch path needs ``masks``."""
     from .backend import use_triton
     if use_triton(y):
         return response_sums_kernel(seed, samples, p_keep, channels, y, rows, n_rows,
-                                    validate=validate)
+                                    validate=validate, antithetic=antithetic)
     if masks is None:
         raise ValueError("the PyTorch path of response_sums needs the masks")
     return response_sums_reference(masks, y, rows, n_rows)
