@@ -29,7 +29,7 @@ reports are the demo's and ``chip_fast.cli.atlas``'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import torch
 
@@ -281,12 +281,20 @@ class ChannelAtlas:
 
 
 # -- reading the atlas with an importance ----------------------------------------------------------
-def top_channels(importance: Importance, layer: str, cls: int, n: int = 5) -> list[tuple[int, float]]:
-    """(channel, weight) of the ``n`` channels of largest positive importance for class ``cls``
-    at ``layer``, largest first: the channels a (positive) CHIP map of the class is made of."""
+class TopChannel(NamedTuple):
+    channel: int
+    weight: float
+    se: float      # the weight's standard error (NaN where the file does not keep it)
+
+
+def top_channels(importance: Importance, layer: str, cls: int, n: int = 5) -> list[TopChannel]:
+    """(channel, weight, standard error) of the ``n`` channels of largest positive importance
+    for class ``cls`` at ``layer``, largest first: the channels a (positive) CHIP map of the
+    class is made of, with how sure the distillation is of each weight."""
     w = importance.weights[layer][cls].float()
+    se = importance.standard_error(layer, cls)
     vals, idx = w.clamp(min=0).topk(min(n, w.numel()))
-    return [(int(i), float(v)) for i, v in zip(idx, vals) if v > 0]
+    return [TopChannel(int(i), float(v), float(se[i])) for i, v in zip(idx, vals) if v > 0]
 
 
 def channel_maps(model: torch.nn.Module, layer: str, images: torch.Tensor,

@@ -69,10 +69,10 @@ def class_rows(atlas: ChannelAtlas, importance: Importance, cls: int, out_dir: P
     rows = []
     for layer in layers or [l for l in importance.layers if l in atlas.layers]:
         chosen = top_channels(importance, layer, cls, n)
-        heat = channel_heat(layer, [c for c, _ in chosen]) if photo is not None and chosen \
+        heat = channel_heat(layer, [t.channel for t in chosen]) if photo is not None and chosen \
             else None
         slug = layer.replace(".", "")
-        for i, (ch, w) in enumerate(chosen):
+        for i, (ch, w, _) in enumerate(chosen):
             name = f"{prefix}_{slug}_{ch}.png"
             if strip_png(atlas, layer, ch, out_dir / name) is None:
                 continue

@@ -34,6 +34,13 @@ def configure(sub) -> None:
                    help="view: regress each response minus p_keep x its view's unperturbed "
                         "response (removes the photo-to-photo spread the masks cannot explain); "
                         "none: the raw response")
+    d.add_argument("--masks", choices=["auto", "antithetic", "independent"],
+                   default=DistillSettings.masks,
+                   help="antithetic: masks in complementary pairs (p_keep 0.5), independent: "
+                        "every mask its own draw; auto: antithetic where p_keep is 0.5")
+    d.add_argument("--estimator", choices=["auto", "sampled"], default=DistillSettings.estimator,
+                   help="auto: the exact importance where a layer's tail is affine and the "
+                        "response is the logit (no sampling there); sampled: sample every layer")
     d.add_argument("--alpha", type=float, default=DistillSettings.alpha,
                    help="penalty as a fraction of lambda_max")
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")
@@ -104,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                 timeout=args.dist_timeout, checkpoint_every=args.checkpoint_every,
                 layers=parse_layers(args.layers), classes=args.classes,
                 samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
-                fill=args.fill, atlas=args.atlas, baseline=args.baseline,
+                fill=args.fill, atlas=args.atlas, baseline=args.baseline, masks=args.masks,
+                estimator=args.estimator,
                 response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                 augment=args.augment, batch_size=args.batch_size)
         except (KeyboardInterrupt, SystemExit):

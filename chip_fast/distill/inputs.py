@@ -44,6 +44,13 @@ class JobInputs:
     def layers(self) -> list[str]:
         return list(self.split.layers)
 
+    def estimators(self, settings: DistillSettings) -> dict[str, str]:
+        """"exact" where the response is linear in the mask (an affine tail, the logit) and
+        ``settings.estimator`` allows it, else "sampled": part of what a file means
+        (settings["estimators"])."""
+        exact = settings.estimator == "auto" and settings.response == "logit"
+        return {l: "exact" if exact and l in self.affine else "sampled" for l in self.layers}
+
     @property
     def paths(self) -> dict[str, str]:
         """"affine" or "elementwise" per layer: part of what a file means (settings["paths"])."""

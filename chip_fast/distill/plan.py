@@ -39,6 +39,8 @@ class DistillPlan:
         self.channels = dict(inputs.channels)
         # "affine" or "elementwise" per layer (chip_fast.distill.tails): part of what a file means.
         self.paths = inputs.paths
+        self.estimators = inputs.estimators(settings)
+        self.antithetic = settings.masks == "antithetic"
         self.fingerprint = inputs.fingerprint
         self.max_memory = max_memory           # the budget that chose the batch sizes, if any
         source = inputs.source
@@ -50,7 +52,8 @@ class DistillPlan:
                              "outputs")
         n = settings.samples_per_class
         per_image = views_per_image(settings.augment)
-        self.views = ViewPlan(n, {c: source.count(c) * per_image for c in self.classes})
+        self.views = ViewPlan(n, {c: source.count(c) * per_image for c in self.classes},
+                              paired=self.antithetic)
         cpu = settings.classes_per_unit
         self.groups = [self.classes[i:i + cpu] for i in range(0, len(self.classes), cpu)]
         self.blocks = math.ceil(n / settings.samples_per_unit)
@@ -94,5 +97,6 @@ class DistillPlan:
         key: dict[str, Any] = {
             "settings": dataclasses.asdict(self.settings), "layers": self.layers,
             "classes": self.classes, "model": self.fingerprint["sha256"], "paths": self.paths,
+            "estimators": self.estimators,
             "views": {str(c): v for c, v in self.views.views.items()}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..importance.core import Importance
-from ..solve.fit import class_rows, solve_layer
-from ..solve.stats import covariances, mask_moments
+from ..solve.fit import class_rows, solve_layer, with_stability
+from ..solve.stats import covariances, exact_covariances, mask_moments
 from ..version import __version__
 from .plan import DistillPlan
 from .state import DistillState
@@ -28,9 +28,13 @@ def fit_importance(plan: DistillPlan, state: DistillState,
     n = st.samples_per_class
     weights, grams, rs = {}, {}, {}
     for layer in plan.layers:
-        sum_z, sum_zz = mask_moments(st.seed, n, plan.channels[layer], st.p_keep, device=device)
-        gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1).to(device),
-                              state.sum_y[layer].sum(1).to(device), n)
+        if plan.estimators[layer] == "exact":
+            gram, r = exact_covariances(state.sum_zy[layer].sum(1).to(device), n, st.p_keep)
+        else:
+            sum_z, sum_zz = mask_moments(st.seed, n, plan.channels[layer], st.p_keep,
+                                         device=device, antithetic=plan.antithetic)
+            gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1).to(device),
+                                  state.sum_y[layer].sum(1).to(device), n)
         w = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol, max_iter=st.max_iter,
                         where=f" at layer {layer}")
         weights[layer] = class_rows(w.cpu(), plan.classes, plan.num_classes)
@@ -39,10 +43,11 @@ def fit_importance(plan: DistillPlan, state: DistillState,
     settings["chip_fast_version"] = __version__
     settings["views_per_class"] = {str(c): v for c, v in plan.views.views.items()}
     settings["paths"] = dict(plan.paths)
+    settings["estimators"] = dict(plan.estimators)
     if plan.max_memory is not None:
         settings["max_memory"] = str(plan.max_memory)
     complete = lambda xs: list(xs) if xs and len(xs) == plan.num_classes else None  # noqa: E731
-    return Importance(weights=weights, classes=list(plan.classes), num_classes=plan.num_classes,
+    return with_stability(Importance(weights=weights, classes=list(plan.classes), num_classes=plan.num_classes,
                       fingerprint=plan.fingerprint, settings=settings,
                       class_ids=complete(plan.class_ids),
                       class_names=complete(plan.class_names),
@@ -51,4 +56,4 @@ def fit_importance(plan: DistillPlan, state: DistillState,
                       sum_yy=dict(state.sum_yy),
                       fill_mean={l: m.cpu() for l, m in state.mu.items()},
                       fill_std={l: m.cpu() for l, m in state.sigma.items()},
-                      atlas=state.atlas)
+                      atlas=state.atlas))

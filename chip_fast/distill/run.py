@@ -95,7 +95,9 @@ def distill_all_classes(
         timeout: float = JobOptions.timeout, classes_per_unit: int = 8,
         samples_per_unit: int | None = None, fill_stats_views: int = 1024,
         tol: float = DistillSettings.tol, max_iter: int = DistillSettings.max_iter,
-        folds: int = 4, tail_dtype: str = "auto", tail_path: str = "auto") -> Importance | None:
+        folds: int = 4, tail_dtype: str = "auto", tail_path: str = "auto",
+        masks: str = DistillSettings.masks, estimator: str = DistillSettings.estimator
+        ) -> Importance | None:
     """Distil the channel importance of every class at ``layers`` (METHOD.md, Stage 1).
 
     ``data``: an ImageFolderSource, a folder in the ``train/<wnid>/`` layout, an
@@ -129,7 +131,8 @@ def distill_all_classes(
         classes_per_unit=classes_per_unit,
         samples_per_unit=samples_per_unit or DistillSettings.samples_per_unit,
         fill_stats_views=fill_stats_views, tol=tol, max_iter=max_iter, folds=folds,
-        tail_dtype=tail_dtype, tail_path=tail_path, atlas=atlas, baseline=baseline)
+        tail_dtype=tail_dtype, tail_path=tail_path, atlas=atlas, baseline=baseline, masks=masks,
+        estimator=estimator)
     options = JobOptions(out=out, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          keep_checkpoint=keep_checkpoint, progress=progress,
                          max_memory=max_memory, device=device, timeout=timeout)

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from .. import rng
 from ..util.cpus import usable_cpus
 from ..data.sources import ImageFolderSource, make_view
 from ..ops.perturb import perturb
@@ -213,7 +214,7 @@ class UnitRunner:
         cls = torch.tensor(classes).repeat(n)
         slot = torch.arange(g).repeat(n)
         sample = samples.repeat_interleave(g)
-        sum_row = slot * folds + sample % folds
+        sum_row = slot * folds + rng.fold_of(sample, folds, plan.antithetic)
         pin = self.device.type == "cuda"
         on = (lambda t: t.pin_memory().to(self.device, non_blocking=True)) if pin else (lambda t: t)
         return Rows(on(view), on(cls), on(sum_row), on(sample), keys,
@@ -255,6 +256,11 @@ class UnitRunner:
             sums = {}
             with no_sync_checks(self.device):
                 for layer in plan.layers:
+                    if plan.estimators[layer] == "exact":
+                        sums[layer] = self._exact_sums(layer, inputs[layer], rows, n_rows, mu)
+                        if on_batch is not None:
+                            on_batch(len(rows))
+                        continue
                     sums[layer], bad = self._layer_sums(layer, inputs[layer], prefix_out, rows,
                                                         n_rows, mu, sigma, bad, on_batch)
         return Launched(plan, unit, rows, inputs, prefix_out, sums, bad)
@@ -280,7 +286,8 @@ class UnitRunner:
         k = acts.shape[1]
         zeros = torch.zeros(k, device=self.device)
         kw = dict(seed=st.seed, p_keep=st.p_keep, fill=st.fill, mu=mu.get(layer, zeros),
-                  sigma=sigma.get(layer, zeros), validate=False)
+                  sigma=sigma.get(layer, zeros), validate=False,
+                  antithetic=st.masks == "antithetic")
         affine = self.affine.get(layer)
         if affine is not None:
             elements = self.elements[layer]
@@ -318,13 +325,34 @@ class UnitRunner:
             bad = bad | ~torch.isfinite(y).all()
             a, b, c = response_sums(y, rows.sum_row[sl], n_rows, seed=st.seed,
                                     samples=rows.sample[sl], p_keep=st.p_keep, channels=k,
-                                    masks=masks, validate=False)
+                                    masks=masks, validate=False,
+                                    antithetic=st.masks == "antithetic")
             szy += a
             sy += b
             syy += c
             if on_batch is not None:
                 on_batch(len(y))
         return (szy, sy, syy), bad
+
+    def _exact_sums(self, layer: str, means: torch.Tensor, rows: Rows, n_rows: int,
+                    mu: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact estimator's sums of one layer (an affine tail, the logit): the response
+        of a sample's view is linear in its mask, b + sum_k z_k W_ck (a_k - f_k) + const, so the
+        sample's regression coefficients are beta = W_c * (a - f) (a: the view's spatial
+        means, f: the fill's). Per sum row: (sum of beta, number of samples, sum of |beta|^2);
+        no perturbed network runs."""
+        weight = self.affine[layer].weight
+        d = means.float()
+        if self.settings.fill != "zero":   # mean and noise fills both have mean mu
+            d = d - mu[layer][None, :]
+        beta = (d.index_select(0, rows.view) * weight.index_select(0, rows.cls)).double()
+        szy = torch.zeros(n_rows, beta.shape[1], dtype=torch.float64, device=self.device)
+        sy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
+        syy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
+        szy.index_add_(0, rows.sum_row, beta)
+        sy.index_add_(0, rows.sum_row, torch.ones_like(beta[:, 0]))
+        syy.index_add_(0, rows.sum_row, (beta * beta).sum(1))
+        return szy, sy, syy
 
     def _baseline(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows) -> torch.Tensor:
         """(V,) the unperturbed response of each of the rows' views for its own class

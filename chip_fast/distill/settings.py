@@ -16,6 +16,8 @@ from ..solve.lasso import DEFAULT_MAX_ITER, DEFAULT_TOL
 RESPONSES = ("logit", "softmax", "log_softmax")
 TAIL_PATHS = ("auto", "elementwise")
 BASELINES = ("none", "view")
+MASK_DESIGNS = ("auto", "antithetic", "independent")
+ESTIMATORS = ("auto", "sampled")
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class DistillSettings:
     fill_stats_views: int = 1024   # views that estimate each channel's mean and std
     tol: float = DEFAULT_TOL
     max_iter: int = DEFAULT_MAX_ITER
-    # Sample i belongs to fold i % folds; the sums are kept per fold, so a fit can be checked
-    # (and its penalty chosen) on samples it did not see: Importance.refit, held-out R^2.
+    # Sample i belongs to fold i % folds (pair i // 2 to fold (i // 2) % folds with antithetic
+    # masks); the sums are kept per fold, so a fit can be checked (and its penalty chosen) on
+    # samples it did not see: Importance.refit, held-out R^2.
     folds: int = 4
     # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
     # "auto" means bfloat16 on CUDA and float32 elsewhere. Responses are always float32.
@@ -64,6 +67,18 @@ class DistillSettings:
     # E[y | view] = p_keep * y0 + const exactly (any fill). One more tail forward per view
     # (measured: docs/evaluation.md, "The paper's setting"). "none": METHOD.md's raw response.
     baseline: str = "view"
+    # How the keep masks are drawn. "antithetic": samples come in pairs, the second keeping
+    # exactly the channels the first drops (p_keep 0.5 only: then both are equally likely, so
+    # the estimand is unchanged); the even part of a response (its view's offset, interactions
+    # between pairs of channels) cancels inside each pair. "independent": every mask its own
+    # draw. "auto": antithetic where p_keep is 0.5 (measured: docs/stability.md).
+    masks: str = "auto"
+    # "auto": where a layer's tail is affine in its spatial mean and the response is the logit,
+    # the response is linear in the mask, so the importance every sampled run converges to is
+    # computed exactly from the views' activations, with no perturbed network at all
+    # (METHOD.md's exact expectation); other layers are sampled. "sampled": sample every layer.
+    # The file records each layer's estimator (settings["estimators"]).
+    estimator: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -87,6 +102,13 @@ class DistillSettings:
         views_per_image(self.augment)
         need(self.tail_dtype in ("auto", "float32", "bfloat16"),
              f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
+        need(self.masks in MASK_DESIGNS,
+             f"masks must be one of {MASK_DESIGNS}, got {self.masks!r}")
+        need(self.masks != "antithetic" or self.p_keep == 0.5,
+             f"antithetic masks need p_keep 0.5 (their complements must be as likely), got "
+             f"{self.p_keep}: use masks='independent'")
+        need(self.estimator in ESTIMATORS,
+             f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         need(self.tail_path in TAIL_PATHS,
              f"tail_path must be one of {TAIL_PATHS}, got {self.tail_path!r}")
 
@@ -114,4 +136,7 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
     tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
         "bfloat16" if cuda else "float32")
     batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
-    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
+    masks = settings.masks if settings.masks != "auto" else (
+        "antithetic" if settings.p_keep == 0.5 else "independent")
+    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size,
+                               masks=masks)

@@ -45,6 +45,11 @@ class Importance:
     sum_yy: dict[str, torch.Tensor] = field(default_factory=dict)
     fill_mean: dict[str, torch.Tensor] = field(default_factory=dict)  # (K,) channel means
     fill_std: dict[str, torch.Tensor] = field(default_factory=dict)   # (K,) channel stds
+    # How stable the fit is (chip_fast.solve.fit.stability), per layer: the predicted Pearson r
+    # of each class's weights with another seed's (len(classes),) float64, and each weight's
+    # standard error (len(classes), K) float32; absent in files written before they were kept.
+    agreement: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight_se: dict[str, torch.Tensor] = field(default_factory=dict)
     # chip_fast.atlas.collect.ChannelAtlas: each channel's strongest distillation patches (atlas=k)
     atlas: Any = None
 
@@ -84,6 +89,13 @@ class Importance:
             raise ValueError(f"classes {', '.join(map(str, absent[:10]))} are not distilled in "
                              f"this importance file (it holds {len(held)} of "
                              f"{self.num_classes} classes: {shown}){hint}")
+
+    def standard_error(self, layer: str, cls: int) -> torch.Tensor:
+        """(K,) standard errors of class ``cls``'s weights at ``layer`` (NaN where the file
+        does not keep them)."""
+        if layer not in self.weight_se or cls not in self.classes:
+            return torch.full((self.channels(layer),), float("nan"))
+        return self.weight_se[layer][self.classes.index(cls)].float()
 
     def metadata(self) -> dict[str, Any]:
         """The file's ``chip_fast`` metadata entry (format, layers, classes, settings, ...)."""

@@ -45,7 +45,8 @@ ATLAS_PREFIX = "atlas/"      # the channel atlas's tensors (chip_fast.atlas.coll
 # Tensor groups besides the weights, with the dtype they are stored in (None: as they are).
 _STATISTICS = (("gram", None), ("r", None), ("sum_zy", torch.float64), ("sum_y", torch.float64),
                ("sum_yy", torch.float64), ("fill_mean", torch.float32),
-               ("fill_std", torch.float32))
+               ("fill_std", torch.float32), ("agreement", torch.float64),
+               ("weight_se", torch.float32))
 
 
 class ImportanceFileError(ValueError):
@@ -181,11 +182,12 @@ def _layer_tensors(meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                 if t is None or tuple(t.shape) != shape:
                     raise bad(f"{name}/{layer} is missing or not of shape {shape}")
                 out[name][layer] = t
-        for name in ("fill_mean", "fill_std"):
+        for name, shape in (("fill_mean", (k,)), ("fill_std", (k,)), ("agreement", (c,)),
+                            ("weight_se", (c, k))):
             t = tensors.get(f"{name}/{layer}")
             if t is not None:
-                if tuple(t.shape) != (k,):
-                    raise bad(f"{name}/{layer} has shape {tuple(t.shape)}, expected ({k},)")
+                if tuple(t.shape) != shape:
+                    raise bad(f"{name}/{layer} has shape {tuple(t.shape)}, expected {shape}")
                 out[name][layer] = t
     return out
 

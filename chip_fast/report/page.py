@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atlas.collect import top_channels
+from ..atlas.collect import TopChannel, top_channels
 from ..util.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -74,20 +74,22 @@ class ExplainedPhoto:
     top: list[tuple[int, float]] = field(default_factory=list)   # model top-5 (class, prob)
 
 
-def bar_chart_svg(top: list[tuple[int, float]], width: int = 260, bar_h: int = 14) -> str:
-    """Inline SVG of horizontal bars, one per (channel, weight); blue positive, red negative."""
+def bar_chart_svg(top: list[TopChannel], width: int = 300, bar_h: int = 14) -> str:
+    """Inline SVG of horizontal bars, one per channel: its weight (blue positive, red negative)
+    and, where the file keeps it, its standard error."""
     if not top:
         return '<p class="muted">no channel has positive importance</p>'
     label_w, gap = 48, 3
-    scale = (width - label_w - 52) / max(abs(v) for _, v in top)
+    scale = (width - label_w - 92) / max(abs(t.weight) for t in top)
     rows = []
-    for i, (ch, v) in enumerate(top):
+    for i, (ch, v, se) in enumerate(top):
+        spread = f" \u00b1 {se:.2g}" if se == se else ""   # NaN: no standard error kept
         y, bar = i * (bar_h + gap), abs(v) * scale
         color = "#2f6fdb" if v >= 0 else "#d9482b"
         rows.append(
             f'<text x="{label_w - 4}" y="{y + bar_h - 3}" text-anchor="end">ch {ch}</text>'
             f'<rect x="{label_w}" y="{y}" width="{bar:.1f}" height="{bar_h}" fill="{color}"/>'
-            f'<text x="{label_w + bar + 3:.1f}" y="{y + bar_h - 3}">{v:+.3g}</text>')
+            f'<text x="{label_w + bar + 3:.1f}" y="{y + bar_h - 3}">{v:+.3g}{spread}</text>')
     height = len(top) * (bar_h + gap)
     return (f'<svg class="bars" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img">{"".join(rows)}</svg>')
@@ -100,7 +102,7 @@ def importance_html(importance: Importance, cls: int) -> str:
     for layer in importance.layers:
         w = importance.weights[layer][cls].float().clamp(min=0)
         top = top_channels(importance, layer, cls, TOP_CHANNELS)
-        share = sum(v for _, v in top) / float(w.sum()) if float(w.sum()) > 0 else 0.0
+        share = sum(t.weight for t in top) / float(w.sum()) if float(w.sum()) > 0 else 0.0
         parts.append(f"<div><b>{html.escape(layer)}</b>: {int((w > 0).sum())} of {w.numel()} "
                      f"channels have positive importance; the top {len(top)} hold {share:.0%}"
                      f"<br>{bar_chart_svg(top)}</div>")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from .. import rng
 from .lasso import DEFAULT_MAX_ITER, DEFAULT_TOL, solve_lasso
 from .stats import covariances, mask_moments_of
 
@@ -71,6 +72,21 @@ def class_rows(w: torch.Tensor, classes: Sequence[int], num_classes: int) -> tor
     return out
 
 
+def is_exact(imp: Importance, layer: str) -> bool:
+    """Whether ``imp``'s weights at ``layer`` come from the exact estimator (no samples)."""
+    return (imp.settings.get("estimators") or {}).get(layer) == "exact"
+
+
+def exact_r2(imp: Importance, layer: str) -> torch.Tensor:
+    """Per class, the share of the baseline-adjusted response's variance over masks and views
+    that the pooled linear model explains, exactly: each sample's response is linear in its
+    mask with coefficients beta_i, so R^2 = |mean beta|^2 / mean |beta_i|^2 (the rest is how
+    the views' coefficients differ)."""
+    n = imp.sum_y[layer].to(torch.float64).sum(1)
+    mean = imp.sum_zy[layer].to(torch.float64).sum(1) / n[:, None]
+    return (mean * mean).sum(1) / (imp.sum_yy[layer].to(torch.float64).sum(1) / n)
+
+
 # -- held-out samples ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeldOutSplit:
@@ -99,16 +115,23 @@ def held_out_split(imp: Importance, layer: str) -> HeldOutSplit:
     the mask moments regenerated from its seed."""
     st = imp.settings
     folds = st.get("folds")
+    if is_exact(imp, layer):
+        raise ValueError(f"the importance at layer {layer} is exact (no sampled response to hold "
+                         "out): its fit is the limit itself")
     if layer not in imp.sum_zy or not isinstance(folds, int) or folds < 2:
         raise ValueError(
             f"a held-out check needs the per-fold sums of at least 2 folds; this importance has "
             f"{'none' if layer not in imp.sum_zy else f'folds={folds!r}'} at layer {layer} "
             "(distilled by an older chip_fast, or with folds=1): distil again")
     n, k, h = st["samples_per_class"], imp.channels(layer), folds - 1
+    antithetic = st.get("masks") == "antithetic"   # files before the designs: independent
     samples = torch.arange(n)
-    s1_t, s2_t = mask_moments_of(st["seed"], samples[samples % folds != h], k, st["p_keep"])
-    s1_h, s2_h = mask_moments_of(st["seed"], samples[h::folds], k, st["p_keep"])
-    n_h = len(samples[h::folds])
+    fold = rng.fold_of(samples, folds, antithetic)
+    s1_t, s2_t = mask_moments_of(st["seed"], samples[fold != h], k, st["p_keep"],
+                                 antithetic=antithetic)
+    s1_h, s2_h = mask_moments_of(st["seed"], samples[fold == h], k, st["p_keep"],
+                                 antithetic=antithetic)
+    n_h = int((fold == h).sum())
     n_t = n - n_h
     szy, sy, syy = (getattr(imp, name)[layer].to(torch.float64)
                     for name in ("sum_zy", "sum_y", "sum_yy"))
@@ -171,11 +194,15 @@ def refit_importance(imp: Importance, alpha: float | str, *,
                       reverse=True)
         if not path:
             raise ValueError("alphas is empty: give the penalties to choose from")
+        # An exact layer has no sampling noise to trade sparsity against: it keeps its alpha.
         per_layer: dict[str, Alpha] = {
-            l: choose_alpha(held_out_split(imp, l), path, where=f" at layer {l} (alpha path)",
-                            **opts) for l in imp.layers}
+            l: _own_alpha(imp, l) if is_exact(imp, l) else
+            choose_alpha(held_out_split(imp, l), path, where=f" at layer {l} (alpha path)",
+                         **opts) for l in imp.layers}
         settings.update(alpha_path=path,
-                        alpha_chosen={l: a.tolist() for l, a in per_layer.items()})
+                        alpha_chosen={l: torch.as_tensor(a, dtype=torch.float64)
+                                      .expand(len(imp.classes)).tolist()
+                                      for l, a in per_layer.items()})
     elif isinstance(alpha, str):
         raise ValueError(f"alpha must be a number or 'heldout', got {alpha!r}")
     else:
@@ -187,7 +214,8 @@ def refit_importance(imp: Importance, alpha: float | str, *,
                              imp.classes, imp.num_classes) for l in imp.layers}
     copies = {name: dict(getattr(imp, name)) for name in
               ("gram", "r", "sum_zy", "sum_y", "sum_yy", "fill_mean", "fill_std")}
-    return dataclasses.replace(imp, weights=weights, settings=settings, **copies)
+    refit = dataclasses.replace(imp, weights=weights, settings=settings, **copies)
+    return with_stability(refit) if imp.agreement else refit
 
 
 def held_out_r2(imp: Importance, alpha: Alpha | None = None, nonneg: bool | None = None
@@ -196,12 +224,74 @@ def held_out_r2(imp: Importance, alpha: Alpha | None = None, nonneg: bool | None
     folds 0..F-2 with ``imp``'s own penalty (or ``alpha``) scored on fold F-1.
 
     After ``refit(alpha="heldout")`` the per-class alphas were chosen on that same fold, so
-    this R^2 is then slightly optimistic."""
+    this R^2 is then slightly optimistic. A layer whose importance is exact has no held-out
+    samples: its value is the population R^2 of the linear model (``exact_r2``)."""
     opts = _solve_options(imp, nonneg)
     out = {}
     for layer in imp.layers:
+        if is_exact(imp, layer):
+            out[layer] = exact_r2(imp, layer)
+            continue
         split = held_out_split(imp, layer)
         a = _own_alpha(imp, layer) if alpha is None else alpha
         out[layer] = split.r2(solve_layer(split.gram, split.r, a,
                                           where=f" at layer {layer} (held-out fit)", **opts))
     return out
+
+
+# -- how stable the fit is, from the per-fold sums ---------------------------------------------
+def _fold_fit(imp: Importance, layer: str, folds: Sequence[int], alpha: Alpha,
+              opts: dict[str, Any]) -> torch.Tensor:
+    """The fit of every class on the samples of ``folds`` only: (C, K) float64."""
+    st = imp.settings
+    n, k, f = st["samples_per_class"], imp.channels(layer), st["folds"]
+    antithetic = st.get("masks") == "antithetic"
+    samples = torch.arange(n)
+    chosen = torch.isin(rng.fold_of(samples, f, antithetic), torch.tensor(list(folds)))
+    s1, s2 = mask_moments_of(st["seed"], samples[chosen], k, st["p_keep"], antithetic=antithetic)
+    szy, sy = (getattr(imp, name)[layer].to(torch.float64)[:, list(folds)].sum(1)
+               for name in ("sum_zy", "sum_y"))
+    gram, r = covariances(s1, s2, szy, sy, int(chosen.sum()))
+    return solve_layer(gram, r, alpha, where=f" at layer {layer} (folds {list(folds)})", **opts)
+
+
+def stability(imp: Importance, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(agreement (C,), standard errors (C, K)) of ``layer``'s weights, from the sums alone.
+
+    The agreement predicts the Pearson r of a class's weights between two runs that differ only
+    in the seed: the r of the fits on the two halves of the folds, stepped up to the whole
+    sample count (Spearman-Brown, 2 r / (1 + r)). The standard error of each weight is the
+    spread of the one-fold fits over sqrt(folds) (batch means); both are estimates of the same
+    noise, deterministic functions of the sums. An exact layer has no noise: (1, 0)."""
+    c, k = len(imp.classes), imp.channels(layer)
+    if is_exact(imp, layer):
+        return torch.ones(c, dtype=torch.float64), torch.zeros(c, k, dtype=torch.float64)
+    f = imp.settings.get("folds")
+    if layer not in imp.sum_zy or not isinstance(f, int) or f < 2:
+        nan = torch.full((c,), float("nan"), dtype=torch.float64)
+        return nan, torch.full((c, k), float("nan"), dtype=torch.float64)
+    opts, alpha = _solve_options(imp, None), _own_alpha(imp, layer)
+    half = f // 2
+    a = _fold_fit(imp, layer, range(half), alpha, opts)
+    b = _fold_fit(imp, layer, range(half, f), alpha, opts)
+    r = _row_correlation(a, b)
+    each = torch.stack([_fold_fit(imp, layer, [i], alpha, opts) for i in range(f)])
+    return 2 * r / (1 + r), each.std(0) / f ** 0.5
+
+
+def _row_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson r of each row of a with the same row of b (0 where a row is constant)."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    den = (a.norm(dim=1) * b.norm(dim=1))
+    return torch.where(den > 0, (a * b).sum(1) / den.clamp(min=1e-300), torch.zeros_like(den))
+
+
+def with_stability(imp: Importance) -> Importance:
+    """``imp`` with its ``agreement`` and ``weight_se`` of every layer (``stability``)."""
+    agreement, weight_se = {}, {}
+    for layer in imp.layers:
+        a, se = stability(imp, layer)
+        agreement[layer], weight_se[layer] = a, se.float()
+    return dataclasses.replace(imp, agreement=agreement, weight_se=weight_se)
+

@@ -170,7 +170,9 @@ def test_top_channels_and_channel_maps(tiny_net):
     w[2, 5], w[2, 9], w[2, 1] = 0.5, 2.0, -3.0
     imp = chip_fast.Importance(weights={"features.2": w}, classes=[2], num_classes=6,
                                fingerprint={}, settings={})
-    assert top_channels(imp, "features.2", 2, n=5) == [(9, 2.0), (5, 0.5)]
+    top = top_channels(imp, "features.2", 2, n=5)
+    assert [(t.channel, t.weight) for t in top] == [(9, 2.0), (5, 0.5)]
+    assert all(t.se != t.se for t in top)     # NaN: this importance keeps no standard errors
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     maps = channel_maps(tiny_net, "features.2", x, [9, 5])
     assert maps.shape == (2, 2, 16, 16) and maps.min() >= 0 and maps.max() <= 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import chip_fast
-from chip_fast import ImageFolderSource, Preprocess
+from chip_fast import ImageFolderSource, Preprocess, rng
 from chip_fast.data.sources import make_view
 from chip_fast.distill.job import DistillJob
 from chip_fast.distill.settings import DistillSettings
@@ -16,13 +16,16 @@ from chip_fast.ops.perturb import perturb_reference
 from tests.helpers import write_folder
 
 
+@pytest.mark.parametrize("masks", ["antithetic", "independent"])
 @pytest.mark.parametrize("baseline", ["none", "view"])
-def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline):
+def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline, masks):
     """The batched job's sums equal a naive loop that rebuilds every sample on its own (with
-    baseline="view", minus p_keep times the unperturbed response of the sample's view)."""
+    baseline="view", minus p_keep times the unperturbed response of the sample's view), in
+    either mask design (antithetic: a pair shares its view and fold, the odd sample's mask is
+    the complement)."""
     settings = DistillSettings(samples_per_class=20, seed=11, augment=3, samples_per_unit=8,
                                classes_per_unit=2, batch_size=7, fill="noise",
-                               baseline=baseline)
+                               baseline=baseline, masks=masks)
     job = DistillJob(tiny_net, tiny_data, ["features.1"], settings, classes=[1, 4])
     job.measure_fill_statistics()
     job.run_pending(job.state.pending())
@@ -33,23 +36,26 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline):
         folds = settings.folds
         szy = torch.zeros(folds, job.plan.channels["features.1"], dtype=torch.float64)
         syy = torch.zeros(folds, dtype=torch.float64)
+        paired = masks == "antithetic"
         for i in range(settings.samples_per_class):
-            v = i * n_views // settings.samples_per_class
+            v = int(rng.pair_start(torch.tensor(i), paired)) * n_views // settings.samples_per_class
+            fold = int(rng.fold_of(torch.tensor(i), folds, paired))
             x = make_view(own[v % 2], c, v, 2, settings.seed)[None]
             with torch.no_grad():
                 a = tiny_net.features[1](tiny_net.features[0](x))
                 pert, z = perturb_reference(a, torch.tensor([0]), torch.tensor([c]), torch.tensor([i]),
                                             seed=11, p_keep=0.5, fill="noise",
                                             mu=job.state.mu["features.1"],
-                                            sigma=job.state.sigma["features.1"])
+                                            sigma=job.state.sigma["features.1"],
+                                            antithetic=paired)
                 logits = tiny_net.classifier(torch.flatten(tiny_net.pool(tiny_net.features[2](pert)), 1))
             y = response_of(logits, torch.tensor([c]), "logit")
             if baseline == "view":
                 with torch.no_grad():
                     y = y - settings.p_keep * response_of(tiny_net(x), torch.tensor([c]),
                                                           "logit")
-            szy[i % folds] += z[0].double() * y.double()
-            syy[i % folds] += y.double()[0] ** 2
+            szy[fold] += z[0].double() * y.double()
+            syy[fold] += y.double()[0] ** 2
         torch.testing.assert_close(job.state.sum_zy["features.1"][slot], szy, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(job.state.sum_yy["features.1"][slot], syy, rtol=1e-5, atol=1e-6)
 

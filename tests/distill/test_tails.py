@@ -29,8 +29,10 @@ def data(n=10, classes=5, seed=0):
 
 
 def distill(model, path, **kw):
+    """Both paths sampled: on the affine path with the logit the default would be the exact
+    estimator (tests/distill/test_estimators.py)."""
     return chip_fast.distill_all_classes(model, data(), ["conv"], progress=False,
-                                         tail_path=path, **kw)
+                                         tail_path=path, estimator="sampled", **kw)
 
 
 def test_affine_tails_are_recognised_and_others_are_not():

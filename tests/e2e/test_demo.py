@@ -30,7 +30,7 @@ def test_demo_end_to_end(tmp_path):
         assert name in page
     for photo, c, _ in DEMO_PHOTOS:      # the report shows each class's own top channels
         for layer in imp.layers:
-            for ch, _ in top_channels(imp, layer, c, 4):
+            for ch, *_ in top_channels(imp, layer, c, 4):
                 strip = f"{photo}_{layer.replace('.', '')}_{ch}.png"
                 assert strip in page and (tmp_path / strip).is_file()
     images, labels, _, names = load_demo_photos()

@@ -1,0 +1,71 @@
+"""How stable a fit is, from its per-fold sums (``chip_fast.solve.fit.stability``): the predicted
+seed-to-seed agreement and the standard error of each weight are checked against what
+independent seeds really do, and kept through a file and a refit."""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+import chip_fast
+from chip_fast.solve.fit import _row_correlation
+
+
+class Net(nn.Module):
+    def __init__(self, classes: int = 4, k: int = 16) -> None:
+        super().__init__()
+        self.feat = nn.Sequential(nn.Conv2d(3, k, 3, padding=1), nn.ReLU())
+        self.deep = nn.Sequential(nn.Conv2d(k, k, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(k, classes)
+
+    def forward(self, x):
+        return self.fc(self.deep(self.feat(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def runs():
+    torch.manual_seed(5)
+    model = Net().eval()
+    g = torch.Generator().manual_seed(6)
+    data = (torch.randn(24, 3, 6, 6, generator=g), torch.arange(24) % 4)
+    # few samples for 16 channels: a fit with noise worth predicting
+    return [chip_fast.distill_all_classes(model, data, ["feat", "deep"], samples_per_class=64,
+                                          seed=s, progress=False, alpha=0.02)
+            for s in range(8)]
+
+
+def test_predicted_agreement_matches_what_seeds_do(runs):
+    predicted = torch.stack([r.agreement["feat"] for r in runs]).mean(0)
+    actual = torch.stack([_row_correlation(runs[i].weights["feat"].double(),
+                                           runs[j].weights["feat"].double())
+                          for i in range(len(runs)) for j in range(i)]).mean(0)
+    # on average within 0.1, and on the safe side: a class said to be stable is
+    assert abs(float(predicted.mean() - actual.mean())) < 0.1, (predicted, actual)
+    assert (predicted <= actual + 0.05).all(), (predicted, actual)
+    assert float(actual.mean()) < 0.98    # a case with noise to predict
+
+
+def test_standard_errors_match_the_spread_over_seeds(runs):
+    se = torch.stack([r.weight_se["feat"] for r in runs]).double().mean(0)
+    spread = torch.stack([r.weights["feat"].double() for r in runs]).std(0)
+    busy = spread > 1e-3     # channels the Lasso keeps in most runs
+    ratio = statistics.median((se[busy] / spread[busy]).tolist())
+    assert 0.7 < ratio < 1.5, ratio
+
+
+def test_exact_layers_are_stable_by_construction(runs):
+    assert torch.equal(runs[0].agreement["deep"], torch.ones(4, dtype=torch.float64))
+    assert float(runs[0].weight_se["deep"].abs().max()) == 0.0
+
+
+def test_stability_survives_the_file_and_follows_a_refit(runs, tmp_path):
+    imp = runs[0]
+    back = chip_fast.load_importance(imp.save(tmp_path / "s.chip"))
+    torch.testing.assert_close(back.agreement["feat"], imp.agreement["feat"])
+    torch.testing.assert_close(back.weight_se["feat"], imp.weight_se["feat"])
+    top = chip_fast.top_channels(back, "feat", 0, n=3)
+    assert all(t.se == float(imp.weight_se["feat"][0, t.channel]) for t in top)
+    strict = imp.refit(0.5)
+    assert not torch.equal(strict.weight_se["feat"], imp.weight_se["feat"])
