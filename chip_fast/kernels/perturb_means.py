@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .launch import check_index, u32_as_i32
-from .philox import box_muller, philox4x32_10
+from .philox import box_muller, keep_quads, philox4x32_10
 
 _FILL_CODES = {"noise": 0, "zero": 1, "mean": 2}
 
@@ -56,23 +56,8 @@ def _perturb_means_kernel(means_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, si
     s = tl.load(sample_ptr + t, mask=t_ok, other=0).to(tl.uint32)
     zero = tl.zeros([BLOCK_T, BLOCK_Q], dtype=tl.uint32)
     qu = zero + q[None, :].to(tl.uint32)
-    # Keep masks: counter (draw, quad, 0, MASK_TAG), word j for channel 4q + j; the draw is the
-    # sample, or its pair in the antithetic design, whose odd member complements.
-    if ANTITHETIC:
-        draw = s >> 1
-    else:
-        draw = s
-    m0, m1, m2, m3 = philox4x32_10(zero + draw[:, None], qu, zero, zero + MASK_TAG, k0, k1)
-    keep0 = m0 < thr
-    keep1 = m1 < thr
-    keep2 = m2 < thr
-    keep3 = m3 < thr
-    if ANTITHETIC:
-        odd = ((s & 1) == 1)[:, None]
-        keep0 = keep0 != odd
-        keep1 = keep1 != odd
-        keep2 = keep2 != odd
-        keep3 = keep3 != odd
+    keep0, keep1, keep2, keep3 = keep_quads(s, q.to(tl.uint32), zero, k0, k1, thr, MASK_TAG,
+                                            ANTITHETIC)
     if FILL == 0:
         # Fill means: counter (sample, quad, 0, (class & CLASS_MASK) | NOISE_TAG).
         cls = tl.load(class_ptr + t, mask=t_ok, other=0)

@@ -1,5 +1,6 @@
 """Philox4x32-10 and Box-Muller as Triton device functions, shared by the kernels that regenerate
-random numbers in-kernel (``perturb``, ``response_sums``).
+random numbers in-kernel (``perturb``, ``perturb_means``, ``response_sums``), and the keep
+decisions of channel quads that the last two share.
 
 These are the kernel twins of ``chip_fast.rng.philox4x32``, ``uniform_from_u32`` and
 ``box_muller``: same rounds, same word-to-float mapping, so a kernel reproduces the PyTorch masks
@@ -49,3 +50,30 @@ def box_muller(w0, w1):
     r = tl.sqrt(-2.0 * tl.log(u0))
     theta = 6.283185307179586 * u1
     return r * tl.cos(theta), r * tl.sin(theta)
+
+
+@triton.jit
+def keep_quads(sample, quad, zero, k0, k1, thr, MASK_TAG: tl.constexpr,
+               ANTITHETIC: tl.constexpr):
+    """Keep decisions of channels 4q .. 4q + 3 for a column of samples and a row of quads q
+    (broadcast to ``zero``'s shape): counter (draw, q, 0, MASK_TAG), word j for channel 4q + j,
+    the draw being the sample or, in the antithetic design, its pair (sample // 2), whose odd
+    member keeps the complement."""
+    if ANTITHETIC:
+        draw = sample >> 1
+    else:
+        draw = sample
+    w0, w1, w2, w3 = philox4x32_10(zero + draw[:, None], zero + quad[None, :], zero,
+                                   zero + MASK_TAG, k0, k1)
+    keep0 = w0 < thr
+    keep1 = w1 < thr
+    keep2 = w2 < thr
+    keep3 = w3 < thr
+    if ANTITHETIC:
+        odd = ((sample & 1) == 1)[:, None]
+        keep0 = keep0 != odd
+        keep1 = keep1 != odd
+        keep2 = keep2 != odd
+        keep3 = keep3 != odd
+    return keep0, keep1, keep2, keep3
+

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .launch import check_index, u32_as_i32
-from .philox import philox4x32_10
+from .philox import keep_quads
 
 
 @triton.jit(do_not_specialize=["key0", "key1", "threshold"])
@@ -60,22 +60,8 @@ def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, syy_pt
         ok = i < hi
         smp = tl.load(sample_ptr + i, mask=ok, other=0).to(tl.uint32)
         y = tl.load(y_ptr + i, mask=ok, other=0.0).to(tl.float64)  # padding rows add 0
-        if ANTITHETIC:  # a pair's draw; its odd member complements
-            draw = smp >> 1
-        else:
-            draw = smp
-        w0, w1, w2, w3 = philox4x32_10(zero + draw[:, None], zero + qu[None, :], zero,
-                                       zero + MASK_TAG, k0, k1)
-        keep0 = w0 < thr
-        keep1 = w1 < thr
-        keep2 = w2 < thr
-        keep3 = w3 < thr
-        if ANTITHETIC:
-            odd = ((smp & 1) == 1)[:, None]
-            keep0 = keep0 != odd
-            keep1 = keep1 != odd
-            keep2 = keep2 != odd
-            keep3 = keep3 != odd
+        keep0, keep1, keep2, keep3 = keep_quads(smp, qu, zero, k0, k1, thr, MASK_TAG,
+                                                ANTITHETIC)
         yb = y[:, None]
         acc0 += tl.sum(tl.where(keep0, yb, 0.0), axis=0)
         acc1 += tl.sum(tl.where(keep1, yb, 0.0), axis=0)
