@@ -39,6 +39,8 @@ class JobInputs:
     elements: dict[str, int]                   # spatial elements per channel
     affine: dict[str, AffineTail] = field(default_factory=dict)   # layers on the affine path
     tails: dict[str, TailRunner] = field(default_factory=dict)    # the others
+    # layers whose tail is affine in the spatial mean, whichever path they take
+    linear: set[str] = field(default_factory=set)
 
     @property
     def layers(self) -> list[str]:
@@ -50,6 +52,15 @@ class JobInputs:
         (settings["estimators"])."""
         exact = settings.estimator == "auto" and settings.response == "logit"
         return {l: "exact" if exact and l in self.affine else "sampled" for l in self.layers}
+
+    def nonlinear_sampled(self, settings: DistillSettings) -> bool:
+        """Whether some layer is sampled through a response that is not linear in its mask
+        (an elementwise tail, or an affine one read through softmax): where antithetic pairs
+        cancel something."""
+        estimators = self.estimators(settings)
+        return any(estimators[l] == "sampled" and not (l in self.linear
+                                                        and settings.response == "logit")
+                   for l in self.layers)
 
     @property
     def paths(self) -> dict[str, str]:
@@ -84,8 +95,10 @@ def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | Non
                            {l: a.shape[1] for l, a in acts.items()},
                            {l: a[0, 0].numel() for l, a in acts.items()})
         for l, a in acts.items():
-            tail = affine_tail(split, l, a) if settings.tail_path == "auto" else None
+            tail = affine_tail(split, l, a)
             if tail is not None:
+                inputs.linear.add(l)
+            if tail is not None and settings.tail_path == "auto":
                 inputs.affine[l] = tail
             else:
                 dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else a.dtype

@@ -29,7 +29,7 @@ from .memory import plan_memory
 from .plan import DistillPlan, Unit
 from .result import fit_importance
 from .runner import UnitRunner
-from .settings import DistillSettings, resolve_settings
+from .settings import DistillSettings, resolve_masks, resolve_settings
 from .state import DistillState
 
 
@@ -46,6 +46,7 @@ class DistillJob:
         self.device = next(model.parameters()).device
         settings = resolve_settings(settings, self.device)
         inputs = resolve_inputs(model, data, layers, classes, settings, self.device)
+        settings = resolve_masks(settings, inputs.nonlinear_sampled(settings))
         if max_memory is not None:
             mem = plan_memory(model, inputs.image_shape, inputs.layers, max_memory,
                               classes_per_unit=settings.classes_per_unit,

@@ -70,8 +70,10 @@ class DistillSettings:
     # How the keep masks are drawn. "antithetic": samples come in pairs, the second keeping
     # exactly the channels the first drops (p_keep 0.5 only: then both are equally likely, so
     # the estimand is unchanged); the even part of a response (its view's offset, interactions
-    # between pairs of channels) cancels inside each pair. "independent": every mask its own
-    # draw. "auto": antithetic where p_keep is 0.5 (measured: docs/stability.md).
+    # between pairs of channels) cancels inside each pair. A response linear in the mask has no
+    # even part left after the per-view baseline, and there a pair repeats one term, doubling
+    # the variance. "independent": every mask its own draw. "auto": antithetic at p_keep 0.5
+    # when some layer is sampled through a tail that is not linear in the mask (docs/stability.md).
     masks: str = "auto"
     # "auto": where a layer's tail is affine in its spatial mean and the response is the logit,
     # the response is linear in the mask, so the importance every sampled run converges to is
@@ -136,7 +138,14 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
     tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
         "bfloat16" if cuda else "float32")
     batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
-    masks = settings.masks if settings.masks != "auto" else (
-        "antithetic" if settings.p_keep == 0.5 else "independent")
-    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size,
-                               masks=masks)
+    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
+
+
+def resolve_masks(settings: DistillSettings, nonlinear_sampled: bool) -> DistillSettings:
+    """``settings`` with masks="auto" made concrete: antithetic pairs where p_keep is 0.5 and
+    some layer is sampled through a tail whose response is not linear in the mask
+    (``nonlinear_sampled``), independent masks otherwise."""
+    if settings.masks != "auto":
+        return settings
+    pairs = settings.p_keep == 0.5 and nonlinear_sampled
+    return dataclasses.replace(settings, masks="antithetic" if pairs else "independent")

@@ -130,3 +130,17 @@ def test_exact_layers_have_no_held_out_fold_but_keep_their_alpha_in_a_heldout_re
     from chip_fast.solve.fit import held_out_split
     with pytest.raises(ValueError, match="exact"):
         held_out_split(imp, "deep")
+
+
+def test_auto_masks_pair_up_where_a_sampled_response_is_not_linear(setup):
+    """Antithetic pairs cancel the even part of a response; a response linear in the mask has
+    none left (the per-view baseline takes its offset), so pairs would only repeat terms."""
+    model, data = setup
+    def design(layers, **kw):
+        return distil(model, data, layers, samples_per_class=8, **kw).settings["masks"]
+    assert design(["feat", "deep"]) == "antithetic"                   # feat: elementwise tail
+    assert design(["deep"]) == "independent"                          # exact: nothing sampled
+    assert design(["deep"], estimator="sampled") == "independent"     # linear in the mask
+    assert design(["deep"], estimator="sampled", tail_path="elementwise") == "independent"
+    assert design(["deep"], estimator="sampled", response="softmax") == "antithetic"
+    assert design(["feat"], p_keep=0.7) == "independent"
