@@ -8,8 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-JOBS = ("vs_plain_loop", "plain_loop", "explain_speed", "shared_machine", "distill_breakdown",
-        "distill_throughput")
+JOBS = ("stability", "vs_plain_loop", "plain_loop", "explain_speed", "shared_machine",
+        "distill_breakdown", "distill_throughput")
 
 
 def summary(name: str) -> str:

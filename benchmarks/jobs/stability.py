@@ -1,0 +1,170 @@
+"""Time to a stable importance: how well two seeds agree, and what it costs next to one plain
+pass over the same photos (the headline benchmark; docs/stability.md reads its results).
+
+For each estimator configuration and sample count, two distillations that differ only in the
+seed; per layer the median over classes of the Pearson r of a class's W row and the mean overlap
+of its 10 largest weights, between the seeds and against the layer's limit: the exact estimator
+where the tail is affine (its closed form), else a long independent-mask run. The wall time of
+each distillation is divided by the mean of the plain passes timed just before and after it
+(PIL decode, Resize 256, CenterCrop 224, float32, channels-last, batches of 64 per class, the
+whole forward), so a neighbour's load moves both sides alike.
+
+    python -m benchmarks.jobs stability                  # MobileNetV2, imagenette
+    python -m benchmarks.jobs stability --arch efficientnet_lite0 --samples 2048
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+
+import chip_fast
+from chip_fast.models.fingerprint import model_fingerprint
+
+from .record import write_result
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+# name -> distill_all_classes keywords (besides samples and seed)
+CONFIGS = {
+    "default": {},                                              # exact where affine, antithetic
+    "sampled-antithetic": {"estimator": "sampled", "masks": "antithetic"},
+    "sampled-independent": {"estimator": "sampled", "masks": "independent"},   # before
+}
+
+
+def plain_pass(model: torch.nn.Module, source: chip_fast.ImageFolderSource, batch: int = 64
+               ) -> float:
+    """Seconds for one pass a user would write: decode, resize, crop, normalise, forward."""
+    from PIL import Image
+    from torchvision import transforms as T
+    prep = source.preprocess
+    tf = T.Compose([T.Resize(prep.resize), T.CenterCrop(prep.size), T.ToTensor(),
+                    T.Normalize(prep.mean, prep.std)])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for c in source.classes:
+            files = source.files[c]
+            for i in range(0, len(files), batch):
+                x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
+                model(x.contiguous(memory_format=torch.channels_last))
+    return time.perf_counter() - start
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor, classes: list[int]) -> dict[str, float]:
+    """Median over classes of the Pearson r of their W rows, mean top-10 overlap."""
+    rs, overlap = [], []
+    for c in classes:
+        x, y = a[c].double(), b[c].double()
+        rs.append(float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() * y.std() > 0
+                  else 0.0)
+        overlap.append(len(set(x.abs().topk(10).indices.tolist())
+                           & set(y.abs().topk(10).indices.tolist())) / 10)
+    return {"median_r": median(rs), "top10": sum(overlap) / len(overlap)}
+
+
+def distill(model, source, n: int, seed: int, config: dict, layers=None) -> tuple:
+    start = time.perf_counter()
+    imp = chip_fast.distill_all_classes(model, source, layers, samples_per_class=n, seed=seed,
+                                        progress=False, **config)
+    return imp, time.perf_counter() - start
+
+
+def references(model, source, reference: int, cache: Path | None
+               ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Each default layer's limit, from one run: the exact estimator where the tail is affine,
+    a long run of independent masks (the design no configuration compared here uses) else.
+    Kept in ``cache`` (a .chip file named by what it depends on) for the next run."""
+    key = f"{model_fingerprint(model)['sha256'][:16]}_{len(source.classes)}_{reference}.chip"
+    if cache is not None and (cache / key).is_file():
+        long = chip_fast.load_importance(cache / key)
+        return dict(long.weights), {"estimators": long.settings["estimators"], "cached": True}
+    long, seconds = distill(model, source, reference, 99, {"masks": "independent"})
+    if cache is not None:
+        long.save(cache / key)
+    return dict(long.weights), {"estimators": long.settings["estimators"], "seconds": seconds}
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = chip_fast.load_model(args.arch, args.weights, "cpu")
+    source = chip_fast.ImageFolderSource(args.data, preprocess=chip_fast.preprocess_of(model))
+    layers = chip_fast.default_layers(model)
+    plain_pass(model, source)   # warm-up: file cache, thread pools, kernels
+    refs, ref_info = references(model, source, args.reference, args.cache)
+    rows, last_plain = [], plain_pass(model, source)
+    for name in args.configs:
+        for n in args.samples:
+            runs = []
+            for seed in args.seeds:
+                imp, seconds = distill(model, source, n, seed, CONFIGS[name])
+                plain = plain_pass(model, source)
+                runs.append((imp, seconds, (last_plain + plain) / 2))
+                last_plain = plain
+            (a, ta, pa), (b, tb, pb) = runs[:2]
+            rows.append({
+                "config": name, "samples_per_class": n, "seconds": [ta, tb],
+                "plain_pass_seconds": [pa, pb], "cost_in_plain_passes": (ta / pa + tb / pb) / 2,
+                "layers": {l: {"estimator": a.settings["estimators"][l],
+                               "seeds": agreement(a.weights[l], b.weights[l], a.classes),
+                               "limit": agreement(a.weights[l], refs[l], a.classes)}
+                           for l in layers}})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"arch": args.arch, "data": str(args.data), "classes": len(source.classes),
+            "photos": sum(source.count(c) for c in source.classes),
+            "reference_samples": args.reference, "reference": ref_info,
+            "threads": torch.get_num_threads(),
+            "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    layers = list(result["rows"][0]["layers"])
+    head = " | ".join(f"{l}: seeds r / top-10, vs limit r" for l in layers)
+    lines = [f"| estimator | samples per class | {head} | cost (plain passes) |",
+             "|---" * (3 + len(layers)) + "|"]
+    for row in result["rows"]:
+        cells = []
+        for l in layers:
+            d = row["layers"][l]
+            tag = " (exact)" if d["estimator"] == "exact" else ""
+            cells.append(f"{d['seeds']['median_r']:.3f} / {d['seeds']['top10']:.2f}, "
+                         f"{d['limit']['median_r']:.3f}{tag}")
+        lines.append(f"| {row['config']} | {row['samples_per_class']:,} | {' | '.join(cells)} "
+                     f"| {row['cost_in_plain_passes']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="mobilenet_v2")
+    p.add_argument("--weights", default=None, help="default: the real MobileNetV2 of "
+                                                   "../shared/data for mobilenet_v2")
+    p.add_argument("--data", type=Path, default=DATA / "imagenette" / "train")
+    p.add_argument("--configs", default="default,sampled-antithetic,sampled-independent")
+    p.add_argument("--samples", default="2048,8192")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--reference", type=int, default=16384,
+                   help="samples per class of the long run at layers without a closed form")
+    p.add_argument("--cache", type=Path,
+                   default=Path(tempfile.gettempdir()) / "chip_fast_stability",
+                   help="where the long reference run is kept between runs")
+    p.add_argument("--name", default=None, help="results name (default: <arch>)")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    args = p.parse_args(argv)
+    args.configs = [c.strip() for c in args.configs.split(",")]
+    args.samples = [int(s) for s in args.samples.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.weights is None and args.arch == "mobilenet_v2":
+        args.weights = DATA / "weights" / "mobilenet_v2_imagenet1k.pth"
+    result = run(args)
+    write_result(f"stability/{args.name or args.arch}", result, markdown(result),
+                 **({"root": args.out} if args.out else {}))
+
+
+if __name__ == "__main__":
+    main()
