@@ -6,7 +6,7 @@ model family was trained with is the family's own (``chip_fast.models.preprocess
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -17,7 +17,6 @@ import time
 import warnings
 from typing import Any, Callable, ContextManager, Iterable, Sequence
 
-import torch
 from torch import nn
 
 from ..atlas.collect import denormalizer

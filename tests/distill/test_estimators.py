@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import chip_fast
-from chip_fast.solve.fit import exact_r2, solve_layer
+from chip_fast.solve.fit import exact_r2
 
 
 class Net(nn.Module):
