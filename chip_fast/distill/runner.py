@@ -292,6 +292,12 @@ class UnitRunner:
         if self.settings.fill != "zero":   # mean and noise fills both have mean mu
             d = d - mu[layer][None, :]
         beta = (d.index_select(0, rows.view) * weight.index_select(0, rows.cls)).double()
+        if self.device.type == "cuda":
+            # index_add_ adds with atomics on CUDA, in no fixed order: a product with the rows'
+            # one-hot matrix (a float64 GEMM) gives the same sums the same way every run.
+            onehot = torch.zeros(n_rows, len(beta), dtype=torch.float64, device=self.device)
+            onehot[rows.sum_row, torch.arange(len(beta), device=self.device)] = 1.0
+            return onehot @ beta, onehot.sum(1), onehot @ (beta * beta).sum(1)
         szy = torch.zeros(n_rows, beta.shape[1], dtype=torch.float64, device=self.device)
         sy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
         syy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
