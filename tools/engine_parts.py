@@ -19,7 +19,6 @@ import chip_fast
 from chip_fast import DistillSettings
 from chip_fast.distill import tails
 from chip_fast.distill.job import DistillJob
-from chip_fast.distill.state import DistillState
 
 
 @dataclass
@@ -109,54 +108,87 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-30)).min())
 
 
+class Checks(list):
+    """Comparisons, each with its value and tolerance."""
+
+    def add(self, name: str, value: float, tol: float, worse: str = "above") -> None:
+        ok = value <= tol if worse == "above" else value >= tol
+        self.append({"name": name, "value": value, "tol": tol, "ok": bool(ok)})
+
+    def value(self, start: str) -> float:
+        return next(c["value"] for c in self if c["name"].startswith(start))
+
+
+def _against_cpu(ctx: Context, net, data, kw: dict, checks: Checks) -> None:
+    """Both fills, float32 tails, the sampled estimator: device against CPU; the device's run
+    under CHIP_FAST_SYNC_DEBUG=1 (a device read inside a unit raises). Then explain."""
+    for fill in ("mean", "noise"):
+        cpu = chip_fast.distill_all_classes(net, data, fill=fill, device="cpu", **kw)
+        os.environ["CHIP_FAST_SYNC_DEBUG"] = "1"
+        try:
+            dev = chip_fast.distill_all_classes(net, data, fill=fill, device=ctx.device, **kw)
+        finally:
+            os.environ.pop("CHIP_FAST_SYNC_DEBUG")
+        for layer in kw["layers"]:
+            checks.add(f"{fill} {layer} r max rel diff", _rel(cpu.r[layer], dev.r[layer]), 1e-4)
+        checks.add(f"{fill} paths differ", float(cpu.settings["paths"] != dev.settings["paths"]),
+                   0)
+    imp = chip_fast.distill_all_classes(net, data, device="cpu", **kw)
+    maps_cpu = chip_fast.explain(net.to("cpu"), imp, data[0][:4], [0, 1, 2, 3])
+    maps_dev = chip_fast.explain(net.to(ctx.device), imp, data[0][:4].to(ctx.device),
+                                 [0, 1, 2, 3]).cpu()
+    checks.add("explain max abs diff", float((maps_cpu - maps_dev).abs().max()), 1e-4)
+
+
+def _defaults(ctx: Context, net, data, kw: dict, checks: Checks) -> None:
+    """The default settings on the device (bf16 tails, the exact estimator where it applies):
+    twice with the same seed, bit-identical; the exact layer against the CPU; the sampled
+    layer against float32 CPU tails by correlation."""
+    defaults = {**kw, "tail_dtype": "auto", "estimator": "auto", "fill": "mean"}
+    with tf32_off():
+        auto, again = (chip_fast.distill_all_classes(net, data, device=ctx.device, **defaults)
+                       for _ in range(2))
+        cpu = chip_fast.distill_all_classes(net, data, device="cpu",
+                                            **{**defaults, "tail_dtype": "float32"})
+    same = all(torch.equal(auto.r[l], again.r[l]) and torch.equal(auto.weights[l],
+                                                                   again.weights[l])
+               for l in kw["layers"])
+    checks.add("same seed twice on the device: results differ", float(not same), 0)
+    checks.add("exact estimator features.2 r max rel diff",
+               _rel(cpu.r["features.2"], auto.r["features.2"]), 1e-4)
+    checks.add("default (bf16) tails: smallest class r correlation, features.1",
+               _corr(cpu.r["features.1"], auto.r["features.1"]), 0.99, worse="below")
+
+
 def correctness(ctx: Context) -> dict:
     """The device against the CPU at the same seed (same masks, fill noise to float32 rounding),
-    TF32 off inside every comparison; the hot loop under CHIP_FAST_SYNC_DEBUG=1 (a device
-    read inside a unit raises); the default bf16 tails against float32 by correlation."""
+    TF32 off inside every comparison (PyTorch runs convolutions in TF32 by default: 1e-3 off,
+    the size of what a comparison must find), each with its tolerance; a failed comparison
+    makes the step fail, the others still run. Graph captures per batch shape recorded."""
     torch.manual_seed(0)
     net = SmallNet().eval()
     g = torch.Generator().manual_seed(1)
     data = (torch.randn(20, 3, 32, 32, generator=g), torch.arange(20) % 10)
     kw = dict(layers=["features.1", "features.2"], samples_per_class=128 if ctx.quick else 512,
               seed=3, progress=False, tail_dtype="float32", estimator="sampled")
-    checks = []
-
-    def check(name: str, value: float, tol: float, worse: str = "above") -> None:
-        ok = value <= tol if worse == "above" else value >= tol
-        checks.append({"name": name, "value": value, "tol": tol, "ok": bool(ok)})
-    with tf32_off(), tail_runners() as runners:
-        for fill in ("mean", "noise"):
-            cpu = chip_fast.distill_all_classes(net, data, fill=fill, device="cpu", **kw)
-            os.environ["CHIP_FAST_SYNC_DEBUG"] = "1"
-            try:
-                dev = chip_fast.distill_all_classes(net, data, fill=fill, device=ctx.device, **kw)
-            finally:
-                os.environ.pop("CHIP_FAST_SYNC_DEBUG")
-            for layer in kw["layers"]:
-                check(f"{fill} {layer} r max rel diff", _rel(cpu.r[layer], dev.r[layer]), 1e-4)
-            check(f"{fill} paths equal", float(cpu.settings["paths"] != dev.settings["paths"]), 0)
-        imp = chip_fast.distill_all_classes(net, data, device="cpu", **kw)
-        maps_cpu = chip_fast.explain(net.to("cpu"), imp, data[0][:4], [0, 1, 2, 3])
-        maps_dev = chip_fast.explain(net.to(ctx.device), imp, data[0][:4].to(ctx.device),
-                                     [0, 1, 2, 3]).cpu()
-        check("explain max abs diff", float((maps_cpu - maps_dev).abs().max()), 1e-4)
-        auto = chip_fast.distill_all_classes(net, data, fill="mean", device=ctx.device,
-                                             **{**kw, "tail_dtype": "auto"})
-    ref = chip_fast.distill_all_classes(net, data, fill="mean", device="cpu", **kw)
-    check("default tail dtype: smallest class r correlation, features.1",
-          _corr(ref.r["features.1"], auto.r["features.1"]), 0.99, worse="below")
+    checks = Checks()
+    with tail_runners() as runners:
+        with tf32_off():
+            _against_cpu(ctx, net, data, kw, checks)
+        _defaults(ctx, net, data, kw, checks)
     net.to("cpu")
     graphs = captures(runners)
     bad = [c for c in checks if not c["ok"]]
     worst = max((c for c in checks if "rel diff" in c["name"]), key=lambda c: c["value"])
-    captured = sum(v == "captured" for v in graphs.values())
-    summary = (f"{len(checks) - len(bad)}/{len(checks)} comparisons within tolerance; worst r "
-               f"rel diff {worst['value']:.1e} (tol {worst['tol']:.0e}, {worst['name']}); "
-               f"explain {checks[-2]['value']:.1e}; bf16 r corr {checks[-1]['value']:.4f}; "
-               f"graphs captured {captured}/{len(graphs)} shapes")
+    summary = (f"{len(checks) - len(bad)}/{len(checks)} comparisons within tolerance, TF32 off; "
+               f"worst r rel diff {worst['value']:.1e} (tol {worst['tol']:.0e}, "
+               f"{worst['name']}); explain {checks.value('explain'):.1e}; same seed twice "
+               f"{'identical' if not checks.value('same seed') else 'DIFFERENT'}; bf16 r corr "
+               f"{checks.value('default (bf16)'):.4f}; graphs captured "
+               f"{sum(v == 'captured' for v in graphs.values())}/{len(graphs)} shapes")
     if bad:
         summary += "; over tolerance: " + ", ".join(f"{c['name']} {c['value']:.2e}" for c in bad)
-    return {"status": "fail" if bad else "ok", "summary": summary, "checks": checks,
+    return {"status": "fail" if bad else "ok", "summary": summary, "checks": list(checks),
             "graphs": graphs, "tf32_in_comparisons": False}
 
 
@@ -172,12 +204,12 @@ def launches(ctx: Context) -> dict:
     finally:
         os.environ.pop("CHIP_FAST_BACKEND") if old is None else os.environ.update(
             CHIP_FAST_BACKEND=old)
-    if ctx.cuda:
-        launched = counts["cuda_launch_calls"]
-        how = "CUDA launch calls (profiler)"
-    else:
-        launched = counts["triton_launches"] + counts["tail_calls"] + counts["launching_ops"]
-        how = "Triton launches + tail + launching aten ops, interpreter"
+    # Triton launches, tail calls (one graph replay) and the aten ops that launch work; on CUDA
+    # also the launch calls CUPTI saw, which count where the estimate misses something.
+    launched = counts["triton_launches"] + counts["tail_calls"] + counts["launching_ops"]
+    how = "Triton + tail + launching aten ops" + ("" if ctx.cuda else ", interpreter")
+    if ctx.cuda and counts["cuda_launch_calls"] > launched:
+        launched, how = counts["cuda_launch_calls"], "CUDA launch calls (profiler)"
     counts["launches_per_batch"] = launched
     return {"status": "ok", "summary": f"{launched:.1f} launches per tail batch ({how}); "
             f"{counts['aten_ops']:.1f} aten ops outside the tail, {counts['triton_launches']:.1f} "
@@ -193,13 +225,13 @@ def _job(ctx: Context, model, data, layer: str, **settings) -> DistillJob:
 def _run(job: DistillJob, fresh_state: bool = False) -> float:
     """Seconds of the job's units; ``fresh_state``: run them all again on the same job (its
     graphs, kernels and views warm)."""
-    if fresh_state:
-        mu, sigma = job.state.mu, job.state.sigma
-        job.state = DistillState(job.plan)
-        job.state.set_fill_statistics(mu, sigma)
+    from tools.launch_count import rerun
     sync(job.device)
     before = job.work_seconds
-    job.run_pending(job.state.pending())
+    if fresh_state:
+        rerun(job)
+    else:
+        job.run_pending(job.state.pending())
     sync(job.device)
     return job.work_seconds - before
 
@@ -226,6 +258,22 @@ def _bare_tail(job: DistillJob, layer: str, n_batches: int) -> float:
         for _ in range(n_batches):
             runner(x, {}, rows)
         sync(job.device)
+    return time.perf_counter() - t0
+
+
+def _per_unit_s(job: DistillJob, layer: str) -> float:
+    """What the units do besides their batches, warm: rows, views' prefix (or the cache) and
+    the baseline pass, over all the job's units. The bare tail has none of it."""
+    runner = job.runner
+    sync(job.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for unit in job.plan.units:
+            rows, pending = runner.prepare(job.plan, unit)
+            inputs, prefix_out = runner._inputs(job.plan, rows, pending)
+            if job.settings.baseline == "view":
+                runner._baseline(layer, inputs[layer], prefix_out, rows)
+    sync(job.device)
     return time.perf_counter() - t0
 
 
@@ -273,6 +321,7 @@ def overhead(ctx: Context) -> dict:
         batch = job.settings.batch_size
         n_batches = classes * samples // batch
         bare_s = _bare_tail(job, layer, n_batches)
+        per_unit_s = _per_unit_s(job, layer)
         compiled = _kernel_compiles()
         changed = _job(ctx, model, data, layer, **{**kw, "seed": 1,
                                                    "samples_per_class": samples + batch})
@@ -281,6 +330,7 @@ def overhead(ctx: Context) -> dict:
     graphs = captures(runners)
     out = {"layer": layer, "batch": batch, "samples": classes * samples, "first_s": first_s,
            "warm_s": warm_s, "bare_tail_s": bare_s, "overhead": warm_s / bare_s - 1,
+           "per_unit_s": per_unit_s, "overhead_batches": (warm_s - per_unit_s) / bare_s - 1,
            "us_per_network": warm_s / (classes * samples) * 1e6,
            "samples_per_s": classes * samples / warm_s, "first_call_extra_s": first_s - warm_s,
            "changed_call_extra_s": changed_s - warm_s * (samples + batch) / samples,
@@ -289,9 +339,11 @@ def overhead(ctx: Context) -> dict:
         out.update(_profiled(job))
     summary = (f"{out['samples_per_s']:.0f} samples/s warm, {out['us_per_network']:.2f} us per "
                f"network; engine {warm_s:.2f} s vs bare tail {bare_s:.2f} s over {n_batches} "
-               f"batches of {batch}: overhead {out['overhead'] * 100:.0f}%; first run "
-               f"+{out['first_call_extra_s']:.2f} s; new N and seed +"
-               f"{out['changed_call_extra_s']:.2f} s, {recompiles} recompiles")
+               f"batches of {batch}: overhead {out['overhead'] * 100:.0f}% (per-unit prefix "
+               f"and baseline {per_unit_s:.2f} s; the batches alone "
+               f"{out['overhead_batches'] * 100:.0f}%); first run "
+               f"{out['first_call_extra_s']:+.2f} s; new N and seed "
+               f"{out['changed_call_extra_s']:+.2f} s, {recompiles} recompiles")
     if "busy_share" in out:
         summary += (f"; device busy {out['busy_share'] * 100:.0f}%, "
                     f"{out['pageable_copies']} pageable copies")
