@@ -50,8 +50,9 @@ def ceilings(ctx: Context) -> dict:
     del a, src, dst
     if not ctx.cuda:
         out["matmul_bf16_tflops_note"] = "float32 on a CPU"
-    return {"status": "ok", "summary": f"bf16 matmul {out['matmul_bf16_tflops']:.1f} TFLOP/s, "
-            f"{out['prefix_dtype']} matmul {out['matmul_prefix_dtype_tflops']:.1f} TFLOP/s, "
+    dense = "bf16" if ctx.cuda else "float32"
+    return {"status": "ok", "summary": f"{dense} matmul {out['matmul_bf16_tflops']:.1f} TFLOP/s, "
+            f"the prefix's {out['prefix_dtype']} {out['matmul_prefix_dtype_tflops']:.1f} TFLOP/s, "
             f"copy {out['copy_tb_per_s']:.2f} TB/s", **out}
 
 
@@ -101,7 +102,8 @@ def plain(ctx: Context) -> dict:
                               ("vgg16", "vgg16", "features.29")):
         runs = [_plain_rate(ctx, model, layer, b) for b in batches]
         out[key] = min(runs, key=lambda r: r["us_per_network"]) | {"layer": layer, "runs": runs}
-    return {"status": "ok", "summary": "plain bf16 channels-last loop: MobileNetV2 "
+    dtype = "bf16" if ctx.cuda else "float32"
+    return {"status": "ok", "summary": f"plain {dtype} channels-last loop: MobileNetV2 "
             f"features.14.conv.0 {out['mobilenet_v2']['us_per_network']:.2f} us per network, "
             f"VGG16 features.29 {out['vgg16']['us_per_network']:.2f} us (batch "
             f"{out['vgg16']['batch']})", **out}
