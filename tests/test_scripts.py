@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def script_modules() -> list[str]:
     mods = [f"benchmarks.jobs.{p.stem}" for p in (ROOT / "benchmarks" / "jobs").glob("*.py")
             if p.stem != "__init__"]
-    mods += ["tools.gpu_engine_check"]   # compile_check needs Triton: tests/test_compile.py
+    # compile_check needs Triton: tests/kernels/test_compile.py
+    mods += [f"tools.{p.stem}" for p in (ROOT / "tools").glob("*.py")
+             if p.stem not in ("__init__", "compile_check")]
     for study in sorted(p for p in (ROOT / "experiments").iterdir() if (p / "README.md").is_file()):
         mods += [f"experiments.{study.name}.{p.stem}" for p in sorted(study.glob("*.py"))]
     return mods

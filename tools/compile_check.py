@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
+from chip_fast import rng  # noqa: E402
 from chip_fast.ops.perturb import perturb_kernel  # noqa: E402
 from chip_fast.ops.perturb_means import perturb_means_kernel  # noqa: E402
 from chip_fast.ops.response_sums import response_sums_kernel  # noqa: E402
@@ -100,6 +101,20 @@ def _other_launches() -> list[tuple]:
         samples, y = torch.arange(t), torch.zeros(t)
         out += _record(k_sums, "_response_sums_kernel", lambda: response_sums_kernel(
             2**40 + 17, samples, 0.5, k, y, samples % rows, rows, antithetic=anti))
+    for (t, k, rows, batch), matrix, base, anti in itertools.product(
+            [(1024, 576, 32, 256), (8192, 1280, 32, 4096), (60, 13, 3, 16)], (True, False),
+            (True, False), (False, True)):
+        # The engine's per-unit path: a plan made once, one accumulating launch per batch.
+        idx = torch.arange(t)
+        order, bounds, splits = k_sums.batch_plan(idx % rows, rows, batch)
+        dev_plan = (order, bounds, idx, idx % 7, idx % 5)
+        sums = (torch.zeros(rows, splits, k, dtype=torch.float64),
+                torch.zeros(rows, splits, dtype=torch.float64),
+                torch.zeros(rows, splits, dtype=torch.float64))
+        responses = torch.zeros(batch, 7) if matrix else torch.zeros(batch)
+        out += _record(k_sums, "_response_sums_kernel", lambda: k_sums.response_sums_accumulate(
+            (5, 7), 2**31, rng.MASK_TAG_WORD, dev_plan, 1, batch, responses,
+            torch.zeros(5) if base else None, 0.5, sums, anti))
     for (t, k), fill, anti in itertools.product([(4096, 1280), (9, 13)],
                                                 ("noise", "zero", "mean"), (False, True)):
         idx = torch.arange(t) % 4

@@ -155,6 +155,36 @@ class ImageFolderSource(_Source):
                     warnings.warn(f"{e}; using the next image of its class instead", stacklevel=2)
         raise ImageError(f"no image of class {c} in {self.root} can be decoded")
 
+    def read_encoded(self, c: int, j: int) -> torch.Tensor | None:
+        """The bytes of image j of class c when it is a JPEG (for ``decode_many``), else None.
+        Reads the file only: safe on any thread, also while CUDA graphs are being captured."""
+        path = self.files[c][j % len(self.files[c])]
+        if path.suffix.lower() not in (".jpg", ".jpeg"):
+            return None
+        from torchvision.io import read_file
+        try:
+            return read_file(str(path))
+        except RuntimeError:
+            return None   # unreadable: load() reports it or takes the class's next image
+
+    def decode_many(self, items: list[tuple[int, int]],
+                    encoded: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """Images (c, j) of ``items`` preprocessed on ``decode_device``: the JPEGs among
+        ``encoded`` (``read_encoded``) in one batched call of torchvision's nvJPEG decoder,
+        the others, and every one of a batch the decoder refuses, through ``load``."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+        out: list[torch.Tensor | None] = [None] * len(items)
+        todo = [i for i, e in enumerate(encoded) if e is not None]
+        if todo and self.preprocess is not None:
+            try:
+                images = decode_jpeg([encoded[i] for i in todo], mode=ImageReadMode.RGB,
+                                     device=self.decode_device)
+                for i, image in zip(todo, images):
+                    out[i] = self.preprocess(image)
+            except RuntimeError:
+                pass   # a file nvJPEG refuses (CMYK, damaged): each one on its own below
+        return [o if o is not None else self.load(c, j) for o, (c, j) in zip(out, items)]
+
 
 class TensorSource(_Source):
     """Preprocessed images in memory: ``images`` (N, 3, H, W) float and ``labels`` (N,) int.

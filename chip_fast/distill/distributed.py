@@ -185,13 +185,21 @@ class Peers:
             time.sleep(poll)
 
 
+def _collective(world: World) -> bool:
+    """Whether the copies between ranks run: in a job of several ranks, and also at one rank
+    under torchrun, where the process group exists; the copies then go through the backend for
+    real (the GPU check runs NCCL so), with the same result as no copy. A process that was not
+    started as a rank never touches a process group, even one its caller made."""
+    return world.size > 1 or (launched_by_torchrun() and dist.is_initialized())
+
+
 def _comm_device(device: torch.device) -> torch.device:
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def broadcast_fill_statistics(state: DistillState, world: World, device: torch.device) -> None:
     """Rank 0's mu/sigma to every rank: one source of truth even across different devices."""
-    if world.size == 1:
+    if not _collective(world):
         return
     dev = _comm_device(device)
     mu, sigma = {}, {}
@@ -207,7 +215,7 @@ def broadcast_fill_statistics(state: DistillState, world: World, device: torch.d
 def check_same_job(identity: str, world: World) -> None:
     """Refuse to run when ranks see different jobs (e.g. another copy of the data on a node):
     their rows would not add up to any one-process result."""
-    if world.size == 1:
+    if not _collective(world):
         return
     seen: list[Any] = [None] * world.size
     dist.all_gather_object(seen, (identity, socket.gethostname()))
@@ -220,7 +228,7 @@ def check_same_job(identity: str, world: World) -> None:
 
 def gather_groups(state: DistillState, world: World, device: torch.device) -> None:
     """Copy every group's rows and progress from its owner to all ranks (broadcast, no sums)."""
-    if world.size == 1:
+    if not _collective(world):
         return
     dev = _comm_device(device)
     for owner in range(world.size):
@@ -244,7 +252,7 @@ def gather_groups(state: DistillState, world: World, device: torch.device) -> No
 def gather_atlas(state: DistillState, world: World, device: torch.device) -> None:
     """Merge every rank's channel atlas into every rank's (each rank saw its own units' views;
     the merge keeps each channel's k strongest, one per view, whatever the order)."""
-    if world.size == 1 or state.atlas is None:
+    if not _collective(world) or state.atlas is None:
         return
     from ..atlas.collect import ChannelAtlas
     dev = _comm_device(device)

@@ -95,23 +95,25 @@ class DistillJob:
                     critical: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
         """Run ``units`` in order; checkpoint atomically every ``checkpoint_every`` seconds and
         at the end. ``on_batch(samples)`` follows each batch, ``on_unit(samples)`` each unit
-        (progress). The next unit's views decode while a unit runs. Adding a unit's sums and
+        (progress). Later units' views decode while a unit runs. Adding a unit's sums and
         writing a checkpoint happen inside ``critical()``, so a signal handler that saves never
         sees a half-added unit."""
         started = last_save = time.monotonic()
         mu, sigma, runner, plan = self.state.mu, self.state.sigma, self.runner, self.plan
-        gpu = self.device.type == "cuda"
-        prepared = runner.prepare(plan, units[0]) if units else None
-        launched = None
+        # On CUDA unit i+1 is queued before unit i's sums are read (the device never waits for
+        # the host) and unit i+2 decodes meanwhile; on a CPU a unit runs while the next decodes.
+        lead = 1 if self.device.type == "cuda" else 0
+        prepared: dict[int, Any] = {}
+        launched: dict[int, Any] = {}
         for i, unit in enumerate(units):
-            # The next unit decodes while this one runs; on CUDA it is also queued before this
-            # unit's sums are read, so the device never waits for the host.
-            following = runner.prepare(plan, units[i + 1]) if i + 1 < len(units) else None
-            current = launched or runner.launch(plan, unit, mu, sigma, prepared, on_batch)
-            launched = (runner.launch(plan, units[i + 1], mu, sigma, following, on_batch)
-                        if gpu and following is not None else None)
-            prepared = following
-            partial = runner.collect(current, mu, sigma)
+            for j in range(i, min(len(units), i + lead + 2)):
+                if j not in prepared and j not in launched:
+                    prepared[j] = runner.prepare(plan, units[j])
+            for j in range(i, min(len(units), i + lead + 1)):
+                if j not in launched:
+                    launched[j] = runner.launch(plan, units[j], mu, sigma, prepared.pop(j),
+                                                on_batch)
+            partial = runner.collect(launched.pop(i), mu, sigma)
             with critical():
                 self.state.add(unit, partial)
             if on_unit is not None:

@@ -11,32 +11,37 @@ z * y, y and y^2 per (class, fold) in float64:
   layout the tail consumes (on CUDA straight into the tail's CUDA graph input), and the tail
   runs on the batch (``tails.TailRunner``).
 
-On CUDA nothing between a unit's first and last batch reads the device: indices are built on the
-host once per unit, the kernels skip their range checks, a non-finite response sets a device
-flag that is read with the sums at the end of the unit.
+On CUDA nothing between a unit's first and last batch reads the device: indices (with the
+response sums' sort and bucket bounds) are built on the host once per unit (``rows``), the
+kernels skip their range checks, and a batch is the perturbation kernel, the tail's CUDA-graph
+replay and the response sums kernel (which gathers each row's logit, subtracts the baseline and
+adds into the unit's sums). A unit's sums are copied into pinned memory behind an event, so
+``collect`` waits for that unit alone while the next one runs; a non-finite response shows in
+them (a float64 sum of float32 values is finite exactly when all of them are) and is found
+again only then.
 
-Owns the views, the prefix and tail passes and the fill statistics pass; the model's sizes and
-tails come resolved (``inputs``); it reads the plan and never writes the job's state or files.
+Owns the prefix and tail passes and the fill statistics pass; the views are ``views``', the
+rows ``rows``'; the model's sizes and tails come resolved (``inputs``); it reads the plan and
+never writes the job's state or files.
 """
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .. import rng
-from ..util.cpus import usable_cpus
-from ..data.sources import ImageFolderSource, make_view
+from ..ops.backend import use_triton
 from ..ops.perturb import perturb
 from ..ops.perturb_means import perturb_means
+from ..ops.response_sums import UnitSums
 from .inputs import JobInputs
 from .plan import DistillPlan, Unit
+from .rows import Rows, make_rows
 from .settings import DistillSettings
-from ..ops.response_sums import response_sums
 from .state import Partial
 from .tails import AffineTail, TailRunner, no_sync_checks, response_of
+from .views import ViewLoader
 
 # Called after every prefix pass with the (class, view) keys of the batch, the views themselves
 # (preprocessed, on the device) and the prefix outputs; a view may be seen more than once (the
@@ -52,30 +57,26 @@ VIEW_CACHE_BYTES = 512 * 2**20
 
 @dataclass
 class Launched:
-    """A unit whose work is queued: its device sums and non-finite flag, and what it took to
-    find a non-finite response again."""
+    """A unit whose work is queued: its sums (on CUDA, host copies that are valid once
+    ``ready`` has passed), and what it took to find a non-finite response again."""
     plan: DistillPlan
     unit: Unit
-    rows: "Rows"
+    rows: Rows
     inputs: dict[str, torch.Tensor]
     prefix_out: dict[str, torch.Tensor] | None
     sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    bad: torch.Tensor
+    ready: torch.cuda.Event | None = None
 
 
-@dataclass
-class Rows:
-    """A unit's rows, sample-major (each batch holds every class of the group), on the device:
-    the view each perturbs, its class, its (class slot, fold) sum row, its sample index."""
-    view: torch.Tensor
-    cls: torch.Tensor
-    sum_row: torch.Tensor
-    sample: torch.Tensor
-    keys: list[tuple[int, int]]        # (class, view) of each distinct view, in load order
-    key_cls: torch.Tensor              # the class of each of ``keys``, on the device
-
-    def __len__(self) -> int:
-        return len(self.view)
+def _response_matrix(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """(T, C) float32 responses to every class; each row's own class is picked by the sums."""
+    if logits.dtype != torch.float32:   # the tails return float32: no op per batch then
+        logits = logits.float()
+    if kind == "softmax":
+        return torch.softmax(logits, dim=1)
+    if kind == "log_softmax":
+        return torch.log_softmax(logits, dim=1)
+    return logits
 
 
 class UnitRunner:
@@ -86,47 +87,20 @@ class UnitRunner:
         self.source = inputs.source
         self.settings = settings
         self.device = device
-        self._pool: ThreadPoolExecutor | None = None
+        self.views = ViewLoader(inputs.source, settings, device)
         self.observers: list[PrefixObserver] = []   # e.g. the channel atlas
         self.affine: dict[str, AffineTail] = inputs.affine
         self.tails: dict[str, TailRunner] = inputs.tails
         self.elements: dict[str, int] = inputs.elements
         # (class, view) -> what the units need of it per layer, from the fill statistics pass
         self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        # Whether the batches run the Triton kernels (the ops ask the same per call).
+        self.kernels = use_triton(torch.empty(0, device=device))
 
     # -- views and the prefix ---------------------------------------------------------------
-    def _view(self, c: int, v: int) -> torch.Tensor:
-        n_images = self.source.count(c)
-        image = self.source.load(c, v % n_images)
-        return make_view(image, c, v, n_images, self.settings.seed)
-
-    def _decoder(self) -> ThreadPoolExecutor:
-        # PIL releases the GIL while decoding; as many threads as CPUs this process may use.
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=usable_cpus(),
-                                            thread_name_prefix="chip_fast-decode")
-        return self._pool
-
-    def submit_views(self, pairs: list[tuple[int, int]]) -> Future | list[Future]:
-        """Start decoding the (class, view) pairs on the decoding threads; ``load_views``
-        waits for them."""
-        if not pairs:
-            return []
-        if len(pairs) > 1 and isinstance(self.source, ImageFolderSource):
-            pool = self._decoder()
-            return [pool.submit(self._view, c, v) for c, v in pairs]
-        done: Future = Future()
-        done.set_result(torch.stack([self._view(c, v) for c, v in pairs]))
-        return done
-
     def load_views(self, pairs: list[tuple[int, int]], pending=None) -> torch.Tensor:
-        """The (class, view) pairs as one batch, in a fixed order (``pending``: what
-        ``submit_views`` returned for them)."""
-        pending = self.submit_views(pairs) if pending is None else pending
-        if isinstance(pending, Future):
-            return pending.result()
-        views = torch.stack([f.result() for f in pending])
-        return views.pin_memory() if self.device.type == "cuda" else views
+        """The (class, view) pairs as one batch, in a fixed order (``views.ViewLoader``)."""
+        return self.views.load(pairs, pending)
 
     def prefix(self, views: torch.Tensor, keys: list[tuple[int, int]] | None = None
                ) -> dict[str, torch.Tensor]:
@@ -192,39 +166,16 @@ class UnitRunner:
         return mu, sigma
 
     # -- one unit ---------------------------------------------------------------------------
-    def rows(self, plan: DistillPlan, unit: Unit) -> Rows:
-        """The unit's rows, sample-major: for each sample index, one row per class of the
-        group, so every tail batch mixes the group's classes."""
-        classes = plan.groups[unit.group]
-        samples = torch.tensor(list(plan.unit_sample_range(unit)), dtype=torch.int64)
-        keys: list[tuple[int, int]] = []
-        index: dict[tuple[int, int], int] = {}
-        view_cols = []
-        for c in classes:
-            cols = []
-            for v in plan.views.view_of(c, samples).tolist():
-                if (c, v) not in index:
-                    index[(c, v)] = len(keys)
-                    keys.append((c, v))
-                cols.append(index[(c, v)])
-            view_cols.append(torch.tensor(cols))
-        g, n = len(classes), len(samples)
-        folds = plan.settings.folds
-        view = torch.stack(view_cols, 1).flatten()                       # (n * g,)
-        cls = torch.tensor(classes).repeat(n)
-        slot = torch.arange(g).repeat(n)
-        sample = samples.repeat_interleave(g)
-        sum_row = slot * folds + rng.fold_of(sample, folds, plan.antithetic)
-        pin = self.device.type == "cuda"
-        on = (lambda t: t.pin_memory().to(self.device, non_blocking=True)) if pin else (lambda t: t)
-        return Rows(on(view), on(cls), on(sum_row), on(sample), keys,
-                    on(torch.tensor([c for c, _ in keys])))
+    def _batch(self, layer: str) -> int:
+        return AFFINE_BATCH if layer in self.affine else self.settings.batch_size
 
     def prepare(self, plan: DistillPlan, unit: Unit) -> tuple[Rows, object]:
         """A unit's rows and the decoding of its views not in the cache, started now (call it
-        for the next unit before running this one, so decoding overlaps the work)."""
-        rows = self.rows(plan, unit)
-        return rows, self.submit_views([k for k in rows.keys if k not in self.cache])
+        for the units ahead before waiting on this one, so decoding overlaps the work)."""
+        kernel_batches = sorted({self._batch(l) for l in plan.layers
+                                 if plan.estimators[l] != "exact"}) if self.kernels else []
+        rows = make_rows(plan, unit, self.device, kernel_batches)
+        return rows, self.views.submit([k for k in rows.keys if k not in self.cache])
 
     def _inputs(self, plan: DistillPlan, rows: Rows, pending):
         """(the units' input of every layer for the rows' views, in their order; the prefix
@@ -252,7 +203,6 @@ class UnitRunner:
         n_rows = len(plan.groups[unit.group]) * plan.settings.folds
         with torch.inference_mode():
             inputs, prefix_out = self._inputs(plan, rows, pending)
-            bad = torch.zeros((), dtype=torch.bool, device=self.device)
             sums = {}
             with no_sync_checks(self.device):
                 for layer in plan.layers:
@@ -261,27 +211,35 @@ class UnitRunner:
                         if on_batch is not None:
                             on_batch(len(rows))
                         continue
-                    sums[layer], bad = self._layer_sums(layer, inputs[layer], prefix_out, rows,
-                                                        n_rows, mu, sigma, bad, on_batch)
-        return Launched(plan, unit, rows, inputs, prefix_out, sums, bad)
+                    sums[layer] = self._layer_sums(layer, inputs[layer], prefix_out, rows,
+                                                   n_rows, mu, sigma, on_batch)
+            ready = None
+            if self.device.type == "cuda":
+                sums, ready = _copy_out(sums, self.device)
+        return Launched(plan, unit, rows, inputs, prefix_out, sums, ready)
 
     def collect(self, job: "Launched", mu: dict[str, torch.Tensor],
                 sigma: dict[str, torch.Tensor]) -> Partial:
         """Partial sums (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of a launched unit's
-        G classes in F folds, per layer: the one read of the device per unit."""
+        G classes in F folds, per layer: on CUDA it waits for this unit's copies alone, not for
+        the units queued after it."""
         plan = job.plan
         n_classes, folds = len(plan.groups[job.unit.group]), plan.settings.folds
-        with torch.inference_mode():
-            if bool(job.bad):
+        if job.ready is not None:
+            job.ready.synchronize()
+        if not all(bool(torch.isfinite(job.sums[l][1]).all() & torch.isfinite(job.sums[l][2])
+                        .all()) for l in plan.layers if plan.estimators[l] != "exact"):
+            with torch.inference_mode():
                 self._raise_non_finite(plan, job.inputs, job.prefix_out, job.rows, mu, sigma)
-            return {layer: (szy.view(n_classes, folds, -1).cpu(), sy.view(n_classes, folds).cpu(),
-                            syy.view(n_classes, folds).cpu())
-                    for layer, (szy, sy, syy) in job.sums.items()}
+        return {layer: (szy.view(n_classes, folds, -1), sy.view(n_classes, folds),
+                        syy.view(n_classes, folds))
+                for layer, (szy, sy, syy) in job.sums.items()}
 
     def _responses(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows, mu: dict,
                    sigma: dict):
-        """Yield (slice of rows, responses y, masks or None) batch by batch for one layer;
-        ``acts`` is the layer's unit input (``_unit_input``) of the rows' views."""
+        """Yield (rows in the batch, responses, masks or None) batch by batch for one layer:
+        the responses as ``UnitSums.add`` takes them; ``acts`` is the layer's unit input
+        (``_unit_input``) of the rows' views."""
         st = self.settings
         k = acts.shape[1]
         zeros = torch.zeros(k, device=self.device)
@@ -291,48 +249,36 @@ class UnitRunner:
         affine = self.affine.get(layer)
         if affine is not None:
             elements = self.elements[layer]
-            for i in range(0, len(rows), AFFINE_BATCH):
-                sl = slice(i, i + AFFINE_BATCH)
-                cls = rows.cls[sl]
-                m, masks = perturb_means(acts, rows.view[sl], cls, rows.sample[sl],
-                                         elements=elements, **kw)
-                yield sl, (affine.class_logits(m, cls) if st.response == "logit"
-                           else response_of(affine.logits(m), cls, st.response)), masks
+            for view, cls, sample, _ in rows.batches(AFFINE_BATCH):
+                m, masks = perturb_means(acts, view, cls, sample, elements=elements, **kw)
+                yield len(view), (affine.class_logits(m, cls) if st.response == "logit" else
+                                  _response_matrix(affine.logits(m), st.response)), masks
             return
         tail = self.tails[layer]
         acts = self._tail_input(acts)
-        for i in range(0, len(rows), st.batch_size):
-            sl = slice(i, i + st.batch_size)
-            view, cls = rows.view[sl], rows.cls[sl]
-            pert, masks = perturb(acts, view, cls, rows.sample[sl],
+        for view, cls, sample, _ in rows.batches(st.batch_size):
+            pert, masks = perturb(acts, view, cls, sample,
                                   out=tail.buffer((len(view), *acts.shape[1:])), **kw)
-            yield sl, response_of(tail(pert, prefix_out, view), cls, st.response), masks
+            yield len(view), _response_matrix(tail(pert, prefix_out, view), st.response), masks
 
     def _layer_sums(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows,
-                    n_rows: int, mu: dict, sigma: dict, bad: torch.Tensor,
+                    n_rows: int, mu: dict, sigma: dict,
                     on_batch: Callable[[int], None] | None):
-        """(sum z*y, sum y, sum y^2) per sum row of one layer, and the non-finite flag."""
+        """(sum z*y, sum y, sum y^2) per sum row of one layer."""
         st = self.settings
-        k = acts.shape[1]
-        szy = torch.zeros(n_rows, k, dtype=torch.float64, device=self.device)
-        sy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
-        syy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
+        batch = self._batch(layer)
+        sums = UnitSums(n_rows, acts.shape[1], self.device, seed=st.seed, p_keep=st.p_keep,
+                        antithetic=st.masks == "antithetic", batch=batch,
+                        plan=rows.plans.get(batch),
+                        batches=[(c, v, r) for v, c, _, r in rows.batches(batch)])
         base = (self._baseline(layer, acts, prefix_out, rows) if st.baseline == "view"
                 else None)
-        for sl, y, masks in self._responses(layer, acts, prefix_out, rows, mu, sigma):
-            if base is not None:
-                y = y - st.p_keep * base.index_select(0, rows.view[sl])
-            bad = bad | ~torch.isfinite(y).all()
-            a, b, c = response_sums(y, rows.sum_row[sl], n_rows, seed=st.seed,
-                                    samples=rows.sample[sl], p_keep=st.p_keep, channels=k,
-                                    masks=masks, validate=False,
-                                    antithetic=st.masks == "antithetic")
-            szy += a
-            sy += b
-            syy += c
+        for b, (size, responses, masks) in enumerate(
+                self._responses(layer, acts, prefix_out, rows, mu, sigma)):
+            sums.add(b, responses, base, masks)
             if on_batch is not None:
-                on_batch(len(y))
-        return (szy, sy, syy), bad
+                on_batch(size)
+        return sums.result()
 
     def _exact_sums(self, layer: str, means: torch.Tensor, rows: Rows, n_rows: int,
                     mu: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -346,6 +292,12 @@ class UnitRunner:
         if self.settings.fill != "zero":   # mean and noise fills both have mean mu
             d = d - mu[layer][None, :]
         beta = (d.index_select(0, rows.view) * weight.index_select(0, rows.cls)).double()
+        if self.device.type == "cuda":
+            # index_add_ adds with atomics on CUDA, in no fixed order: a product with the rows'
+            # one-hot matrix (a float64 GEMM) gives the same sums the same way every run.
+            onehot = torch.zeros(n_rows, len(beta), dtype=torch.float64, device=self.device)
+            onehot[rows.sum_row, torch.arange(len(beta), device=self.device)] = 1.0
+            return onehot @ beta, onehot.sum(1), onehot @ (beta * beta).sum(1)
         szy = torch.zeros(n_rows, beta.shape[1], dtype=torch.float64, device=self.device)
         sy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
         syy = torch.zeros(n_rows, dtype=torch.float64, device=self.device)
@@ -363,10 +315,14 @@ class UnitRunner:
             return (affine.class_logits(acts.float(), cls) if kind == "logit"
                     else response_of(affine.logits(acts.float()), cls, kind))
         tail, out = self.tails[layer], []
+        # A tail that writes into its input (an in-place ReLU after the cut) gets a copy: the
+        # slice is the unit's activations, which every perturbed batch reads afterwards.
+        mutates = self.split.tails[layer].mutates_input
         for i in range(0, len(cls), self.settings.batch_size):
             idx = torch.arange(i, min(i + self.settings.batch_size, len(cls)), device=self.device)
             x = self._tail_input(acts[i:i + len(idx)])
-            out.append(response_of(tail(x, prefix_out, idx), cls[i:i + len(idx)], kind))
+            out.append(response_of(tail(x.clone() if mutates else x, prefix_out, idx),
+                                   cls[i:i + len(idx)], kind))
         return torch.cat(out)
 
     def _tail_input(self, acts: torch.Tensor) -> torch.Tensor:
@@ -379,21 +335,43 @@ class UnitRunner:
 
     def _raise_non_finite(self, plan: DistillPlan, inputs, prefix_out, rows: Rows, mu,
                           sigma) -> None:
-        """Find the first non-finite response again (only when the flag was set) and stop with
-        the layer, class and sample that produced it."""
-        response = self.settings.response
+        """Find the first non-finite response again (only when a unit's sums are not finite)
+        and stop with the layer, class and sample that produced it."""
+        st = self.settings
         for layer in plan.layers:
-            for sl, y, _ in self._responses(layer, inputs[layer], prefix_out, rows, mu, sigma):
+            if plan.estimators[layer] == "exact":
+                continue
+            base = (self._baseline(layer, inputs[layer], prefix_out, rows)
+                    if st.baseline == "view" else None)
+            batches = rows.batches(self._batch(layer))
+            for (view, cls, sample, _), (_, responses, _) in zip(
+                    batches, self._responses(layer, inputs[layer], prefix_out, rows, mu, sigma)):
+                y = responses if responses.dim() == 1 else \
+                    responses.gather(1, cls[:, None])[:, 0]
+                if base is not None:
+                    y = y - st.p_keep * base.index_select(0, view)
                 bad = ~torch.isfinite(y)
                 if bool(bad.any()):
-                    i = sl.start + int(bad.nonzero()[0])
+                    i = int(bad.nonzero()[0])
                     raise FloatingPointError(
-                        f"non-finite {response} at layer {layer}, class {int(rows.cls[i])}, "
-                        f"sample {int(rows.sample[i])}: the perturbed network diverges (try "
+                        f"non-finite {st.response} at layer {layer}, class {int(cls[i])}, "
+                        f"sample {int(sample[i])}: the perturbed network diverges (try "
                         "fill='mean' or check the model)")
+        raise FloatingPointError("a unit's response sums are not finite, but no response is: "
+                                 "the sums overflowed float64")
 
     def close(self) -> None:
         """Stop the decoding threads."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        self.views.close()
+
+
+def _copy_out(sums: dict, device: torch.device):
+    """The sums copied into pinned host memory behind an event on the current stream: the
+    event passes when this unit's work is done, whatever is queued after it."""
+    host = {}
+    for layer, parts in sums.items():
+        host[layer] = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                            .copy_(t, non_blocking=True) for t in parts)
+    ready = torch.cuda.Event()
+    ready.record(torch.cuda.current_stream(device))
+    return host, ready

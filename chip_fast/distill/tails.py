@@ -131,6 +131,8 @@ class TailRunner:
     On CUDA, ``buffer(shape)`` hands out the static input of a CUDA graph for that batch shape:
     the perturbation writes straight into it and ``__call__`` replays the graph, whose logits
     stay valid until the next call (the caller consumes them first, in stream order).
+    ``captures`` records per batch shape whether its graph was captured or why that shape runs
+    eagerly (the GPU check reports it; a failed capture is only slower, so it does not raise).
     """
 
     MAX_GRAPHS = 4   # batch shapes per layer (the full batch and a unit's last one, mostly)
@@ -151,6 +153,7 @@ class TailRunner:
         # shape -> [static input, graph or None (not captured yet), static output]
         self._graphs: dict[tuple, list] = {}
         self._use_graphs = graphs and device.type == "cuda" and not self.extras
+        self.captures: dict[tuple, str] = {}   # shape -> "captured" / "eager: why"
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -169,6 +172,10 @@ class TailRunner:
                                                        memory_format=fmt), None, None]
         if entry is not None and entry[1] is not False:
             return entry[0]
+        if shape not in self.captures:
+            self.captures[shape] = ("eager: the tail reads other prefix values" if self.extras
+                                    else "eager: graphs off" if not self._use_graphs
+                                    else f"eager: more than {self.MAX_GRAPHS} batch shapes")
         return torch.empty(shape, dtype=self.dtype, device=self.device, memory_format=fmt)
 
     def __call__(self, pert: torch.Tensor, prefix_out: dict[str, torch.Tensor],
@@ -188,23 +195,47 @@ class TailRunner:
     def _capture(self, static_in: torch.Tensor):
         """(graph, static output) of the tail on ``static_in``; (False, None) where capture
         fails, and that shape runs eagerly from then on."""
+        shape = tuple(static_in.shape)
         try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream), self._autocast():
-                # Warm-up outside the graph (cuDNN/cuBLAS choose kernels), on a copy: a tail
-                # may write into its input (an in-place ReLU after the cut).
-                for _ in range(2):
-                    self.module(static_in.clone())
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), self._autocast():
-                static_out = self.module(static_in).float()
+            # Capture synchronises and allocates once per shape, legitimately: the hot loop's
+            # sync checks (CHIP_FAST_SYNC_DEBUG) are off for it, or every capture would fail.
+            with sync_checks_off(self.device):
+                graph, static_out = self._capture_graph(static_in)
+            self.captures[shape] = "captured"
             return graph, static_out
         except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
+            self.captures[shape] = f"eager: capture failed: {type(e).__name__}: {e}"[:300]
             logger.info("chip_fast: CUDA graph capture of the %s tail failed (%s); eager",
                         self.layer, e)
             return False, None
+
+    def _capture_graph(self, static_in: torch.Tensor):
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), self._autocast():
+            # Warm-up outside the graph (cuDNN/cuBLAS choose kernels), on a copy: a tail
+            # may write into its input (an in-place ReLU after the cut).
+            for _ in range(2):
+                self.module(static_in.clone())
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), self._autocast():
+            static_out = self.module(static_in).float()
+        return graph, static_out
+
+
+@contextlib.contextmanager
+def sync_checks_off(device: torch.device):
+    """Sync debug mode off inside (where a sync is meant to happen)."""
+    if device.type != "cuda" or torch.cuda.get_sync_debug_mode() == 0:
+        yield
+        return
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
 
 
 @contextlib.contextmanager

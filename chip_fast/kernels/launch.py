@@ -34,4 +34,6 @@ def check_index(index: torch.Tensor, bound: int | None, name: str, device: torch
         lo, hi = (int(x) for x in torch.aminmax(index))
         if lo < 0 or hi >= bound:
             raise IndexError(f"{name} has values in [{lo}, {hi}], outside [0, {bound})")
+    if index.dtype == torch.int64 and index.is_contiguous():
+        return index   # the engine's case: no dispatch at all, once per batch adds up
     return index.to(torch.int64).contiguous()

@@ -18,6 +18,8 @@ back to uint32 in the kernel.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -178,8 +180,8 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
             raise ValueError(f"{name} must have shape ({k},), got {tuple(stat.shape)}")
         if stat.device != device:
             raise ValueError(f"{name} is on {stat.device}, expected {device}")
-    mu = mu.to(torch.float32).contiguous()
-    sigma = sigma.to(torch.float32).contiguous()
+    mu, sigma = (x if x.dtype == torch.float32 and x.is_contiguous()
+                 else x.to(torch.float32).contiguous() for x in (mu, sigma))
     key0, key1 = (u32_as_i32(x) for x in key)
     threshold = u32_as_i32(threshold)
     if _strides(acts) is None:
@@ -192,7 +194,7 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
                          f"channels-last layout, got {tuple(out.shape)} on {out.device}")
     if t == 0 or k == 0:
         return out
-    e = out[0, 0].numel()
+    e = math.prod(spatial)
     a_sv, a_sk, a_se = _strides(acts)
     o_st, o_sk, o_se = _strides(out)
     quads = max(1, triton.cdiv(e, 4))

@@ -16,8 +16,10 @@ Precision:
   large K the product itself may be slower than the reference's matmul; what this path saves is
   the ~7 element-wise launches and their memory round trips). The solver runs in float64, so
   this is its path.
-- eta and momentum travel as a 2-element tensor of the working dtype: a Python float kernel
-  argument would be rounded to float32, which is not acceptable for the float64 solve.
+- eta and momentum travel as a tensor of the working dtype: a Python float kernel argument
+  would be rounded to float32, which is not acceptable for the float64 solve. A solve passes
+  ``scalars``, its row of a table copied to the device once (``chip_fast.ops.prox``); without
+  it each call copies its own pair from the host, which waits for the device every step.
 """
 from __future__ import annotations
 
@@ -79,9 +81,11 @@ def _fista_kernel(g_ptr, w_ptr, v_ptr, r_ptr, lam_ptr, scal_ptr, w_out_ptr, v_ou
 
 
 def fista_step_triton(gram: torch.Tensor, w: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
-                      eta: float, lam: torch.Tensor, nonneg: bool, momentum: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fista_step_reference``: (w_next, v_next), both (K, C) in gram's dtype (fp32 or fp64)."""
+                      eta: float, lam: torch.Tensor, nonneg: bool, momentum: float,
+                      scalars: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fista_step_reference``: (w_next, v_next), both (K, C) in gram's dtype (fp32 or fp64).
+    ``scalars``: [eta, momentum, ...] already on gram's device in its dtype; the kernel reads
+    those, and ``eta`` and ``momentum`` are not used."""
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must be square (K, K), got {tuple(gram.shape)}")
     dtype = gram.dtype
@@ -105,7 +109,12 @@ def fista_step_triton(gram: torch.Tensor, w: torch.Tensor, v: torch.Tensor, r: t
     v_next = torch.empty_like(w)
     if k == 0 or c == 0:
         return w_next, v_next
-    scal = torch.tensor([float(eta), float(momentum)], dtype=dtype, device=gram.device)
+    if scalars is None:
+        scal = torch.tensor([float(eta), float(momentum)], dtype=dtype, device=gram.device)
+    elif scalars.dtype != dtype or scalars.device != gram.device or scalars.numel() < 2:
+        raise ValueError(f"scalars must hold [eta, momentum] as {dtype} on {gram.device}")
+    else:
+        scal = scalars
     use_dot = dtype == torch.float32
     # tl.dot needs tiles of at least 16. fp64: a 64 x 64 tile is 32 accumulators per thread
     # (4 warps), enough FMAs per loaded element; BLOCK_K is unused there.

@@ -34,12 +34,29 @@ def fista_step_reference(gram: torch.Tensor, w: torch.Tensor, v: torch.Tensor, r
     return w_next, v_next
 
 
+def fista_scalars(eta: float, momenta: list[float], gram: torch.Tensor) -> torch.Tensor | None:
+    """On the kernel path, a (steps, 4) table of [eta, momentum of step i, pad, pad] in gram's
+    dtype on its device, copied once per solve, so no step copies its scalars from the host
+    (a pageable copy that waits for the device); the padding keeps each row 16-byte aligned,
+    one kernel specialisation for every step. None on the PyTorch path (it takes the floats)."""
+    from .backend import use_triton
+    if not use_triton(gram):
+        return None
+    table = torch.zeros(len(momenta), 4, dtype=gram.dtype)
+    table[:, 0] = eta
+    table[:, 1] = torch.tensor(momenta, dtype=torch.float64)
+    if gram.is_cuda:
+        table = table.pin_memory()
+    return table.to(gram.device, non_blocking=True)
+
+
 def fista_step(gram: torch.Tensor, w: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
-               eta: float, lam: torch.Tensor, nonneg: bool, momentum: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fista_step_reference``, on CUDA by the fused Triton kernel when it is available."""
+               eta: float, lam: torch.Tensor, nonneg: bool, momentum: float,
+               scalars: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fista_step_reference``, on CUDA by the fused Triton kernel when it is available;
+    ``scalars``: this step's row of ``fista_scalars`` (the same eta and momentum)."""
     from .backend import use_triton
     if use_triton(gram):
         from ..kernels.prox import fista_step_triton
-        return fista_step_triton(gram, w, v, r, eta, lam, nonneg, momentum)
+        return fista_step_triton(gram, w, v, r, eta, lam, nonneg, momentum, scalars)
     return fista_step_reference(gram, w, v, r, eta, lam, nonneg, momentum)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops.prox import fista_step
+from ..ops.prox import fista_scalars, fista_step
 
 
 @dataclass
@@ -75,6 +75,17 @@ def kkt_violation(gram: torch.Tensor, r: torch.Tensor, lam: torch.Tensor, w: tor
     return torch.where(w != 0, active, inactive).amax(0)
 
 
+def fista_momenta(steps: int) -> list[float]:
+    """The momentum (t_i - 1) / t_{i+1} of each step, t_1 = 1, t_{i+1} = (1 + sqrt(1 + 4
+    t_i^2)) / 2: fixed in advance, so a device solve copies all of them at once."""
+    out, t = [], 1.0
+    for _ in range(steps):
+        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        out.append((t - 1.0) / t_next)
+        t = t_next
+    return out
+
+
 def solve_lasso(gram: torch.Tensor, r: torch.Tensor, *, alpha: float = 0.1,
                 lam: torch.Tensor | None = None, nonneg: bool = False, tol: float = DEFAULT_TOL,
                 max_iter: int = DEFAULT_MAX_ITER, check_every: int = 10) -> SolveResult:
@@ -106,13 +117,13 @@ def solve_lasso(gram: torch.Tensor, r: torch.Tensor, *, alpha: float = 0.1,
     eta = 1.0 / lipschitz
     scale = rt.abs().amax(0).clamp(min=torch.finfo(gram.dtype).tiny)
     v = w.clone()
-    t = 1.0
+    momenta = fista_momenta(max_iter)
+    table = fista_scalars(eta, momenta, gram)
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-        w, v = fista_step(gram, w, v, rt, eta, lam, nonneg, (t - 1.0) / t_next)
-        t = t_next
+        w, v = fista_step(gram, w, v, rt, eta, lam, nonneg, momenta[it - 1],
+                          None if table is None else table[it - 1])
         if it % check_every == 0:
             if bool((kkt_violation(gram, rt, lam, w, nonneg) <= tol * scale).all()):
                 converged = True

@@ -71,3 +71,31 @@ def test_fista_step_errors_and_empty():
     z = torch.zeros(4, 0, dtype=torch.float64, device=DEV)
     w_next, v_next = fista_step_triton(gram, z, z, z, eta, lam[:0], False, 0.0)
     assert w_next.shape == (4, 0) and v_next.shape == (4, 0)
+
+
+def test_a_kernel_path_solve_reads_its_scalars_from_one_device_table(monkeypatch):
+    """``solve_lasso`` on the kernel path copies every step's [eta, momentum] to the device
+    once (``ops.prox.fista_scalars``) and hands each step its row, not a host pair (a
+    pageable copy that waits for the device, once per step); the same weights as the
+    PyTorch path, whose steps take the floats."""
+    from chip_fast.solve.lasso import fista_momenta, solve_lasso
+    g = gen(4)
+    a = torch.randn(60, 9, generator=g, dtype=torch.float64)
+    gram, r = (a.t() @ a / 60).to(DEV), torch.randn(3, 9, generator=g, dtype=torch.float64).to(DEV)
+    seen = []
+    real = kprox.fista_step_triton
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+    monkeypatch.setattr(kprox, "fista_step_triton", spy)
+    monkeypatch.setenv("CHIP_FAST_BACKEND", "triton")
+    got = solve_lasso(gram, r, alpha=0.1, max_iter=40, check_every=10)
+    monkeypatch.setenv("CHIP_FAST_BACKEND", "torch")
+    want = solve_lasso(gram, r, alpha=0.1, max_iter=40, check_every=10)
+    assert len(seen) == got.iterations and all(s is not None for s in seen)
+    storage = {s.untyped_storage().data_ptr() for s in seen}
+    assert len(storage) == 1                       # one table for the whole solve
+    momenta = fista_momenta(got.iterations)
+    assert [float(s[1]) for s in seen] == momenta
+    assert_close(got.weights, want.weights, rtol=1e-12)

@@ -73,3 +73,48 @@ def test_response_sums_errors():
         response_sums_kernel(0, s, 0.5, 3, y, torch.tensor([0, 1, 2, 3], device=DEV), 3)
     with pytest.raises(ValueError, match="must all be"):
         response_sums_kernel(0, s[:3], 0.5, 3, y, s, 4)
+
+
+UNIT_CASES = [
+    # (rows in the unit, batch, n_rows, K, response matrix, baseline, antithetic)
+    (70, 16, 6, 13, True, True, False),     # a short last batch, logits gathered by class
+    (64, 16, 4, 5, False, False, True),     # (T,) responses, antithetic masks
+    (300, 300, 1, 6, True, False, False),   # one row group with many samples: several splits
+    (40, 16, 9, 37, False, True, True),     # row groups without samples in some batches
+]
+
+
+@pytest.mark.parametrize("case", UNIT_CASES, ids=lambda c: f"T{c[0]}B{c[1]}R{c[2]}K{c[3]}")
+def test_unit_sums_kernel_matches_the_reference_over_a_units_batches(case):
+    """The engine's path (``UnitSums`` with a plan: the per-batch sort and bounds made once,
+    one accumulating launch per batch that gathers each row's response and subtracts the
+    baseline) against ``response_sums_reference`` of every batch, added in order."""
+    from chip_fast.ops.response_sums import UnitSums, sums_plan
+    t, batch, n_rows, k, matrix, baseline, antithetic = case
+    g = gen(t + k)
+    classes_n, views_n = 7, 5
+    sum_rows = torch.randint(0, n_rows, (t,), generator=g)
+    samples = torch.randperm(10**5, generator=g)[:t]
+    classes = torch.randint(0, classes_n, (t,), generator=g)
+    views = torch.randint(0, views_n, (t,), generator=g)
+    base = torch.randn(views_n, generator=g).to(DEV) if baseline else None
+    plan, splits = sums_plan(sum_rows, samples, classes, views, n_rows, batch)
+    if case[2] == 1:
+        assert splits > 1   # the case meant to cover the split reduction
+    plan = (tuple(x.to(DEV) for x in plan), splits)
+    kw = dict(seed=2**33 + 9, p_keep=0.5, antithetic=antithetic, batch=batch)
+    cut = [tuple(x.to(DEV) for x in part) for part in zip(
+        classes.split(batch), views.split(batch), sum_rows.split(batch))]
+    kernel = UnitSums(n_rows, k, DEV, plan=plan, **kw)
+    reference = UnitSums(n_rows, k, DEV, batches=cut, **kw)
+    for b, (cls, view, rows) in enumerate(cut):
+        shape = (len(cls), classes_n) if matrix else (len(cls),)
+        responses = torch.randn(*shape, generator=g).to(DEV)
+        smp = samples[b * batch:(b + 1) * batch].to(DEV)
+        masks = rng.keep_masks(kw["seed"], smp, k, 0.5, antithetic)
+        with poisoned_allocations():
+            kernel.add(b, responses, base, None)
+        reference.add(b, responses, base, masks)
+    for got, want in zip(kernel.result(), reference.result()):
+        assert got.dtype == torch.float64
+        assert_close(got, want, rtol=1e-12, atol_scale=1.0)

@@ -72,3 +72,14 @@ def test_rejects_bad_statistics():
         solve_lasso(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64))
 
 
+
+
+def test_the_momentum_schedule_is_fistas():
+    """t_1 = 1, t_{i+1} = (1 + sqrt(1 + 4 t_i^2)) / 2, momentum (t_i - 1) / t_{i+1}: fixed in
+    advance, so a device solve copies the whole schedule once."""
+    from chip_fast.solve.lasso import fista_momenta
+    m = fista_momenta(4)
+    t2 = (1 + 5 ** 0.5) / 2
+    t3 = (1 + (1 + 4 * t2 * t2) ** 0.5) / 2
+    assert m[0] == 0.0 and m[1] == (t2 - 1) / t3
+    assert all(0 <= x < 1 for x in fista_momenta(5000))

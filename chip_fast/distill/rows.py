@@ -1,0 +1,97 @@
+"""A unit's rows (one row = one perturbed network of one class) and every index the hot loop
+needs about them, built on the host once per unit and moved to the device in one copy.
+
+Rows are ordered sample-major (each batch holds every class of the group). For each row: the
+view it perturbs (an index into the unit's views), its class, its (class slot, fold) sum row and
+its sample index. On the kernel path each batch size also gets the response sums' index plan
+(``chip_fast.ops.response_sums.sums_plan``: the per-batch sort and bucket bounds that a batch
+used to compute on the device), so a batch launches no index work at all.
+
+Owns the rows and their device copy; which views and folds samples get is the plan's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import rng
+from ..ops.response_sums import sums_plan
+from .plan import DistillPlan, Unit
+
+
+@dataclass
+class Rows:
+    """A unit's rows on the device (see the module doc)."""
+    view: torch.Tensor
+    cls: torch.Tensor
+    sum_row: torch.Tensor
+    sample: torch.Tensor
+    keys: list[tuple[int, int]]        # (class, view) of each distinct view, in load order
+    key_cls: torch.Tensor              # the class of each of ``keys``, on the device
+    # batch size -> the response sums' plan (kernel path only)
+    plans: dict[int, tuple[tuple[torch.Tensor, ...], int]] = field(default_factory=dict)
+    _batches: dict[int, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def batches(self, batch: int) -> list[tuple[torch.Tensor, ...]]:
+        """(view, class, sample, sum row) of each batch of ``batch`` rows: cut once per unit
+        and batch size, not per batch."""
+        if batch not in self._batches:
+            self._batches[batch] = list(zip(*(t.split(batch) for t in (
+                self.view, self.cls, self.sample, self.sum_row))))
+        return self._batches[batch]
+
+
+def _host_rows(plan: DistillPlan, unit: Unit):
+    classes = plan.groups[unit.group]
+    samples = torch.tensor(list(plan.unit_sample_range(unit)), dtype=torch.int64)
+    keys: list[tuple[int, int]] = []
+    index: dict[tuple[int, int], int] = {}
+    view_cols = []
+    for c in classes:
+        cols = []
+        for v in plan.views.view_of(c, samples).tolist():
+            if (c, v) not in index:
+                index[(c, v)] = len(keys)
+                keys.append((c, v))
+            cols.append(index[(c, v)])
+        view_cols.append(torch.tensor(cols))
+    g, n = len(classes), len(samples)
+    view = torch.stack(view_cols, 1).flatten()                       # (n * g,)
+    cls = torch.tensor(classes).repeat(n)
+    slot = torch.arange(g).repeat(n)
+    sample = samples.repeat_interleave(g)
+    sum_row = slot * plan.settings.folds + rng.fold_of(sample, plan.settings.folds,
+                                                       plan.antithetic)
+    return view, cls, sum_row, sample, keys, torch.tensor([c for c, _ in keys])
+
+
+def _to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The int64 host tensors on the device through one pinned buffer and one asynchronous
+    copy (not one copy each)."""
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    flat = torch.cat([t.flatten() for t in tensors]).pin_memory().to(device, non_blocking=True)
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]),
+                                                  tensors)]
+
+
+def make_rows(plan: DistillPlan, unit: Unit, device: torch.device,
+              kernel_batches: list[int]) -> Rows:
+    """The unit's rows, with the response sums' plan for each batch size of
+    ``kernel_batches`` (the batch sizes of the layers that run on the kernel path)."""
+    view, cls, sum_row, sample, keys, key_cls = _host_rows(plan, unit)
+    n_rows = len(plan.groups[unit.group]) * plan.settings.folds
+    plans, host = {}, [view, cls, sum_row, sample, key_cls]
+    for batch in kernel_batches:
+        parts, splits = sums_plan(sum_row, sample, cls, view, n_rows, batch)
+        plans[batch] = (len(host), len(parts), splits)
+        host += list(parts)
+    on = _to_device(host, device)
+    rows = Rows(*on[:4], keys, on[4])
+    for batch, (at, n, splits) in plans.items():
+        rows.plans[batch] = (tuple(on[at:at + n]), splits)
+    return rows
