@@ -14,6 +14,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .tracing import trace
+
 logger = logging.getLogger("chip_fast")
 
 
@@ -132,7 +134,7 @@ def _node_name(node: fx.Node, modules: dict[str, nn.Module], last_in_scope: dict
 
 
 def _presence_layers_fx(model: nn.Module, input_size: int) -> list[str]:
-    gm = fx.symbolic_trace(model)
+    gm = fx.GraphModule(model, trace(model))
     modules = dict(model.named_modules())
     values: dict[fx.Node, object] = {}
 
