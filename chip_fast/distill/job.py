@@ -57,7 +57,8 @@ class DistillJob:
         self.plan = DistillPlan(settings, inputs, max_memory)
         # A sparse support is recoverable from fewer samples than channels (compressed sensing),
         # but not from far fewer: then FISTA crawls and the support is arbitrary.
-        thin = {l: k for l, k in inputs.channels.items() if 4 * settings.samples_per_class < k}
+        thin = {l: k for l, k in inputs.channels.items()
+                if 4 * settings.samples_per_class < k and self.plan.estimators[l] == "sampled"}
         if thin:
             warnings.warn(f"samples_per_class={settings.samples_per_class} is under a quarter of "
                           f"the channels of {thin}: the sparse fit is underdetermined there (slow "

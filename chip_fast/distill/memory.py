@@ -66,7 +66,7 @@ def _activation_sizes(model: nn.Module, image_shape: Sequence[int], layers: Sequ
 
 
 def plan_memory(model: nn.Module, image_shape: Sequence[int], layers: Sequence[str],
-                budget: int | str, *, classes_per_unit: int = 8, samples_per_class: int = 2048
+                budget: int | str, *, classes_per_unit: int = 8, samples_per_class: int = 4096
                 ) -> MemoryPlan:
     """Choose ``batch_size`` and ``samples_per_unit`` so a unit fits in ``budget`` bytes.
 

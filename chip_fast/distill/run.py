@@ -84,7 +84,8 @@ def _run_own_units(job: DistillJob, units: list[Unit], peers: Peers, world: Worl
 
 def distill_all_classes(
         model: nn.Module, data: DataLike = None, layers: Sequence[str] | None = None, *,
-        classes: Iterable[int] | None = None, samples_per_class: int = 2048, seed: int = 0,
+        classes: Iterable[int] | None = None,
+        samples_per_class: int = DistillSettings.samples_per_class, seed: int = 0,
         p_keep: float = 0.5, fill: str = DistillSettings.fill, response: str = "logit",
         alpha: float = 0.1, nonneg: bool = False, augment: bool | int = False,
         batch_size: int | None = None, atlas: int = 0,

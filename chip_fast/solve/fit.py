@@ -252,7 +252,13 @@ def _fold_fit(imp: Importance, layer: str, folds: Sequence[int], alpha: Alpha,
     szy, sy = (getattr(imp, name)[layer].to(torch.float64)[:, list(folds)].sum(1)
                for name in ("sum_zy", "sum_y"))
     gram, r = covariances(s1, s2, szy, sy, int(chosen.sum()))
-    return solve_layer(gram, r, alpha, where=f" at layer {layer} (folds {list(folds)})", **opts)
+    # A part of the samples is often underdetermined where the whole is not: FISTA may stop
+    # short there, which blurs an estimate of the noise but is no news for the user (the
+    # whole fit warns on its own).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return solve_layer(gram, r, alpha, where=f" at layer {layer} (folds {list(folds)})",
+                           **opts)
 
 
 def stability(imp: Importance, layer: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LAYER, P = "features.14.conv.0", 0.5
 
 
+def model_and_source():
+    """The real MobileNetV2 and imagenette/train read with its preprocessing, on 2 threads."""
+    torch.set_num_threads(2)
+    model = chip_fast.load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
+    return model, chip_fast.ImageFolderSource(DATA / "imagenette" / "train",
+                                              preprocess=chip_fast.preprocess_of(model))
+
+
 def activations(model, source, classes, photos):
     split = SplitModel(model, [LAYER])
     acts = {}
@@ -99,10 +107,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--photos", type=int, default=300)
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
-    model = chip_fast.load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
-    source = chip_fast.ImageFolderSource(DATA / "imagenette" / "train",
-                                         preprocess=chip_fast.preprocess_of(model))
+    model, source = model_and_source()
     classes = source.classes[:args.classes]
     start = time.perf_counter()
     tail, acts = activations(model, source, classes, args.photos)

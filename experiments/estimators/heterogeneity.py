@@ -11,10 +11,9 @@ import json
 
 import torch
 
-import chip_fast
 from chip_fast.models.split import SplitModel
 
-from .__main__ import DATA, LAYER, RESULTS
+from .__main__ import LAYER, RESULTS, model_and_source
 
 
 def main(argv=None):
@@ -22,10 +21,7 @@ def main(argv=None):
     p.add_argument("--views", type=int, default=6)
     p.add_argument("--samples", type=int, default=2048)
     args = p.parse_args(argv)
-    torch.set_num_threads(2)
-    model = chip_fast.load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
-    source = chip_fast.ImageFolderSource(DATA / "imagenette" / "train",
-                                         preprocess=chip_fast.preprocess_of(model))
+    model, source = model_and_source()
     c = source.classes[0]
     split = SplitModel(model, [LAYER])
     tail = split.tails[LAYER].module

@@ -89,7 +89,8 @@ def library_defaults() -> dict[str, Any]:
     the library's defaults even where a keyword default of distill_all_classes would lag."""
     defaults = chip_fast.DistillSettings()
     return {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
-                                              "alpha", "nonneg", "augment", "baseline")}
+                                              "alpha", "nonneg", "augment", "baseline", "masks",
+                                              "estimator")}
 
 
 BOX_COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),

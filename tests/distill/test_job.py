@@ -77,3 +77,14 @@ def test_a_folder_source_is_read_with_the_models_own_preprocessing(tmp_path):
     DistillJob(EfficientNetLite0().eval(), given, ["features.8"],
                chip_fast.DistillSettings(samples_per_class=8))
     assert given.preprocess == Preprocess(size=32)    # a preprocessing the user chose stays
+
+
+def test_the_few_samples_warning_names_sampled_layers_only(tiny_net, tiny_data):
+    """An exact layer takes no samples, so few samples are no reason to warn about it."""
+    import warnings
+    settings = DistillSettings(samples_per_class=2, folds=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DistillJob(tiny_net, tiny_data, ["features.2"], settings)          # exact: affine tail
+    with pytest.warns(UserWarning, match=r"under a quarter of the channels of \{'features.1'"):
+        DistillJob(tiny_net, tiny_data, ["features.1", "features.2"], settings)
