@@ -39,7 +39,7 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
     subcommand runs a model."""
     p.add_argument("--arch", required=required,
                    help="torchvision classifier name (e.g. mobilenet_v2, resnet50), "
-                        "efficientnet_lite0, or timm:<name> for a timm model (e.g. "
+                        "efficientnet_lite0/1/2, or timm:<name> for a timm model (e.g. "
                         "timm:resnet50.a1_in1k, timm:convnext_tiny; needs pip install "
                         "'chip-fast[timm]')" + ("" if required else " (needed with --images)"))
     p.add_argument("--weights", help="state_dict file; for timm models a timm checkpoint, .pth "

@@ -12,25 +12,26 @@ from torch import nn
 
 from ..data.preprocess import Preprocess
 from .checkpoints import load_strict, read_state_dict
-from .efficientnet_lite import EfficientNetLite0, lite_preprocess, load_efficientnet_lite0
+from .efficientnet_lite import VARIANTS, EfficientNetLite, lite_preprocess, load_efficientnet_lite
 from .timm_models import PREFIX, is_timm_model, load_timm, timm_preprocess
 
 
 def load_model(arch: str, weights: str | Path | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
-    """A classifier in eval mode: ``efficientnet_lite0`` (weights from its pip package),
+    """A classifier in eval mode: ``efficientnet_lite0`` / ``1`` / ``2`` (weights from their pip
+    packages),
     ``timm:<name>`` (any timm model, ``chip_fast.models.timm_models``) or any torchvision
     classifier, from a state_dict file or, without one, the library's default pretrained
     weights (which needs internet the first time)."""
     if arch.startswith(PREFIX):
         return load_timm(arch[len(PREFIX):], weights).to(device).eval()
-    if arch == "efficientnet_lite0":
-        return load_efficientnet_lite0(None if weights is None else str(weights)).to(device).eval()
+    if arch in VARIANTS:
+        return load_efficientnet_lite(arch, weights).to(device).eval()
     import torchvision
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
         raise ValueError(f"unknown --arch {arch!r}; torchvision classifiers: {', '.join(available)}"
-                         " (or efficientnet_lite0, or timm:<name> for a timm model)")
+                         " (or efficientnet_lite0/1/2, or timm:<name> for a timm model)")
     if weights is None:
         return _pretrained(arch).to(device).eval()
     path = Path(weights)
@@ -45,8 +46,9 @@ def preprocess_of(model: nn.Module, **overrides) -> Preprocess:
     config: size, crop, interpolation, mean and std; the others torchvision's ImageNet mean and
     std); ``overrides`` change the geometry (e.g. ``mode="resize"`` for pre-scaled photos).
     Every place that turns photos into inputs for a model asks this function."""
-    if isinstance(model, EfficientNetLite0):
-        return lite_preprocess(**overrides)
+    if isinstance(model, EfficientNetLite):
+        native = {"size": model.image_size, "resize": model.image_size + 32}
+        return lite_preprocess(**{**native, **overrides})
     if is_timm_model(model):
         return timm_preprocess(model, **overrides)
     return replace(Preprocess(), **overrides)
