@@ -229,11 +229,33 @@ def probe_outputs(model: nn.Module, image_shape: Sequence[int] = (3, 224, 224)
     return outputs
 
 
+def _refuse_token_models(model: nn.Module,
+                         probed: list[tuple[str, nn.Module, torch.Tensor]]) -> None:
+    """A model whose deep layers are tokens (ViT / DeiT: (N, 1 + H*W, C); Swin: (N, H, W, C))
+    after its last (N, C, H, W) map (the patch embedding) raises a LayerError: its stage
+    outputs would be attention internals or a final norm, never a presence map."""
+    resolutions = {tuple(o.shape[-2:]) for _, m, o in probed if isinstance(m, nn.Conv2d)}
+
+    def channels_first(o: torch.Tensor) -> bool:
+        return o.dim() == 4 and tuple(o.shape[-2:]) in resolutions
+
+    last_map = max((i for i, (_, _, o) in enumerate(probed) if channels_first(o)), default=-1)
+    for name, _, o in probed[last_map + 1:]:
+        tokens = o.dim() == 3 and min(o.shape[1:]) > 1
+        channels_last = o.dim() == 4 and tuple(o.shape[1:3]) in resolutions
+        if tokens or channels_last:
+            raise LayerError(
+                f"{type(model).__name__}'s deep layers are tokens ({name} returns "
+                f"{tuple(o.shape)}), not (N, C, H, W) feature maps: chip_fast has no default "
+                f"layer for token layouts (ViT, DeiT, Swin) and reads a layer's dimension 1 as "
+                f"its channels")
+
+
 def _stage_outputs(model: nn.Module, input_size: int) -> list[str]:
     pooling = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    outputs = [(name, isinstance(m, pooling), out)
-               for name, m, out in probe_outputs(model, (3, input_size, input_size))
-               if out.dim() == 4]
+    probed = probe_outputs(model, (3, input_size, input_size))
+    _refuse_token_models(model, probed)
+    outputs = [(name, isinstance(m, pooling), out) for name, m, out in probed if out.dim() == 4]
     # Group the modules that returned the same tensor (a block, its container, its last leaf).
     groups: list[tuple[torch.Tensor, list[str], bool]] = []
     for name, is_pool, out in outputs:
