@@ -34,6 +34,7 @@ class Rows:
     plans: dict[int, tuple[tuple[torch.Tensor, ...], int]] = field(default_factory=dict)
     _batches: dict[int, list] = field(default_factory=dict)
     host_view: torch.Tensor | None = None   # ``view`` on the host, for ``view_runs``
+    samples: range = range(0)               # the unit's per-class sample indices
     _runs: dict[int, list[ViewRuns]] = field(default_factory=dict)
 
     def view_runs(self, batch: int) -> list[ViewRuns]:
@@ -80,6 +81,7 @@ def _host_rows(plan: DistillPlan, unit: Unit):
     return view, cls, sum_row, sample, keys, torch.tensor([c for c, _ in keys])
 
 
+
 def _to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """The int64 host tensors on the device through one pinned buffer and one asynchronous
     copy (not one copy each)."""
@@ -102,7 +104,7 @@ def make_rows(plan: DistillPlan, unit: Unit, device: torch.device,
         plans[batch] = (len(host), len(parts), splits)
         host += list(parts)
     on = _to_device(host, device)
-    rows = Rows(*on[:4], keys, on[4], host_view=view)
+    rows = Rows(*on[:4], keys, on[4], host_view=view, samples=plan.unit_sample_range(unit))
     for batch, (at, n, splits) in plans.items():
         rows.plans[batch] = (tuple(on[at:at + n]), splits)
     return rows

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from ..ops.backend import use_triton
-from ..rng import keep_masks
+from ..rng import keep_masks_range
 from ..ops.perturb import perturb
 from ..ops.perturb_means import perturb_means
 from ..ops.response_sums import UnitSums
@@ -263,9 +263,12 @@ class UnitRunner:
         head = self.heads.get(layer)
         if head is not None:
             fill = head.job_fill(st.fill, mu.get(layer))
+            # the unit's masks drawn once for all its classes, on the device, without a sync
+            unit_masks = keep_masks_range(st.seed, rows.samples.start, rows.samples.stop, k,
+                                          st.p_keep, st.masks == "antithetic", self.device)
             for (view, cls, sample, _), runs in zip(rows.batches(st.batch_size),
                                                     rows.view_runs(st.batch_size)):
-                masks = keep_masks(st.seed, sample, k, st.p_keep, st.masks == "antithetic")
+                masks = unit_masks.index_select(0, sample - rows.samples.start)
                 yield len(view), _response_matrix(head.logits(acts, runs, masks, fill),
                                                   st.response), masks
             return
