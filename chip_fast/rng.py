@@ -116,6 +116,21 @@ def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float,
     return masks
 
 
+def keep_masks_range(seed: int, start: int, stop: int, channels: int, p_keep: float,
+                     antithetic: bool = False, device: torch.device | str = "cpu"
+                     ) -> torch.Tensor:
+    """``keep_masks`` of the samples ``start .. stop - 1``, each drawn once, without reading
+    anything back from the device (``keep_masks`` sizes its unique draws on the host): what a
+    unit draws once for all its classes."""
+    first = start >> 1 if antithetic else start
+    last = (stop - 1) >> 1 if antithetic else stop - 1
+    draws = _keep_masks(seed, torch.arange(first, last + 1, device=device), channels, p_keep)
+    samples = torch.arange(start, stop, device=device)
+    if not antithetic:
+        return draws
+    return draws.index_select(0, (samples >> 1) - first) ^ (samples & 1).bool()[:, None]
+
+
 def fold_of(samples: torch.Tensor, folds: int, antithetic: bool = False) -> torch.Tensor:
     """The fold of each sample: i % folds, or (i // 2) % folds in the antithetic design (a pair
     stays in one fold, so every fold is a sample of whole pairs)."""

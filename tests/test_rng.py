@@ -1,6 +1,7 @@
 """Counter-based random numbers (``chip_fast.rng``): Philox known answers, keep masks and fill
 noise keyed by (seed, class, sample, channel) rather than by batch or chunk, and their rates
 and moments."""
+import pytest
 import torch
 
 from chip_fast import rng
@@ -65,3 +66,13 @@ def test_noise_means_are_keyed_by_class_and_sample():
     a = rng.noise_means(3, torch.tensor([1, 1, 2]), torch.tensor([5, 6, 5]), 9)
     b = rng.noise_means(3, torch.tensor([1]), torch.tensor([6]), 9)
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[2])
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("start,stop", [(0, 7), (3, 10), (5, 6), (4, 8), (1024, 1536)])
+def test_a_range_of_masks_is_the_same_masks(start, stop, antithetic):
+    """A unit's masks drawn at once (no host read of unique draws) equal the per-sample ones,
+    odd starts and ends of antithetic pairs included."""
+    want = rng.keep_masks(3, torch.arange(start, stop), 37, 0.5, antithetic)
+    got = rng.keep_masks_range(3, start, stop, 37, 0.5, antithetic)
+    assert torch.equal(got, want)

@@ -133,35 +133,51 @@ def vgg(ctx: Context) -> dict:
     data = (images, torch.arange(classes))
     small, large = (64, 192) if ctx.quick else (512, 4096)
 
-    def seconds(samples: int) -> tuple[float, int]:
+    def seconds(samples: int) -> tuple[float, int, str]:
         job = _job(ctx, model, data, layer, samples_per_class=samples, samples_per_unit=samples,
                    classes_per_unit=classes, fill_stats_views=classes)
-        return _run(job), job.settings.batch_size
+        return _run(job), job.settings.batch_size, job.plan.paths[layer]
     seconds(small)
-    (t_small, batch), (t_large, _) = seconds(small), seconds(large)
+    (t_small, batch, path), (t_large, _, _) = seconds(small), seconds(large)
     slope = (t_large - t_small) / (classes * (large - small))
     split = SplitModel(model, [layer])
     with torch.inference_mode():
         x = images[:1].to(ctx.device)
         act = split.activation(split.run_prefix(x), layer)
-        with FlopCounterMode(display=False) as tail_count:
-            split.run_tail(layer, act.clone(), {}, torch.zeros(1, dtype=torch.long,
-                                                               device=ctx.device))
         with FlopCounterMode(display=False) as prefix_count:
             split.run_prefix(x)
-    bytes_per_sample = act[0].numel() * 2 * 2   # bf16, written once and read once
-    floors = _floors(ctx, tail_count.get_total_flops(), bytes_per_sample)
-    out = {"layer": f"vgg16 {layer}", "batch": batch, "samples": [classes * small,
-                                                                  classes * large],
+        tail_flops, bytes_per_sample = _tail_cost(split, layer, act, path)
+    floors = _floors(ctx, tail_flops, bytes_per_sample)
+    out = {"layer": f"vgg16 {layer}", "path": path, "batch": batch,
+           "samples": [classes * small, classes * large],
            "slope_us_per_network": slope * 1e6, "projected_1e8_s": 1e8 * slope,
-           "tail_gflop_per_network": tail_count.get_total_flops() / 1e9,
+           "tail_gflop_per_network": tail_flops / 1e9,
            "prefix_gflop_per_photo": prefix_count.get_total_flops() / 1e9,
            "perturbed_bytes_per_network": bytes_per_sample, "floors_1e8_s": floors,
            "bound": max(floors, key=floors.get) if floors else None}
     floor_text = ", ".join(f"{k[:-2]} floor {v:.1f} s" for k, v in floors.items())
-    return {"status": "ok", "summary": f"{slope * 1e6:.2f} us per network at batch {batch} "
+    return {"status": "ok", "summary": f"{slope * 1e6:.2f} us per network ({path} path) at "
+            f"batch {batch} "
             f"(slope {classes * small}->{classes * large} networks): 10^8 in "
             f"{1e8 * slope:.0f} s; {floor_text}", **out}
+
+
+def _tail_cost(split, layer: str, act: torch.Tensor, path: str) -> tuple[float, float]:
+    """(FLOPs, bytes) per perturbed network on the job's path: the whole tail on a perturbed
+    activation (bf16, written once and read once), or on the head path (``linear_head``) the
+    (K) x (K, O) product, the layers after the Linear and the (K,) mask."""
+    from torch.utils.flop_counter import FlopCounterMode
+    if path == "linear_head":
+        from chip_fast.distill.linear_head import linear_head
+        head = linear_head(split, layer, act)
+        k, _, o = head.weight.shape
+        with FlopCounterMode(display=False) as rest:
+            head.rest(torch.zeros(1, o, device=act.device))
+        return 2 * k * o + rest.get_total_flops(), 4 * k
+    with FlopCounterMode(display=False) as count:
+        split.run_tail(layer, act.clone(), {}, torch.zeros(1, dtype=torch.long,
+                                                           device=act.device))
+    return count.get_total_flops(), act[0].numel() * 2 * 2
 
 
 def _jpeg(seed: int = 0) -> bytes:

@@ -4,7 +4,8 @@ The source (read with the model's own preprocessing, ``chip_fast.models.preproce
 layers (the model's defaults when none are named), the model cut at them, its fingerprint, and
 one view of the first class through it: the number of model outputs, each layer's channels and
 spatial size, and each layer's tail path (affine where the tail is linear in the layer's spatial
-mean, else elementwise). Everything downstream (the plan, the runner, the result) reads these;
+mean; linear_head where it is per-channel ops and a Linear over the flattened maps and the fill
+commutes with them; else elementwise). Everything downstream (the plan, the runner, the result) reads these;
 nothing is resolved twice."""
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..models.layers import default_layers
 from ..models.loading import preprocess_of
 from ..models.split import SplitModel
 from .settings import DistillSettings
+from .linear_head import LinearHead, linear_head
 from .tails import AffineTail, TailRunner, affine_tail
 
 logger = logging.getLogger("chip_fast")
@@ -38,6 +40,7 @@ class JobInputs:
     channels: dict[str, int]
     elements: dict[str, int]                   # spatial elements per channel
     affine: dict[str, AffineTail] = field(default_factory=dict)   # layers on the affine path
+    heads: dict[str, LinearHead] = field(default_factory=dict)    # layers on the head path
     tails: dict[str, TailRunner] = field(default_factory=dict)    # the others
     # layers whose tail is affine in the spatial mean, whichever path they take
     linear: set[str] = field(default_factory=set)
@@ -64,8 +67,10 @@ class JobInputs:
 
     @property
     def paths(self) -> dict[str, str]:
-        """"affine" or "elementwise" per layer: part of what a file means (settings["paths"])."""
-        return {l: "affine" if l in self.affine else "elementwise" for l in self.layers}
+        """"affine", "linear_head" or "elementwise" per layer: part of what a file means
+        (settings["paths"])."""
+        return {l: "affine" if l in self.affine else "linear_head" if l in self.heads
+                else "elementwise" for l in self.layers}
 
 
 def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | None,
@@ -100,6 +105,13 @@ def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | Non
                 inputs.linear.add(l)
             if tail is not None and settings.tail_path == "auto":
                 inputs.affine[l] = tail
+                continue
+            # noise is drawn per element: it does not commute with the per-channel ops
+            head = (linear_head(split, l, a) if settings.tail_path == "auto"
+                    and settings.fill in ("zero", "mean") else None)
+            if head is not None:
+                inputs.heads[l] = head
+                inputs.elements[l] = head.weight.shape[2]   # a view keeps (K, P) maps
             else:
                 dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else a.dtype
                 inputs.tails[l] = TailRunner(split, l, device, dtype)

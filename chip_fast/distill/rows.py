@@ -17,6 +17,7 @@ import torch
 
 from .. import rng
 from ..ops.response_sums import sums_plan
+from .linear_head import ViewRuns, view_runs
 from .plan import DistillPlan, Unit
 
 
@@ -32,6 +33,17 @@ class Rows:
     # batch size -> the response sums' plan (kernel path only)
     plans: dict[int, tuple[tuple[torch.Tensor, ...], int]] = field(default_factory=dict)
     _batches: dict[int, list] = field(default_factory=dict)
+    host_view: torch.Tensor | None = None   # ``view`` on the host, for ``view_runs``
+    samples: range = range(0)               # the unit's per-class sample indices
+    _runs: dict[int, list[ViewRuns]] = field(default_factory=dict)
+
+    def view_runs(self, batch: int) -> list[ViewRuns]:
+        """Each batch's rows grouped by view (``linear_head.view_runs``), for the head path;
+        once per unit and batch size."""
+        if batch not in self._runs:
+            self._runs[batch] = [view_runs(v, self.view.device)
+                                 for v in self.host_view.split(batch)]
+        return self._runs[batch]
 
     def __len__(self) -> int:
         return len(self.view)
@@ -69,6 +81,7 @@ def _host_rows(plan: DistillPlan, unit: Unit):
     return view, cls, sum_row, sample, keys, torch.tensor([c for c, _ in keys])
 
 
+
 def _to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """The int64 host tensors on the device through one pinned buffer and one asynchronous
     copy (not one copy each)."""
@@ -91,7 +104,7 @@ def make_rows(plan: DistillPlan, unit: Unit, device: torch.device,
         plans[batch] = (len(host), len(parts), splits)
         host += list(parts)
     on = _to_device(host, device)
-    rows = Rows(*on[:4], keys, on[4])
+    rows = Rows(*on[:4], keys, on[4], host_view=view, samples=plan.unit_sample_range(unit))
     for batch, (at, n, splits) in plans.items():
         rows.plans[batch] = (tuple(on[at:at + n]), splits)
     return rows

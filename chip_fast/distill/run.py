@@ -210,6 +210,7 @@ def _save(result: Importance, job: DistillJob, world: World, peers: Peers,
         result.save(out)
     if progress:
         _summary(job, world, peers, time.monotonic() - started, out)
+        print(stability_summary(result), file=sys.stderr, flush=True)
 
 
 def _summary(job: DistillJob, world: World, peers: Peers, wall: float,
@@ -221,6 +222,34 @@ def _summary(job: DistillJob, world: World, peers: Peers, wall: float,
           f"samples/s; {n / max(work, 1e-9):.0f} samples/s in this process's {work:.1f} s of "
           f"units) "
           f"on {world.size} process(es){where}", file=sys.stderr, flush=True)
+
+
+def stability_summary(imp: Importance, target: float = 0.95) -> str:
+    """One line per layer: how far another seed would agree (``Importance.agreement``) and how
+    many samples per class would reach ``target`` (``Importance.samples_needed``)."""
+    lines = []
+    needed = imp.samples_needed(target)
+    for layer in imp.layers:
+        if imp.settings.get("estimators", {}).get(layer) == "exact":
+            lines.append(f"chip_fast: {layer}: exact (the limit of sampling; no seed noise)")
+            continue
+        a, m = imp.agreement.get(layer), needed[layer]
+        if a is None or not torch.isfinite(a).any():
+            continue
+        lines.append(f"chip_fast: {layer}: predicted seed agreement median r {a.nanmedian():.3f} "
+                     f"(lowest {a.nan_to_num(2.0).min():.3f}); for r {target} give "
+                     f"--samples-per-class {_rounded(m.nanmedian())} (median class), "
+                     f"{_rounded(m.nan_to_num(0.0).max())} (every class)")
+    return "\n".join(lines)
+
+
+def _rounded(samples: torch.Tensor) -> str:
+    """A sample count rounded up to 2 significant figures, as one would type it."""
+    x = float(samples)
+    if x != x or x == float("inf"):
+        return "unbounded"
+    step = 10 ** max(0, len(str(int(x))) - 2)
+    return f"{-(-int(x) // step) * step:,}"
 
 
 # -- outputs of distill_all_classes: locks, the default source, removing checkpoints ------------

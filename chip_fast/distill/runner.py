@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from ..ops.backend import use_triton
+from ..rng import keep_masks_range
 from ..ops.perturb import perturb
 from ..ops.perturb_means import perturb_means
 from ..ops.response_sums import UnitSums
@@ -40,6 +41,7 @@ from .plan import DistillPlan, Unit
 from .rows import Rows, make_rows
 from .settings import DistillSettings
 from .state import Partial
+from .linear_head import LinearHead
 from .tails import AffineTail, TailRunner, no_sync_checks, response_of
 from .views import ViewLoader
 
@@ -91,6 +93,7 @@ class UnitRunner:
         self.observers: list[PrefixObserver] = []   # e.g. the channel atlas
         self.affine: dict[str, AffineTail] = inputs.affine
         self.tails: dict[str, TailRunner] = inputs.tails
+        self.heads: dict[str, LinearHead] = inputs.heads
         self.elements: dict[str, int] = inputs.elements
         # (class, view) -> what the units need of it per layer, from the fill statistics pass
         self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -129,9 +132,12 @@ class UnitRunner:
         return len(plan.fill_views()) * per_view <= VIEW_CACHE_BYTES
 
     def _unit_input(self, layer: str, acts: torch.Tensor) -> torch.Tensor:
-        """What the units use of a layer's activations: spatial means on the affine path."""
+        """What the units use of a layer's activations: spatial means on the affine path, the
+        maps after the per-channel ops on the head path."""
         if layer in self.affine:
             return acts.float().mean(tuple(range(2, acts.dim())))
+        if layer in self.heads:
+            return self.heads[layer].maps(acts)
         return acts
 
     def fill_statistics(self, plan: DistillPlan) -> tuple[dict[str, torch.Tensor],
@@ -254,6 +260,18 @@ class UnitRunner:
                 yield len(view), (affine.class_logits(m, cls) if st.response == "logit" else
                                   _response_matrix(affine.logits(m), st.response)), masks
             return
+        head = self.heads.get(layer)
+        if head is not None:
+            fill = head.job_fill(st.fill, mu.get(layer))
+            # the unit's masks drawn once for all its classes, on the device, without a sync
+            unit_masks = keep_masks_range(st.seed, rows.samples.start, rows.samples.stop, k,
+                                          st.p_keep, st.masks == "antithetic", self.device)
+            for (view, cls, sample, _), runs in zip(rows.batches(st.batch_size),
+                                                    rows.view_runs(st.batch_size)):
+                masks = unit_masks.index_select(0, sample - rows.samples.start)
+                yield len(view), _response_matrix(head.logits(acts, runs, masks, fill),
+                                                  st.response), masks
+            return
         tail = self.tails[layer]
         acts = self._tail_input(acts)
         for view, cls, sample, _ in rows.batches(st.batch_size):
@@ -314,6 +332,11 @@ class UnitRunner:
         if affine is not None:
             return (affine.class_logits(acts.float(), cls) if kind == "logit"
                     else response_of(affine.logits(acts.float()), cls, kind))
+        head = self.heads.get(layer)
+        if head is not None:
+            step = self.settings.batch_size
+            return torch.cat([response_of(head.plain_logits(acts[i:i + step]), cls[i:i + step],
+                                          kind) for i in range(0, len(cls), step)])
         tail, out = self.tails[layer], []
         # A tail that writes into its input (an in-place ReLU after the cut) gets a copy: the
         # slice is the unit's activations, which every perturbed batch reads afterwards.

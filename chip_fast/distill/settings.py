@@ -55,7 +55,9 @@ class DistillSettings:
     tail_dtype: str = "auto"
     # "auto": a layer whose tail is affine in its spatial mean (global pooling + Linear) takes
     # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never
-    # materialises a perturbed activation; "elementwise": every layer perturbs every element.
+    # materialises a perturbed activation; with zero or mean fill, a tail of per-channel ops and
+    # a Linear over the flattened maps (VGG's classifier) takes the head path
+    # (chip_fast.distill.linear_head); "elementwise": every layer perturbs every element.
     # The file records the path each layer took (settings["paths"]).
     tail_path: str = "auto"
     # Patches kept per channel for the channel atlas (chip_fast.atlas.collect), cut from the prefix

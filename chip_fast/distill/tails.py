@@ -12,6 +12,9 @@ Two kinds:
   Linear weights are cast to bfloat16 (channels-last) once per job rather than by autocast on
   every batch, and each full batch replays a CUDA graph where capture works (eager otherwise).
 
+A third kind, a tail of per-channel ops and a Linear over the flattened maps, is
+``chip_fast.distill.linear_head``'s.
+
 Owns how a tail is recognised and run; cutting the model is ``chip_fast.models.split``'s, choosing the
 path per layer ``chip_fast.distill.plan``'s.
 """

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..models.fingerprint import model_change
-from ..solve.fit import held_out_r2, refit_importance
+from ..solve.fit import held_out_r2, refit_importance, samples_for
 from .file import ImportanceFileError, metadata_of, read_fields, write_importance
 
 
@@ -96,6 +96,12 @@ class Importance:
         if layer not in self.weight_se or cls not in self.classes:
             return torch.full((self.channels(layer),), float("nan"))
         return self.weight_se[layer][self.classes.index(cls)].float()
+
+    def samples_needed(self, target: float = 0.95) -> dict[str, torch.Tensor]:
+        """Per layer, the samples per class at which each class's predicted seed agreement
+        (``agreement``) would reach ``target``: how many to ask for in a rerun.
+        See ``chip_fast.solve.fit.samples_for``."""
+        return {layer: samples_for(self, layer, target) for layer in self.layers}
 
     def metadata(self) -> dict[str, Any]:
         """The file's ``chip_fast`` metadata entry (format, layers, classes, settings, ...)."""

@@ -285,6 +285,25 @@ def stability(imp: Importance, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     return 2 * r / (1 + r), each.std(0) / f ** 0.5
 
 
+def samples_for(imp: Importance, layer: str, target: float) -> torch.Tensor:
+    """(C,) float64: the samples per class at which ``layer``'s predicted seed agreement would
+    reach ``target``, from the agreement at the file's own sample count. The noise of the
+    weights falls as 1 / n, so the agreement follows Spearman-Brown: at m = n * t (1 - a) /
+    (a (1 - t)) samples an agreement a becomes t (0 for an exact layer, whose agreement is 1).
+    A class with no estimate (an older file, a single fold) gets NaN, one whose agreement is
+    not positive inf. Checked against the measured curves in
+    docs/stability.md."""
+    if not 0 < target < 1:
+        raise ValueError(f"target must be an agreement between 0 and 1, got {target!r}")
+    a = imp.agreement.get(layer)
+    if a is None:
+        return torch.full((len(imp.classes),), float("nan"), dtype=torch.float64)
+    a = a.to(torch.float64)
+    n = float(imp.settings["samples_per_class"])
+    m = (n * target * (1 - a) / (a * (1 - target))).clamp(min=0)   # NaN stays NaN
+    return torch.where(a <= 0, torch.full_like(a, float("inf")), m)
+
+
 def _row_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson r of each row of a with the same row of b (0 where a row is constant)."""
     a = a - a.mean(1, keepdim=True)

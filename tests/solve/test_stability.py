@@ -3,6 +3,7 @@ seed-to-seed agreement and the standard error of each weight are checked against
 independent seeds really do, and kept through a file and a refit."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import pytest
@@ -69,3 +70,39 @@ def test_stability_survives_the_file_and_follows_a_refit(runs, tmp_path):
     assert all(t.se == float(imp.weight_se["feat"][0, t.channel]) for t in top)
     strict = imp.refit(0.5)
     assert not torch.equal(strict.weight_se["feat"], imp.weight_se["feat"])
+
+
+def test_samples_needed_follows_spearman_brown(runs):
+    imp = runs[0]
+    a = imp.agreement["feat"].clone()
+    a[:3] = torch.tensor([0.5, 0.0, float("nan")], dtype=a.dtype)
+    odd = dataclasses.replace(imp, agreement={**imp.agreement, "feat": a})
+    m = odd.samples_needed(0.8)["feat"]
+    # 64 samples at r 0.5: 64 * 0.8 * 0.5 / (0.5 * 0.2) = 256 samples reach r 0.8
+    assert float(m[0]) == pytest.approx(256.0)
+    assert m[1] == float("inf") and torch.isnan(m[2])
+    assert (odd.samples_needed(0.8)["deep"] == 0).all()          # exact: no samples
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        imp.samples_needed(1.0)
+
+
+def test_samples_needed_predicts_the_agreement_of_a_larger_run(runs):
+    """The agreement at 4x the samples, predicted from the small runs, against what 4x the
+    samples really give (two seeds)."""
+    torch.manual_seed(5)
+    model = Net().eval()
+    g = torch.Generator().manual_seed(6)
+    data = (torch.randn(24, 3, 6, 6, generator=g), torch.arange(24) % 4)
+    big = [chip_fast.distill_all_classes(model, data, ["feat"], samples_per_class=256, seed=s,
+                                         progress=False, alpha=0.02) for s in (0, 1)]
+    measured = float(_row_correlation(big[0].weights["feat"], big[1].weights["feat"]).median())
+    a = torch.stack([r.agreement["feat"] for r in runs]).mean(0)
+    predicted = float((4 * a / (1 + 3 * a)).median())
+    assert abs(predicted - measured) < 0.1, (predicted, measured)
+
+
+def test_the_run_summary_says_how_many_samples_reach_the_target(runs):
+    from chip_fast.distill.run import stability_summary
+    text = stability_summary(runs[0])
+    assert "feat: predicted seed agreement median r" in text and "--samples-per-class" in text
+    assert "deep: exact" in text

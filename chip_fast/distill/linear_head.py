@@ -1,0 +1,242 @@
+"""A tail that begins with per-channel ops and a Linear over the flattened maps: ``LinearHead``.
+
+VGG's tail after conv5_3 is the pattern (ReLU, max-pool, average pool, flatten, then a
+25088 x 4096 Linear): the Linear alone costs more per perturbed network than every other op of
+the tail. With zero or mean fill the perturbation of channel k is ``m_k a_k + (1 - m_k) f_k`` with
+a binary ``m_k``, and an op that acts on each channel alone (pooling, batch norm, an activation,
+a depthwise convolution) maps it to ``m_k g(a_k) + (1 - m_k) g(f_k)``: the mask commutes with the
+whole chain before the flatten. The Linear is then a sum over channels,
+
+    Linear(flatten(x')) = sum_k m_k (A_vk - B_k) + sum_k B_k + b,
+
+with ``A_vk = W_k . g(a_v)_k`` once per view and ``B_k = W_k . g(f)_k`` once per job. A perturbed
+network costs a (K) x (K, O) product instead of the (K P) x (K P, O) one, and the chain runs once
+per view instead of once per sample; the layers after the Linear (``rest``) run per sample as
+before. The same masks give the same responses up to float rounding (the test compares the two
+paths' importance), so the estimand does not change.
+
+The pattern is recognised from the fx graph and checked numerically on the probe view with
+random masks, like ``tails.affine_tail``; anything else takes the elementwise path.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.split import SplitModel
+
+logger = logging.getLogger("chip_fast")
+
+# (the order that sorts a batch's rows by view, its distinct views, the rows of each view)
+ViewRuns = tuple[torch.Tensor, torch.Tensor, list[int]]
+
+_PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
+                        nn.Sigmoid, nn.Tanh, nn.ELU, nn.MaxPool2d, nn.AvgPool2d,
+                        nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm2d, nn.Identity)
+_PER_CHANNEL_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, torch.sigmoid,
+                          torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                          F.adaptive_max_pool2d}
+_FLATTEN_METHODS = {"flatten", "view", "reshape"}
+
+
+def _per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` acts on each channel of its input alone (the numerical check of
+    ``linear_head`` catches what this structural test lets through)."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            return not m.training
+        if isinstance(m, nn.Conv2d):   # depthwise: one filter per channel
+            return m.groups == m.in_channels == m.out_channels
+        return isinstance(m, _PER_CHANNEL_MODULES)
+    if node.op == "call_function":
+        return node.target in _PER_CHANNEL_FUNCTIONS
+    return False
+
+
+def _flattens(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` flattens (N, K, H, W) to (N, K H W) (checked numerically later)."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Flatten)
+    if node.op == "call_function":
+        return node.target is torch.flatten
+    return node.op == "call_method" and node.target in _FLATTEN_METHODS
+
+
+@dataclass
+class LinearHead:
+    """The tail as ``rest(Linear(flatten(chain(activation))))`` (see the module doc)."""
+    chain: fx.GraphModule    # activation (N, K, H, W) -> per-channel maps (N, K, H', W')
+    weight: torch.Tensor     # (K, P, O) float32: the Linear's weight by input channel
+    bias: torch.Tensor       # (O,) float32
+    rest: fx.GraphModule     # the Linear's output (N, O) -> logits (N, C)
+    mutates_input: bool      # the chain writes into its input (an in-place ReLU)
+    shape: tuple[int, ...]   # one view's activation (K, H, W)
+    _job_fill: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def maps(self, acts: torch.Tensor) -> torch.Tensor:
+        """(V, K, P) float32 maps of the views' activations after the chain: what a unit keeps
+        of a view."""
+        if self.mutates_input:
+            acts = acts.clone()
+        return self.chain(acts).float().flatten(2).contiguous()
+
+    def fill_terms(self, fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B (K, O), B.sum(0) + bias (O,)) of a per-channel fill value (K,): each channel's
+        share of the Linear's output when that channel is filled."""
+        fill = fill.to(self.weight.dtype)[None, :, None, None].expand(1, *self.shape)
+        f = self.maps(fill.contiguous())[0]                           # (K, P)
+        b = torch.bmm(f[:, None, :], self.weight)[:, 0]               # (K, O)
+        return b, b.sum(0) + self.bias
+
+    def job_fill(self, fill: str, mu: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fill terms of a job's fill (``"zero"``, or ``"mean"`` with the per-channel mean
+        ``mu``), made once: the fill is fixed before the first unit."""
+        if self._job_fill is None:
+            value = mu if fill == "mean" else torch.zeros(self.shape[0], device=self.bias.device)
+            self._job_fill = self.fill_terms(value)
+        return self._job_fill
+
+    def hidden(self, maps: torch.Tensor, runs: ViewRuns, masks: torch.Tensor,
+               fill: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(T, O) Linear outputs of a batch of perturbed networks: row t keeps channels
+        ``masks[t]`` of its view of ``maps``. ``runs`` (``rows.Rows.view_runs``): the order that
+        sorts the batch by view, its distinct views and the rows of each, so each view is one
+        (n, K) x (K, O) product."""
+        b, const = fill
+        order, views, counts = runs
+        # a[k, j] = W_k . maps[views[j], k] - B_k: the weight is read once for the batch's views
+        a = torch.bmm(maps.index_select(0, views).transpose(0, 1), self.weight)   # (K, J, O)
+        a -= b[:, None, :]
+        z = masks.to(torch.float32).index_select(0, order)
+        by_view = torch.empty(len(order), len(const), dtype=torch.float32, device=maps.device)
+        start = 0
+        for j, n in enumerate(counts):
+            torch.addmm(const, z[start:start + n], a[:, j], out=by_view[start:start + n])
+            start += n
+        return torch.empty_like(by_view).index_copy_(0, order, by_view)
+
+    def logits(self, maps: torch.Tensor, runs: ViewRuns, masks: torch.Tensor,
+               fill: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(T, C) float32 logits of a batch of perturbed networks (``hidden``, then the
+        rest)."""
+        return self.rest(self.hidden(maps, runs, masks, fill)).float()
+
+    def plain_logits(self, maps: torch.Tensor) -> torch.Tensor:
+        """(V, C) logits of the unperturbed views (every channel kept: no fill term)."""
+        a = torch.bmm(maps.transpose(0, 1), self.weight)             # (K, V, O)
+        return self.rest(a.sum(0) + self.bias).float()
+
+
+def view_runs(view: torch.Tensor, device: torch.device) -> ViewRuns:
+    """The ``ViewRuns`` of a batch whose rows perturb views ``view`` (host int64), built on
+    the host so a batch reads nothing back from the device."""
+    order = torch.argsort(view, stable=True)
+    views, counts = torch.unique_consecutive(view[order], return_counts=True)
+    return order.to(device), views.to(device), counts.tolist()
+
+
+def _sub_graph(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node,
+               name: str) -> fx.GraphModule:
+    """A module of ``nodes`` (in order) whose input is ``start`` (a placeholder stands for it;
+    None: the first node's input is the graph's placeholder) and whose output is ``end``."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    if start is not None:
+        env[start] = g.placeholder(name)
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a not in env and a.op in ("get_attr", "placeholder"):
+                env[a] = (g.node_copy(a, lambda x: env[x]) if a.op == "get_attr"
+                          else g.placeholder(name))
+        env[n] = g.node_copy(n, lambda x: env[x])
+    g.output(env[end])
+    return fx.GraphModule(root, g)
+
+
+def _pattern(tail: fx.GraphModule):
+    """(chain nodes, flatten node, Linear node, rest nodes) of a tail of the pattern, or None."""
+    modules = dict(tail.named_modules())
+    nodes = list(tail.graph.nodes)
+    source = next(n for n in nodes if n.op == "placeholder")
+    chain, node = [], source
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if _per_channel(node, modules):
+            chain.append(node)
+        elif _flattens(node, modules):
+            break
+        else:
+            return None
+    flat = node
+    users = list(flat.users)
+    if len(users) != 1 or users[0].op != "call_module" or not isinstance(
+            modules.get(users[0].target), nn.Linear):
+        return None
+    linear = users[0]
+    head = {source, flat, linear, *chain}
+    rest = [n for n in nodes if n not in head and n.op != "output"]
+    # the rest must see the activation only through the Linear
+    if any(a in head and a is not linear for n in rest for a in n.all_input_nodes):
+        return None
+    return chain, flat, linear, rest
+
+
+def linear_head(split: SplitModel, layer: str, example: torch.Tensor) -> LinearHead | None:
+    """The tail of ``layer`` as a LinearHead when it is one, else None. ``example``: an
+    activation of the layer (V, K, H, W), on which the head is checked against the real tail
+    with random masks."""
+    tail = split.tails[layer]
+    if tail.extras or example.dim() != 4:
+        return None
+    found = _pattern(tail.module)
+    if found is None:
+        return None
+    chain_nodes, _, linear_node, rest_nodes = found
+    out = next(n for n in tail.module.graph.nodes if n.op == "output")
+    source = next(n for n in tail.module.graph.nodes if n.op == "placeholder")
+    chain = _sub_graph(tail.module, chain_nodes, None if chain_nodes else source,
+                       chain_nodes[-1] if chain_nodes else source, "activation")
+    rest = _sub_graph(tail.module, rest_nodes, linear_node, out.args[0], "hidden")
+    linear = tail.module.get_submodule(linear_node.target)
+    k = example.shape[1]
+    with torch.inference_mode():
+        maps = chain(example.clone()).flatten(2)
+        p = maps.shape[2]
+        if maps.shape[1] != k or linear.in_features != k * p:
+            return None
+        weight = linear.weight.detach().float().view(-1, k, p).permute(1, 2, 0).contiguous()
+        bias = (linear.bias.detach().float() if linear.bias is not None
+                else torch.zeros(linear.out_features, device=example.device))
+        head = LinearHead(chain, weight, bias, rest, tail.mutates_input, tuple(example.shape[1:]))
+        if not _checks_out(head, tail.module, example[:1]):
+            logger.info("chip_fast: the tail of %s looks like per-channel ops and a Linear but "
+                        "does not check out", layer)
+            return None
+    return head
+
+
+def _checks_out(head: LinearHead, tail: nn.Module, example: torch.Tensor) -> bool:
+    """Whether the head gives the tail's logits on ``example`` (1, K, H, W) under 8 random
+    masks with zero fill (a fixed generator: the same decision every run)."""
+    k = example.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(8, k, generator=gen) < 0.5).to(example.device)
+    perturbed = example.float() * masks[:, :, None, None]
+    want = tail(perturbed.to(example.dtype)).float()
+    fill = head.fill_terms(torch.zeros(k, device=example.device))
+    runs = view_runs(torch.zeros(8, dtype=torch.long), example.device)
+    got = head.logits(head.maps(example), runs, masks, fill)
+    if got.shape != want.shape or not torch.isfinite(got).all():
+        return False
+    scale = want.abs().max().clamp(min=1e-6)
+    return bool((got - want).abs().max() <= 1e-4 * scale)
+
