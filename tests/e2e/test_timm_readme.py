@@ -28,6 +28,7 @@ def _timm_commands() -> list[list[str]]:
     return [shlex.split(line)[1:] for line in lines if line.startswith("chip-fast ")]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:samples_per_class")   # 16 samples: the mechanics
 def test_readme_timm_distill_then_explain(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

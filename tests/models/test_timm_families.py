@@ -96,6 +96,7 @@ def _own_outputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[s
     return seen
 
 
+@pytest.mark.slow   # 2 to 15 s a family on two idle cores (a traced forward, a distillation)
 @pytest.mark.filterwarnings("ignore:samples_per_class")   # few samples: mechanics, not accuracy
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_timm_family_defaults_activations_and_distillation(name):
