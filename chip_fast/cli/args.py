@@ -38,10 +38,14 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
     """--arch, --weights, --device: the same three options, with the same meaning, everywhere a
     subcommand runs a model."""
     p.add_argument("--arch", required=required,
-                   help="torchvision classifier name (e.g. mobilenet_v2, resnet50) or "
-                        "efficientnet_lite0" + ("" if required else " (needed with --images)"))
-    p.add_argument("--weights", help="state_dict file (default: the architecture's pretrained "
-                                     "weights, downloaded by torchvision: needs internet once)")
+                   help="torchvision classifier name (e.g. mobilenet_v2, resnet50), "
+                        "efficientnet_lite0/1/2, or timm:<name> for a timm model (e.g. "
+                        "timm:resnet50.a1_in1k, timm:convnext_tiny; needs pip install "
+                        "'chip-fast[timm]')" + ("" if required else " (needed with --images)"))
+    p.add_argument("--weights", help="state_dict file; for timm models a timm checkpoint, .pth "
+                                     "or .safetensors (default: the architecture's pretrained "
+                                     "weights, downloaded by torchvision or timm: needs "
+                                     "internet once)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 

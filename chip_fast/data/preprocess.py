@@ -13,32 +13,44 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODES = ("center_crop", "resize")
+MODES = ("center_crop", "resize", "squash")
+# PIL's and torchvision's names; timm's data configs use the same words.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 @dataclass(frozen=True)
 class Preprocess:
     """``mode="center_crop"``: resize the short side to ``resize``, centre-crop ``size`` (the
     ImageNet evaluation transform); ``mode="resize"``: resize straight to ``size`` x ``size``
-    (aspect not kept). Then scale to [0, 1] and normalise with ``mean`` / ``std``."""
+    (aspect not kept); ``mode="squash"``: resize to ``resize`` x ``resize`` (aspect not kept),
+    centre-crop ``size`` (timm's ``crop_mode="squash"``). Resizing uses ``interpolation``
+    (timm models name theirs, mostly bicubic). Then scale to [0, 1] and normalise with
+    ``mean`` / ``std``."""
     size: int = 224
     resize: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     mode: str = "center_crop"
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown preprocessing mode {self.mode!r}; use one of {MODES}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}; use one of "
+                             f"{INTERPOLATIONS}")
 
     def geometry(self, image):
         """The resize and crop alone: a PIL image, or a (3, H, W) tensor, at size x size."""
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
-        if self.mode == "resize":
-            return TF.resize(image, [self.size, self.size],
-                             **({"antialias": True} if torch.is_tensor(image) else {}))
+        kw = {"interpolation": InterpolationMode(self.interpolation)}
         if torch.is_tensor(image):
-            return TF.center_crop(TF.resize(image, self.resize, antialias=True), self.size)
-        return TF.center_crop(TF.resize(image, self.resize), self.size)
+            kw["antialias"] = True   # PIL always antialiases; tensors only when asked
+        if self.mode == "resize":
+            return TF.resize(image, [self.size, self.size], **kw)
+        if self.mode == "squash":
+            return TF.center_crop(TF.resize(image, [self.resize, self.resize], **kw), self.size)
+        return TF.center_crop(TF.resize(image, self.resize, **kw), self.size)
 
     def __call__(self, image) -> torch.Tensor:
         """A PIL image, or a (3, H, W) uint8 tensor (decoded by torchvision, on any device)."""
@@ -100,12 +112,17 @@ def transform_boxes(boxes: np.ndarray, image_size: tuple[int, int], mode: str = 
 
     mode ``"resize"``: resize straight to size x size (aspect not kept, as for the pre-scaled
     227x227 photos); ``"center_crop"``: resize the short side to ``resize_short``, then crop the
-    central size x size (boxes cut by the crop are clipped, boxes outside it dropped).
+    central size x size (boxes cut by the crop are clipped, boxes outside it dropped);
+    ``"squash"``: resize to resize_short x resize_short, then crop the same way.
     """
     if mode == "resize":
         return rescale_boxes(boxes, image_size, (size, size))
+    if mode == "squash":
+        square = (resize_short, resize_short)
+        return crop_boxes(rescale_boxes(boxes, image_size, square),
+                          center_crop_offset(square, size), (size, size))
     if mode == "center_crop":
         mid = resize_short_side_size(image_size, resize_short)
         return crop_boxes(rescale_boxes(boxes, image_size, mid),
                           center_crop_offset(mid, size), (size, size))
-    raise ValueError(f"unknown preprocessing mode {mode!r}; use 'resize' or 'center_crop'")
+    raise ValueError(f"unknown preprocessing mode {mode!r}; use one of {MODES}")

@@ -14,6 +14,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .tracing import trace
+
 logger = logging.getLogger("chip_fast")
 
 
@@ -57,8 +59,10 @@ def check_layers(model: nn.Module, layers: Sequence[str], functions: Sequence[st
 # -- default layers: activations that mean presence -----------------------------------------------
 #
 # The rule (docs/design.md): the default layers are the outputs of the last ReLU-like operation
-# (ReLU, ReLU6, SiLU, Hardswish, GELU: module or function call) at the deepest spatial resolution
-# of the network, and the last one at twice that resolution. A CHIP map is a positively weighted
+# (ReLU, ReLU6, SiLU, Hardswish, GELU, LeakyReLU: module or function call, or a concatenation of
+# such outputs) at the deepest spatial resolution of the network, and the last one at the next
+# larger resolution (twice it in networks that halve; Inception's valid convolutions go 8 -> 17).
+# A CHIP map is a positively weighted
 # sum of a layer's channels, so a channel's value must say how much of its pattern is present:
 # the output of such an activation does (zero or near zero where the pattern is absent), a linear
 # bottleneck (MobileNetV2/V3 and EfficientNet stage outputs) or a batch norm does not (signed).
@@ -68,9 +72,11 @@ def check_layers(model: nn.Module, layers: Sequence[str], functions: Sequence[st
 # call (DenseNet's final F.relu is node "relu"). A ReLU module that a block calls several times
 # (ResNet's) is addressed through the block that ends with it. Models with no such activation in
 # (N, C, H, W) layout (ConvNeXt applies GELU channels-last) fall back to the stage outputs.
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU)
-_ACTIVATION_FUNCTIONS = {F.relu, F.relu_, F.relu6, F.silu, F.hardswish, F.gelu, torch.relu,
-                         torch.relu_}
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
+_ACTIVATION_FUNCTIONS = {F.relu, F.relu_, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu,
+                         F.leaky_relu_, torch.relu, torch.relu_}
+# Joining presence outputs along channels keeps presence (Inception's blocks end in one).
+_CONCATENATIONS = {torch.cat, torch.concat, torch.concatenate}
 _ACTIVATION_METHODS = {"relu", "relu_"}
 
 # Per model class and input size: tracing and a blank forward pass cost more than a call should.
@@ -80,7 +86,7 @@ _defaults_cache: "weakref.WeakKeyDictionary[nn.Module, dict[int, list[str]]]" = 
 
 def default_layers(model: nn.Module, input_size: int = 224) -> list[str]:
     """The default layers of ``model``: the last presence activation (see the rule above) at
-    twice the deepest resolution, and the last one at the deepest resolution, shallow first.
+    the resolution above the deepest, and the last one at the deepest resolution, shallow first.
 
     One traced forward pass of a blank ``input_size`` image finds them (cached per model);
     models fx cannot trace are probed with forward hooks on their activation modules.
@@ -132,7 +138,7 @@ def _node_name(node: fx.Node, modules: dict[str, nn.Module], last_in_scope: dict
 
 
 def _presence_layers_fx(model: nn.Module, input_size: int) -> list[str]:
-    gm = fx.symbolic_trace(model)
+    gm = fx.GraphModule(model, trace(model))
     modules = dict(model.named_modules())
     values: dict[fx.Node, object] = {}
 
@@ -158,24 +164,28 @@ def _presence_layers_fx(model: nn.Module, input_size: int) -> list[str]:
                 repeated.add(k.split("@")[0])
             else:
                 last_in_scope[k] = n
-    found = []
+    found, presence = [], set()
     for n in nodes:
-        hw = _spatial(values.get(n), resolutions) if _is_activation(n, modules) else None
+        if _is_activation(n, modules) or (n.op == "call_function" and n.target in _CONCATENATIONS
+                                          and n.all_input_nodes
+                                          and all(a in presence for a in n.all_input_nodes)):
+            presence.add(n)
+        hw = _spatial(values.get(n), resolutions) if n in presence else None
         if hw is not None:
             name = _node_name(n, modules, last_in_scope, repeated)
             if name is not None:
                 found.append((hw, name))
-    return _deepest_and_double(found)
+    return _deepest_and_next(found)
 
 
-def _deepest_and_double(found: list[tuple[tuple[int, int], str]]) -> list[str]:
-    """The last name at the smallest resolution and the last at twice it, shallow first."""
+def _deepest_and_next(found: list[tuple[tuple[int, int], str]]) -> list[str]:
+    """The last name at the smallest resolution and the last at the next larger one, shallow
+    first."""
     if not found:
         return []
-    deep = min((hw for hw, _ in found), key=lambda hw: hw[0] * hw[1])
-    double = (2 * deep[0], 2 * deep[1])
-    chosen = [[n for hw, n in found if hw == double], [n for hw, n in found if hw == deep]]
-    return [names[-1] for names in chosen if names]
+    sizes = sorted({hw for hw, _ in found}, key=lambda hw: hw[0] * hw[1])
+    chosen = [[n for hw, n in found if hw == size] for size in sizes[1::-1]]
+    return [names[-1] for names in chosen]
 
 
 def _presence_layers_hooks(model: nn.Module, input_size: int) -> list[str]:
@@ -190,7 +200,7 @@ def _presence_layers_hooks(model: nn.Module, input_size: int) -> list[str]:
     found = [(hw, name) for name, m, o in outputs
              if isinstance(m, ACTIVATIONS) and calls[name] == 1
              and (hw := _spatial(o, resolutions)) is not None]
-    return _deepest_and_double(found)
+    return _deepest_and_next(found)
 
 
 def probe_outputs(model: nn.Module, image_shape: Sequence[int] = (3, 224, 224)
@@ -219,11 +229,33 @@ def probe_outputs(model: nn.Module, image_shape: Sequence[int] = (3, 224, 224)
     return outputs
 
 
+def _refuse_token_models(model: nn.Module,
+                         probed: list[tuple[str, nn.Module, torch.Tensor]]) -> None:
+    """A model whose deep layers are tokens (ViT / DeiT: (N, 1 + H*W, C); Swin: (N, H, W, C))
+    after its last (N, C, H, W) map (the patch embedding) raises a LayerError: its stage
+    outputs would be attention internals or a final norm, never a presence map."""
+    resolutions = {tuple(o.shape[-2:]) for _, m, o in probed if isinstance(m, nn.Conv2d)}
+
+    def channels_first(o: torch.Tensor) -> bool:
+        return o.dim() == 4 and tuple(o.shape[-2:]) in resolutions
+
+    last_map = max((i for i, (_, _, o) in enumerate(probed) if channels_first(o)), default=-1)
+    for name, _, o in probed[last_map + 1:]:
+        tokens = o.dim() == 3 and min(o.shape[1:]) > 1
+        channels_last = o.dim() == 4 and tuple(o.shape[1:3]) in resolutions
+        if tokens or channels_last:
+            raise LayerError(
+                f"{type(model).__name__}'s deep layers are tokens ({name} returns "
+                f"{tuple(o.shape)}), not (N, C, H, W) feature maps: chip_fast has no default "
+                f"layer for token layouts (ViT, DeiT, Swin) and reads a layer's dimension 1 as "
+                f"its channels")
+
+
 def _stage_outputs(model: nn.Module, input_size: int) -> list[str]:
     pooling = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-    outputs = [(name, isinstance(m, pooling), out)
-               for name, m, out in probe_outputs(model, (3, input_size, input_size))
-               if out.dim() == 4]
+    probed = probe_outputs(model, (3, input_size, input_size))
+    _refuse_token_models(model, probed)
+    outputs = [(name, isinstance(m, pooling), out) for name, m, out in probed if out.dim() == 4]
     # Group the modules that returned the same tensor (a block, its container, its last leaf).
     groups: list[tuple[torch.Tensor, list[str], bool]] = []
     for name, is_pool, out in outputs:

@@ -11,57 +11,46 @@ import torch
 from torch import nn
 
 from ..data.preprocess import Preprocess
-from .efficientnet_lite import EfficientNetLite0, lite_preprocess, load_efficientnet_lite0
+from .checkpoints import load_strict, read_state_dict
+from .efficientnet_lite import VARIANTS, EfficientNetLite, lite_preprocess, load_efficientnet_lite
+from .timm_models import PREFIX, is_timm_model, load_timm, timm_preprocess
 
 
 def load_model(arch: str, weights: str | Path | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
-    """A classifier in eval mode: ``efficientnet_lite0`` (weights from its pip package) or any
-    torchvision classifier, from a state_dict file or, without one, torchvision's default
-    pretrained weights (which needs internet the first time)."""
-    if arch == "efficientnet_lite0":
-        return load_efficientnet_lite0(None if weights is None else str(weights)).to(device).eval()
+    """A classifier in eval mode: ``efficientnet_lite0`` / ``1`` / ``2`` (weights from their pip
+    packages),
+    ``timm:<name>`` (any timm model, ``chip_fast.models.timm_models``) or any torchvision
+    classifier, from a state_dict file or, without one, the library's default pretrained
+    weights (which needs internet the first time)."""
+    if arch.startswith(PREFIX):
+        return load_timm(arch[len(PREFIX):], weights).to(device).eval()
+    if arch in VARIANTS:
+        return load_efficientnet_lite(arch, weights).to(device).eval()
     import torchvision
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
         raise ValueError(f"unknown --arch {arch!r}; torchvision classifiers: {', '.join(available)}"
-                         " (or efficientnet_lite0)")
+                         " (or efficientnet_lite0/1/2, or timm:<name> for a timm model)")
     if weights is None:
         return _pretrained(arch).to(device).eval()
     path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch.load raises many kinds for a file it cannot read
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        detail = f"{type(e).__name__}: {first}" if first else type(e).__name__
-        raise ValueError(f"{path} cannot be read as a PyTorch state_dict ({detail}); give a "
-                         "file written by torch.save(model.state_dict(), path)") from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict (a dict of "
-                         "tensors, as torch.save(model.state_dict(), path) writes)")
-    model = torchvision.models.get_model(arch)
-    missing, unexpected = _key_mismatch(model, state)
-    if missing or unexpected:
-        raise ValueError(f"{path} is not a state_dict of torchvision's {arch}: "
-                         f"{_keys(missing, 'missing')}{_keys(unexpected, 'unexpected')}".rstrip("; "))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:   # same keys, other shapes: torch's message names them
-        raise ValueError(f"{path} does not fit torchvision's {arch}: {str(e)[:600]}") from e
+    state = read_state_dict(path)
+    model = load_strict(torchvision.models.get_model(arch), state, path, f"torchvision's {arch}")
     return model.to(device).eval()
 
 
 def preprocess_of(model: nn.Module, **overrides) -> Preprocess:
     """The preprocessing ``model`` was trained with: its family's normalisation (the Lite models
-    take RGB in [-1, 1]; the others torchvision's ImageNet mean and std); ``overrides`` change
-    the geometry (e.g. ``mode="resize"`` for pre-scaled photos). Every place that turns photos
-    into inputs for a model asks this function."""
-    if isinstance(model, EfficientNetLite0):
-        return lite_preprocess(**overrides)
+    take RGB in [-1, 1]; a timm model, recognised by its ``pretrained_cfg``, its own data
+    config: size, crop, interpolation, mean and std; the others torchvision's ImageNet mean and
+    std); ``overrides`` change the geometry (e.g. ``mode="resize"`` for pre-scaled photos).
+    Every place that turns photos into inputs for a model asks this function."""
+    if isinstance(model, EfficientNetLite):
+        native = {"size": model.image_size, "resize": model.image_size + 32}
+        return lite_preprocess(**{**native, **overrides})
+    if is_timm_model(model):
+        return timm_preprocess(model, **overrides)
     return replace(Preprocess(), **overrides)
 
 
@@ -77,16 +66,3 @@ def _pretrained(arch: str) -> nn.Module:
             f"internet, pass a state_dict file with --weights (weights= in Python): one saved "
             f"with torch.save(model.state_dict(), 'weights.pth') on a machine that has them, "
             f"or torchvision's cached file from ~/.cache/torch/hub/checkpoints/") from e
-
-
-def _key_mismatch(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
-    own = set(model.state_dict())
-    return sorted(own - set(state)), sorted(set(state) - own)
-
-
-def _keys(keys: list[str], what: str) -> str:
-    """'3 missing keys (conv1.weight, bn1.weight, fc.bias); ' with a few named."""
-    if not keys:
-        return ""
-    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-    return f"{len(keys)} {what} key{'s' if len(keys) > 1 else ''} ({shown}); "

@@ -27,19 +27,11 @@ from torch import nn
 
 from .fingerprint import weight_versions
 from .layers import LayerError, check_layers
+from .tracing import trace
 
 
 class UntraceableError(LayerError):
     """torch.fx cannot trace the model, so it cannot be cut into prefix and tails."""
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: set[str]):
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
 def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -73,7 +65,9 @@ def _fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
     changed = False
     for node in list(gm.graph.nodes):
         bn = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(bn, nn.BatchNorm2d) or bn.training or len(node.args) != 1:
+        # Exactly BatchNorm2d: subclasses such as timm's BatchNormAct2d (a leaf when traced
+        # with timm's registry) also apply an activation, which folding would drop.
+        if type(bn) is not nn.BatchNorm2d or bn.training or len(node.args) != 1:
             continue
         conv_node = node.args[0]
         conv = modules.get(conv_node.target) if isinstance(conv_node, fx.Node) and \
@@ -89,6 +83,32 @@ def _fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
     if changed:
         gm.recompile()
     return gm
+
+
+def _constant_nodes(order: list[fx.Node]) -> set[fx.Node]:
+    """Nodes computed from parameters and constants alone (ConvNeXt's layer scale reshaped to
+    (1, C, 1, 1)): the same for every image, so a tail recomputes them rather than taking them
+    per image from the prefix."""
+    constant: set[fx.Node] = set()
+    for n in order:
+        if n.op == "get_attr" or (n.op in ("call_function", "call_method") and
+                                  all(a in constant for a in n.all_input_nodes)):
+            constant.add(n)
+    return constant
+
+
+def _bring_in(a: fx.Node, g: fx.Graph, env: dict[fx.Node, fx.Node], extras: list[str],
+              constant: set[fx.Node]) -> None:
+    """Make the tail's graph ``g`` hold prefix value ``a``: a constant is recomputed in the
+    tail (with what it is computed from), anything else becomes an extra input, per image."""
+    if a in constant:
+        for b in a.all_input_nodes:
+            if b not in env:
+                _bring_in(b, g, env, extras, constant)
+        env[a] = g.node_copy(a, lambda x: env[x])
+    else:
+        extras.append(a.name)
+        env[a] = g.placeholder(f"extra_{a.name}")
 
 
 @dataclass
@@ -109,7 +129,7 @@ class SplitModel:
         layers = [layers] if isinstance(layers, str) else list(layers)
         modules = dict(model.named_modules())
         try:
-            graph = _Tracer({l for l in layers if l in modules}).trace(model)
+            graph = trace(model, [l for l in layers if l in modules])
         except Exception as e:  # fx raises many types for untraceable Python
             check_layers(model, layers)
             raise UntraceableError(f"chip_fast splits the model at the layer with torch.fx, which cannot "
@@ -154,16 +174,12 @@ class SplitModel:
         g = fx.Graph()
         env: dict[fx.Node, fx.Node] = {cut: g.placeholder("activation")}
         extras: list[str] = []
+        constant = _constant_nodes(order)
         for n in order:
             if n in downstream and n is not cut:
                 for a in n.all_input_nodes:
-                    if a in env:
-                        continue
-                    if a.op == "get_attr":
-                        env[a] = g.node_copy(a, lambda x: env[x])
-                    else:
-                        extras.append(a.name)
-                        env[a] = g.placeholder(f"extra_{a.name}")
+                    if a not in env:
+                        _bring_in(a, g, env, extras, constant)
                 env[n] = g.node_copy(n, lambda x: env[x])
         return Tail(fx.GraphModule(self.root, g), extras,
                     _mutated_later(cut, downstream, self._modules))

@@ -1,5 +1,6 @@
 """Preprocessing geometry (``chip_fast.data.preprocess``): boxes follow the pixels through a
-plain resize and through resize + centre crop."""
+plain resize, through resize + centre crop and through timm's squash; the interpolation is
+the one asked for."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ def test_box_transforms_resize_and_center_crop():
     assert np.allclose(out[1], [200 * sx - 58, 150 * sy - 16, 260 * sx - 58, 210 * sy - 16])
 
 
-@pytest.mark.parametrize("mode", ["resize", "center_crop"])
+@pytest.mark.parametrize("mode", ["resize", "center_crop", "squash"])
 def test_boxes_follow_the_pixels(mode):
     """A bright rectangle drawn in a photo lands where its transformed box says."""
     img = np.zeros((300, 400, 3), np.uint8)
@@ -33,3 +34,20 @@ def test_boxes_follow_the_pixels(mode):
     ys, xs = np.nonzero(bright)
     got = transform_boxes(box, (400, 300), mode, 224, 256)[0]
     assert np.allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], got, atol=1.5)
+
+
+def test_interpolation_is_the_one_asked_for():
+    """Bilinear stays the default (torchvision's); bicubic is what most timm models were
+    evaluated with, and gives other pixels."""
+    import torch
+    from torchvision import transforms as T
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    for interp in ("bilinear", "bicubic"):
+        mode = T.InterpolationMode(interp)
+        want = T.Compose([T.Resize(256, interpolation=mode), T.CenterCrop(224), T.ToTensor(),
+                          T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(img)
+        assert torch.equal(Preprocess(interpolation=interp)(img), want), interp
+    assert not torch.equal(Preprocess()(img), Preprocess(interpolation="bicubic")(img))
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        Preprocess(interpolation="cubic")

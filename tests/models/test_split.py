@@ -141,3 +141,32 @@ def test_function_call_layers_by_node_name():
     torch.testing.assert_close(acts["relu"], torch.relu(norm5))
     with pytest.raises(LayerError, match="Function calls"):
         SplitModel(model, ["relu_9"])
+
+
+class LayerScaleNet(nn.Module):
+    """A parameter reshaped in forward after the cut, as ConvNeXt's layer scale is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 6))
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.conv2(x) * self.gamma.reshape(1, -1, 1, 1) + x
+        return self.fc(x.mean((2, 3)))
+
+
+def test_values_made_of_parameters_are_recomputed_in_the_tail():
+    """Not taken per image from the prefix: a (1, C, 1, 1) tensor gathered by image rows failed
+    with 'IndexError: index out of range' (timm's ConvNeXt)."""
+    torch.manual_seed(0)
+    model = LayerScaleNet().eval()
+    split = SplitModel(model, ["conv1"])
+    assert split.tails["conv1"].extras == []
+    images, labels = torch.randn(6, 3, 8, 8), torch.arange(6) % 3
+    imp = chip_fast.distill_all_classes(model, (images, labels), ["conv1"], samples_per_class=32,
+                                        progress=False)
+    assert imp.weights["conv1"][:3].abs().sum() > 0
