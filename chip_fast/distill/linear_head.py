@@ -32,8 +32,9 @@ from ..models.split import SplitModel
 
 logger = logging.getLogger("chip_fast")
 
-# (the order that sorts a batch's rows by view, its distinct views, the rows of each view)
-ViewRuns = tuple[torch.Tensor, torch.Tensor, list[int]]
+# (the order that sorts a batch's rows by view, its distinct views, the rows of each view, the
+# distinct views on the host)
+ViewRuns = tuple[torch.Tensor, torch.Tensor, list[int], list[int]]
 
 _PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
                         nn.Sigmoid, nn.Tanh, nn.ELU, nn.MaxPool2d, nn.AvgPool2d,
@@ -102,30 +103,26 @@ class LinearHead:
             self._job_fill = self.fill_terms(value)
         return self._job_fill
 
-    def hidden(self, maps: torch.Tensor, runs: ViewRuns, masks: torch.Tensor,
-               fill: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def hidden(self, products: dict[int, torch.Tensor], runs: ViewRuns, masks: torch.Tensor,
+               const: torch.Tensor) -> torch.Tensor:
         """(T, O) Linear outputs of a batch of perturbed networks: row t keeps channels
-        ``masks[t]`` of its view of ``maps``. ``runs`` (``rows.Rows.view_runs``): the order that
-        sorts the batch by view, its distinct views and the rows of each, so each view is one
-        (n, K) x (K, O) product."""
-        b, const = fill
-        order, views, counts = runs
-        # a[k, j] = W_k . maps[views[j], k] - B_k: the weight is read once for the batch's views
-        a = torch.bmm(maps.index_select(0, views).transpose(0, 1), self.weight)   # (K, J, O)
-        a -= b[:, None, :]
+        ``masks[t]`` of its view. ``runs`` (``rows.Rows.view_runs``) sorts the batch by view, so
+        each view is one (n, K) x (K, O) product with its ``products[view]`` (``ViewProducts``);
+        ``const``: the fill terms' constant (``fill_terms``)."""
+        order, _, counts, views = runs
         z = masks.to(torch.float32).index_select(0, order)
-        by_view = torch.empty(len(order), len(const), dtype=torch.float32, device=maps.device)
+        by_view = torch.empty(len(order), len(const), dtype=torch.float32, device=z.device)
         start = 0
-        for j, n in enumerate(counts):
-            torch.addmm(const, z[start:start + n], a[:, j], out=by_view[start:start + n])
+        for v, n in zip(views, counts):
+            torch.addmm(const, z[start:start + n], products[v], out=by_view[start:start + n])
             start += n
         return torch.empty_like(by_view).index_copy_(0, order, by_view)
 
-    def logits(self, maps: torch.Tensor, runs: ViewRuns, masks: torch.Tensor,
-               fill: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def logits(self, products: dict[int, torch.Tensor], runs: ViewRuns, masks: torch.Tensor,
+               const: torch.Tensor) -> torch.Tensor:
         """(T, C) float32 logits of a batch of perturbed networks (``hidden``, then the
         rest)."""
-        return self.rest(self.hidden(maps, runs, masks, fill)).float()
+        return self.rest(self.hidden(products, runs, masks, const)).float()
 
     def plain_logits(self, maps: torch.Tensor) -> torch.Tensor:
         """(V, C) logits of the unperturbed views (every channel kept: no fill term)."""
@@ -138,7 +135,52 @@ def view_runs(view: torch.Tensor, device: torch.device) -> ViewRuns:
     the host so a batch reads nothing back from the device."""
     order = torch.argsort(view, stable=True)
     views, counts = torch.unique_consecutive(view[order], return_counts=True)
-    return order.to(device), views.to(device), counts.tolist()
+    return order.to(device), views.to(device), counts.tolist(), views.tolist()
+
+
+class ViewProducts:
+    """``A_v - B`` (K, O) of a unit's views for the head path (module doc). They are made ahead
+    of the batches that need them, as many views per product as ``budget`` bytes hold, so the
+    Linear's weight (K x P x O floats, 400 MB at VGG16) is read once for many views rather than
+    once per batch; a view is dropped after the last batch that uses it.
+
+    ``schedule``: the distinct views of each batch of the unit, in order (host)."""
+
+    def __init__(self, head: "LinearHead", maps: torch.Tensor, fill_b: torch.Tensor,
+                 schedule: list[list[int]], budget: int) -> None:
+        self.head, self.maps, self.b, self.schedule = head, maps, fill_b, schedule
+        self.last = {v: i for i, views in enumerate(schedule) for v in views}
+        k, _, o = head.weight.shape
+        self.cap = max(1, budget // (4 * k * o))
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def for_batch(self, i: int) -> dict[int, torch.Tensor]:
+        """The products of batch ``i``'s views (and of later ones, made with them)."""
+        for v in [v for v in self.cache if self.last[v] < i]:
+            del self.cache[v]
+        todo = [v for v in self.schedule[i] if v not in self.cache]
+        if todo:
+            seen = set(todo)
+            for views in self.schedule[i + 1:]:
+                if len(self.cache) + len(todo) >= self.cap:
+                    break
+                todo += [v for v in views if v not in seen and v not in self.cache]
+                seen.update(views)
+            index = torch.tensor(todo).to(self.maps.device, non_blocking=True)
+            a = torch.bmm(self.maps.index_select(0, index).transpose(0, 1), self.head.weight)
+            a -= self.b[:, None, :]                                       # (K, J, O)
+            self.cache.update((v, a[:, j]) for j, v in enumerate(todo))
+        return self.cache
+
+
+def perturbed_logits(head: "LinearHead", maps: torch.Tensor, view: torch.Tensor,
+                     masks: torch.Tensor, fill: tuple[torch.Tensor, torch.Tensor]
+                     ) -> torch.Tensor:
+    """(T, C) logits of rows that keep ``masks[t]`` of view ``view[t]`` of ``maps``, in one
+    batch (the check on the probe view, tests); the engine goes batch by batch."""
+    runs = view_runs(view.cpu(), maps.device)
+    products = ViewProducts(head, maps, fill[0], [runs[3]], 0).for_batch(0)
+    return head.logits(products, runs, masks, fill[1])
 
 
 def _sub_graph(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node,
@@ -233,8 +275,8 @@ def _checks_out(head: LinearHead, tail: nn.Module, example: torch.Tensor) -> boo
     perturbed = example.float() * masks[:, :, None, None]
     want = tail(perturbed.to(example.dtype)).float()
     fill = head.fill_terms(torch.zeros(k, device=example.device))
-    runs = view_runs(torch.zeros(8, dtype=torch.long), example.device)
-    got = head.logits(head.maps(example), runs, masks, fill)
+    got = perturbed_logits(head, head.maps(example), torch.zeros(8, dtype=torch.long), masks,
+                           fill)
     if got.shape != want.shape or not torch.isfinite(got).all():
         return False
     scale = want.abs().max().clamp(min=1e-6)

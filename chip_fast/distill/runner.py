@@ -41,7 +41,7 @@ from .plan import DistillPlan, Unit
 from .rows import Rows, make_rows
 from .settings import DistillSettings
 from .state import Partial
-from .linear_head import LinearHead
+from .linear_head import LinearHead, ViewProducts
 from .tails import AffineTail, TailRunner, no_sync_checks, response_of
 from .views import ViewLoader
 
@@ -55,6 +55,9 @@ AFFINE_BATCH = 4096
 # The fill statistics pass keeps what the units need of its views (spatial means for affine
 # layers, activations otherwise) when that fits here, so no view runs the prefix twice.
 VIEW_CACHE_BYTES = 512 * 2**20
+# The head path's per-view products made at once (``linear_head.ViewProducts``): 32 views of
+# VGG16's conv5_3, so its 400 MB Linear weight is read once per 32 views.
+HEAD_PRODUCT_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -262,15 +265,16 @@ class UnitRunner:
             return
         head = self.heads.get(layer)
         if head is not None:
-            fill = head.job_fill(st.fill, mu.get(layer))
+            b, const = head.job_fill(st.fill, mu.get(layer))
+            runs = rows.view_runs(st.batch_size)
+            products = ViewProducts(head, acts, b, [r[3] for r in runs], HEAD_PRODUCT_BYTES)
             # the unit's masks drawn once for all its classes, on the device, without a sync
             unit_masks = keep_masks_range(st.seed, rows.samples.start, rows.samples.stop, k,
                                           st.p_keep, st.masks == "antithetic", self.device)
-            for (view, cls, sample, _), runs in zip(rows.batches(st.batch_size),
-                                                    rows.view_runs(st.batch_size)):
+            for i, (view, cls, sample, _) in enumerate(rows.batches(st.batch_size)):
                 masks = unit_masks.index_select(0, sample - rows.samples.start)
-                yield len(view), _response_matrix(head.logits(acts, runs, masks, fill),
-                                                  st.response), masks
+                logits = head.logits(products.for_batch(i), runs[i], masks, const)
+                yield len(view), _response_matrix(logits, st.response), masks
             return
         tail = self.tails[layer]
         acts = self._tail_input(acts)

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import chip_fast
-from chip_fast.distill.linear_head import linear_head, view_runs
+from chip_fast.distill.linear_head import ViewProducts, linear_head, perturbed_logits, view_runs
 from chip_fast.models.split import SplitModel
 
 
@@ -56,9 +56,8 @@ def test_the_head_is_recognised_and_gives_the_tails_logits():
         assert head is not None and head.weight.shape == (12, 16, 32)
         masks = torch.rand(6, 12) < 0.5
         view = torch.tensor([2, 0, 1, 0, 1, 1])   # rows of a view need not be adjacent
-        runs = view_runs(view, torch.device("cpu"))
         fill = head.fill_terms(torch.zeros(12))
-        got = head.logits(head.maps(acts), runs, masks, fill)
+        got = perturbed_logits(head, head.maps(acts), view, masks, fill)
         want = net.classifier(torch.flatten(net.chain(acts[view] * masks[:, :, None, None]), 1))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(head.plain_logits(head.maps(acts)),
@@ -68,7 +67,7 @@ def test_the_head_is_recognised_and_gives_the_tails_logits():
         mu = torch.rand(12)
         mean_fill = head.fill_terms(mu)
         filled = torch.where(masks[:, :, None, None], acts[view], mu[None, :, None, None])
-        torch.testing.assert_close(head.logits(head.maps(acts), runs, masks, mean_fill),
+        torch.testing.assert_close(perturbed_logits(head, head.maps(acts), view, masks, mean_fill),
                                    net.classifier(torch.flatten(net.chain(filled), 1)),
                                    rtol=1e-4, atol=1e-5)
 
@@ -112,3 +111,30 @@ def test_vgg_conv5_3_takes_the_head_path():
         head = linear_head(split, "features.19", acts)
     # max-pool and the 7x7 average pool run per view; 512 x 4096 per perturbed network
     assert head is not None and head.weight.shape == (512, 49, 4096)
+
+
+def test_view_products_are_made_ahead_and_dropped_after_their_last_batch():
+    torch.manual_seed(0)
+    net = VggLike().eval()
+    split = SplitModel(net, ["conv"])
+    with torch.inference_mode():
+        acts = split.activation(split.run_prefix(torch.randn(5, 3, 8, 8)), "conv")
+        head = linear_head(split, "conv", acts)
+        maps, (b, _) = head.maps(acts), head.fill_terms(torch.zeros(12))
+        schedule = [[0, 1], [1, 2], [3], [3, 4]]
+        per_view = 4 * 12 * 32
+        products = ViewProducts(head, maps, b, schedule, budget=3 * per_view)
+        first = products.for_batch(0)
+        assert sorted(first) == [0, 1, 2]          # batch 1's new view made with batch 0's
+        want = torch.einsum("kpo,kp->ko", head.weight, maps[2]) - b
+        torch.testing.assert_close(first[2], want, rtol=1e-5, atol=1e-6)
+        assert sorted(products.for_batch(1)) == [1, 2]         # view 0 is done with
+        assert sorted(products.for_batch(2)) == [3, 4]
+        assert sorted(products.for_batch(3)) == [3, 4]
+        # the rows of a batch, through the products, are the tail's logits
+        view = torch.tensor([3, 4, 3])
+        masks = torch.rand(3, 12) < 0.5
+        got = head.logits(products.for_batch(3), view_runs(view, torch.device("cpu")), masks,
+                          head.fill_terms(torch.zeros(12))[1])
+        want = net.classifier(torch.flatten(net.chain(acts[view] * masks[:, :, None, None]), 1))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
