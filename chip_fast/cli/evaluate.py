@@ -45,7 +45,8 @@ def configure(sub) -> None:
     p.add_argument("--layers", help="comma list of layer names (default: the importance's "
                                     "layers, else the last conv stage)")
     p.add_argument("--threshold-step", type=float, default=0.01,
-                   help="grid step of the MaxBoxAcc threshold search (Choe et al.: 0.01)")
+                   help="grid step of the MaxBoxAcc and MaxBoxAccV2 threshold searches "
+                        "(Choe et al.: 0.01)")
     p.add_argument("--faithfulness-limit", type=int, default=50,
                    help="first N images get deletion/insertion curves")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     steps = int(round(1 / args.threshold_step))
     grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
     settings = EvalSettings(batch_size=args.batch_size, thresholds=grid,
+                            v2_step=args.threshold_step,
                             faithfulness_limit=args.faithfulness_limit,
                             faithfulness_steps=args.steps, substrate=args.substrate,
                             sanity_limit=args.sanity_limit)
