@@ -106,8 +106,10 @@ def logit_drops(model: torch.nn.Module, layer: str, images: torch.Tensor,
     and k, the same for all of its photos). Only photos whose class every ranking holds count.
 
     Returns ``{"layer", "n_images", "classes", "ks", "base_logit", "drop": {name: {k: mean}},
-    "drop_se": {name: {k: standard error over photos}}, "random_draw_sd": {k: sd over the
-    draws of their mean}}``; the random baseline is the name ``"random"`` (mean over draws).
+    "drop_se": {name: {k: standard error over photos}}, "per_photo": {name: {k: [drop of each
+    photo, classes in increasing order]}}, "random_draw_sd": {k: sd over the draws of their
+    mean}}``; the random baseline is the name ``"random"`` (mean over draws). Two rankings are
+    compared photo by photo (paired) with ``per_photo``.
     """
     split = _split(model, layer)
     classes = set.intersection(*(set(int(c) for c in r) for r in rankings.values())) \
@@ -131,11 +133,12 @@ def logit_drops(model: torch.nn.Module, layer: str, images: torch.Tensor,
     result: dict = {"layer": layer, "n_images": sum(len(r) for r in rows_of.values()),
                     "classes": sorted(rows_of), "ks": list(ks),
                     "base_logit": float(torch.cat(base_all).mean()), "drop": {}, "drop_se": {},
-                    "random_draw_sd": {}}
+                    "per_photo": {}, "random_draw_sd": {}}
     for (name, k), parts in drops.items():
         per_set = torch.cat(parts, 1).double().numpy()          # (D, photos)
         d = per_set.mean(0)                                     # each photo: mean over draws
         result["drop"].setdefault(name, {})[k] = float(d.mean())
+        result["per_photo"].setdefault(name, {})[k] = d.tolist()
         result["drop_se"].setdefault(name, {})[k] = (float(d.std(ddof=1) / np.sqrt(len(d)))
                                                      if len(d) > 1 else 0.0)
         if name == "random":

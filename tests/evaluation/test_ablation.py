@@ -51,6 +51,10 @@ def test_logit_drops_match_the_closed_form(tiny_net, photos):
         for name, r in (("gxa", best), ("worst", worst)):
             expected = np.mean([float(contrib[i, r[labels[i]][:k]].sum()) for i in range(12)])
             assert res["drop"][name][k] == pytest.approx(expected, abs=1e-5)
+            # photo by photo, in class order (0, 0, 0, 0, 1, ...)
+            order = sorted(range(12), key=lambda i: labels[i])
+            assert res["per_photo"][name][k] == pytest.approx(
+                [float(contrib[i, r[labels[i]][:k]].sum()) for i in order], abs=1e-5)
         # a random k-set removes k/K of the whole contribution in expectation; the mean of 400
         # draws is within a few of its standard errors of that
         expected = float(contrib.sum(1).mean()) * k / k_all
