@@ -43,9 +43,11 @@ def configure(sub) -> None:
                    help="score every method on the images whose class the importance holds "
                         "(default: refuse a file that lacks some images' classes)")
     p.add_argument("--layers", help="comma list of layer names (default: the importance's "
-                                    "layers, else the last conv stage)")
+                                    "layers, else the last conv stage); the *-refined peers "
+                                    "(RefineCAM) multiply the maps of all of them")
     p.add_argument("--threshold-step", type=float, default=0.01,
-                   help="grid step of the MaxBoxAcc threshold search (Choe et al.: 0.01)")
+                   help="grid step of the MaxBoxAcc and MaxBoxAccV2 threshold searches "
+                        "(Choe et al.: 0.01)")
     p.add_argument("--faithfulness-limit", type=int, default=50,
                    help="first N images get deletion/insertion curves")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
@@ -74,8 +76,8 @@ def _layers(args: argparse.Namespace, model: torch.nn.Module, importance) -> lis
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.dataset import load_val_dir
-    from ..evaluation.methods import (build_methods, check_chip_layers, distilled_images,
-                                      requested_methods)
+    from ..evaluation.methods import (build_methods, check_chip_layers, check_refined_peers,
+                                      distilled_images, requested_methods)
     from ..evaluation.runner import EvalSettings, evaluate, log_stderr as log
     from ..importance.core import load_importance
     from ..models.loading import preprocess_of
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                            limit=args.limit, preprocess=preprocess_of(
                                model, mode=args.preprocess, size=args.size))
     layers = _layers(args, model, importance)
+    names = check_refined_peers(names, layers, asked=args.methods is not None)
     if any(n.startswith("chip") for n in names):
         importance.check_model(model)
         check_chip_layers(names, layers, importance, log)
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     steps = int(round(1 / args.threshold_step))
     grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
     settings = EvalSettings(batch_size=args.batch_size, thresholds=grid,
+                            v2_step=args.threshold_step,
                             faithfulness_limit=args.faithfulness_limit,
                             faithfulness_steps=args.steps, substrate=args.substrate,
                             sanity_limit=args.sanity_limit)

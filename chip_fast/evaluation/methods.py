@@ -15,8 +15,12 @@ import torch
 from .dataset import LocDataset
 from .peers import MapFn
 
-METHOD_NAMES = ("chip-refined", "chip", "cam", "gradcam", "gradcam++", "layercam")
-DEFAULT_METHODS = "chip-refined,chip,gradcam,gradcam++,layercam,cam"
+METHOD_NAMES = ("chip-refined", "chip", "cam", "gradcam", "gradcam++", "layercam",
+                "gradcam++-refined", "layercam-refined")
+DEFAULT_METHODS = ("chip-refined,chip,gradcam,gradcam++,layercam,gradcam++-refined,"
+                   "layercam-refined,cam")
+# Products over all the layers (one map each), not one map per layer
+MULTI_LAYER = ("chip-refined", "gradcam++-refined", "layercam-refined")
 
 
 def requested_methods(text: str | None, importance, log: Callable[[str], None]) -> list[str]:
@@ -38,6 +42,18 @@ def requested_methods(text: str | None, importance, log: Callable[[str], None]) 
         # Refined CHIP of one layer is that layer's CHIP map: one row, not two equal ones
         names.remove("chip-refined")
     return names
+
+
+def check_refined_peers(names: Sequence[str], layers: Sequence[str], asked: bool) -> list[str]:
+    """RefineCAM multiplies the maps of two or more layers: with one layer it is refused when
+    asked for by name (``asked``) and left out of the default list (it would repeat its base)."""
+    refined = [n for n in names if n.endswith("-refined") and n != "chip-refined"]
+    if len(layers) >= 2 or not refined:
+        return list(names)
+    if asked:
+        raise ValueError(f"method(s) {', '.join(refined)} multiply the maps of two or more "
+                         f"layers; --layers gives {len(layers)} ({', '.join(layers)})")
+    return [n for n in names if n not in refined]
 
 
 def check_chip_layers(names: Sequence[str], layers: Sequence[str], importance,
@@ -90,13 +106,17 @@ def distilled_images(dataset: LocDataset, importance, importance_path: str, only
 def build_methods(model: torch.nn.Module, names: Sequence[str], layers: Sequence[str],
                   importance=None, log: Callable[[str], None] = print) -> dict[str, MapFn]:
     """``{"gradcam@features.18": fn, ...}`` for each method at each layer; CAM only at layers
-    that feed the global pooling, CHIP only at distilled layers, chip-refined once."""
+    that feed the global pooling, CHIP only at distilled layers, chip-refined once (over the
+    importance's layers) and each RefineCAM once (over ``layers``)."""
     from .interop import chip_method
     from .peers import find_gap_head, peer
     methods: dict[str, MapFn] = {}
     for name in names:
         if name == "chip-refined":
             methods["chip-refined"] = chip_method(importance, None)
+            continue
+        if name in MULTI_LAYER:
+            methods[name] = peer(name, list(layers))
             continue
         for layer in layers:
             if name == "chip":

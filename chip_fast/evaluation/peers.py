@@ -1,6 +1,7 @@
 """Maps of peer methods, each a function ``(model, images, classes) -> (B, H, W)`` numpy float32
 in [0, 1] at the input size. The Grad-CAM family is computed by pytorch-grad-cam itself, so the
-numbers are that library's, not a re-implementation's. CAM reads its activation from
+numbers are that library's, not a re-implementation's; so is its RefineCAM (the product of a
+base method's per-layer maps). CAM reads its activation from
 ``chip_fast.models.split``, as CHIP does."""
 from __future__ import annotations
 
@@ -64,6 +65,40 @@ def grad_cam_family(method: str, layer: str, batch_size: int = 32) -> MapFn:
     return _labelled(fn, method.lower(), layer)
 
 
+# pytorch-grad-cam's RefineCAM over a base method: the product of the base's per-layer maps
+REFINED_PEERS = {"gradcam++-refined": "gradcam++", "layercam-refined": "layercam"}
+
+
+def refine_cam(base: str, layers: Sequence[str], batch_size: int = 32) -> MapFn:
+    """pytorch-grad-cam's RefineCAM with ``base`` (``gradcam++`` or ``layercam``) at ``layers``:
+    each layer's base CAM min-max normalised at the input size, multiplied, min-max normalised:
+    the rule of Refined CHIP, so the two compare the maps and not the combination."""
+    gc = _grad_cam_module()
+    if not hasattr(gc, "RefineCAM"):
+        raise ImportError("the RefineCAM peers need grad-cam >= 1.5.7: "
+                          "pip install -U 'chip-fast[eval]'")
+    base_cls = getattr(gc, GRADCAM_METHODS[base])
+    if len(layers) < 2:
+        raise ValueError(f"RefineCAM multiplies the maps of two or more layers; got {len(layers)}")
+
+    def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        cam = gc.RefineCAM(model, [module_by_name(model, l) for l in layers], base_method=base_cls)
+        out = []
+        try:
+            for lo in range(0, len(images), batch_size):
+                targets = [ClassifierOutputTarget(int(c)) for c in classes[lo:lo + batch_size]]
+                out.append(cam(input_tensor=images[lo:lo + batch_size], targets=targets))
+        finally:
+            # RefineCAM is no context manager: its per-layer CAMs' hooks would stay on the
+            # model (and slow every later forward) until garbage collection
+            for per_layer in cam.base_cam_per_layer:
+                per_layer.activations_and_grads.release()
+        return np.concatenate(out).astype(np.float32)
+
+    return _labelled(fn, f"{base}-refined", "+".join(layers))
+
+
 def find_gap_head(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
     """(name of the last conv stage, linear head) of a GAP + Linear classifier: torchvision
     MobileNet/EfficientNet/ConvNeXt-style ``features`` + ``classifier``, ResNet-style ``layer4`` + ``fc``."""
@@ -104,8 +139,14 @@ def cam(layer: str | None = None, batch_size: int = 64) -> MapFn:
     return _labelled(fn, "cam", layer or "")
 
 
-def peer(method: str, layer: str) -> MapFn:
-    """A peer by name: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` at ``layer``."""
+def peer(method: str, layer: str | Sequence[str]) -> MapFn:
+    """A peer by name: ``cam``, ``gradcam``, ``gradcam++`` or ``layercam`` at ``layer``, or
+    ``gradcam++-refined`` / ``layercam-refined`` (RefineCAM) at a list of layers."""
+    if method.lower() in REFINED_PEERS:
+        return refine_cam(REFINED_PEERS[method.lower()], [layer] if isinstance(layer, str)
+                          else list(layer))
+    if not isinstance(layer, str):
+        raise ValueError(f"{method} maps one layer; got {list(layer)}")
     if method.lower() == "cam":
         return cam(layer)
     return grad_cam_family(method, layer)

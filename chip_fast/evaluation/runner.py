@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from . import wsol
 from ..util.atomic import atomic_write, atomic_write_text
 from ..util.progress import Progress
 from .dataset import LocSample
@@ -30,6 +31,7 @@ class EvalSettings:
     thresholds: list[float] = field(default_factory=lambda: M.DEFAULT_THRESHOLDS.tolist())
     iou_threshold: float = 0.5
     top1_threshold: float = 0.2          # the CAM paper's threshold for top-1 loc error
+    v2_step: float = 0.01                # MaxBoxAccV2's grid, np.arange(0, 1, v2_step)
     pointing_tolerance: float = 15.0     # px, Zhang et al. 2016
     faithfulness_limit: int | None = 50  # first N images get deletion/insertion (0: none)
     faithfulness_steps: int = 16
@@ -84,8 +86,8 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
     rnd_model, rnd_blocks = (M.randomized_copy(model, s.sanity_top_blocks, s.sanity_seed)
                              if n_sanity else (None, []))
 
-    acc = {name: {"ious": [], "point": [], "del": [], "ins": [], "rho": [], "seconds": 0.0,
-                  "error": None, "sanity_error": None} for name in methods}
+    acc = {name: {"ious": [], "v2": [], "point": [], "del": [], "ins": [], "rho": [],
+                  "seconds": 0.0, "error": None, "sanity_error": None} for name in methods}
     correct, ids, fraction = [], [], None
     n_batches = -(-len(dataset) // s.batch_size)
     progress = Progress(len(dataset), "images", write=lambda line: log(f"[evaluate] {line}"))
@@ -136,6 +138,7 @@ def _score_batch(name: str, fn: MapFn, a: dict, model, rnd_model, x: torch.Tenso
         a["seconds"] += time.perf_counter() - t0
         maps = _check_maps(maps, name, len(x), tuple(x.shape[-2:]))
         a["ious"].append(M.localization_ious(maps, boxes, thresholds))
+        a["v2"].append(wsol.multi_contour_ious(maps, boxes, wsol.v2_thresholds(s.v2_step)))
         a["point"].append(M.pointing_game(maps, boxes, s.pointing_tolerance))
         if n_f:
             c = M.deletion_insertion_curves(
@@ -169,6 +172,7 @@ def _summarise(name: str, fn: MapFn, a: dict, correct: np.ndarray, thresholds: n
     ious = np.concatenate(a["ious"])
     r.update(M.localization_summary(ious, correct, thresholds, s.iou_threshold,
                                     s.top1_threshold))
+    r.update(wsol.max_box_acc_v2(np.concatenate(a["v2"]), wsol.v2_thresholds(s.v2_step)))
     r["pointing"] = float(np.concatenate(a["point"]).mean())
     r["ms_per_image"] = 1000.0 * a["seconds"] / len(ious)
     if a["del"]:
@@ -187,6 +191,7 @@ def _summarise(name: str, fn: MapFn, a: dict, correct: np.ndarray, thresholds: n
 
 COLUMNS = [("layer", "layer", "{}"), ("GT-known@0.2", "gt_known@0.2", "{:.3f}"),
            ("GT-known@0.15", "gt_known@0.15", "{:.3f}"), ("MaxBoxAcc", "max_box_acc", "{:.3f}"),
+           ("MaxBoxAccV2", "max_box_acc_v2", "{:.3f}"),
            ("top-1 loc err", "top1_loc_err", "{:.3f}"), ("pointing", "pointing", "{:.3f}"),
            ("deletion AUC", "deletion_auc", "{:.3f}"), ("insertion AUC", "insertion_auc", "{:.3f}"),
            ("sanity rho", "sanity_spearman", "{:.3f}"), ("ms/image", "ms_per_image", "{:.1f}")]
@@ -196,7 +201,9 @@ def markdown_table(results: dict) -> str:
     s = results["settings"]
     lines = [f"{results['n_images']} images, top-1 accuracy {results['top1_acc']:.3f}; "
              f"box accuracy at IoU >= {s['iou_threshold']}; MaxBoxAcc over "
-             f"{len(s['thresholds'])} thresholds; deletion/insertion on "
+             f"{len(s['thresholds'])} thresholds (largest component); MaxBoxAccV2 as "
+             f"clovaai/wsolevaluation (every contour, IoU 0.3/0.5/0.7, thresholds every "
+             f"{s.get('v2_step', 0.01)}); deletion/insertion on "
              f"{results['faithfulness_images']} images, {s['faithfulness_steps']} steps, "
              f"substrate {s['substrate']}; sanity rho (Spearman, original vs "
              f"{', '.join(results['sanity_randomized_blocks']) or '-'} re-initialised) on "

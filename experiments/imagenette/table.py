@@ -2,12 +2,14 @@
 peers, on both halves of imagenette/val-dev, in one command.
 
     python -m experiments.imagenette.table [--out experiments/imagenette/results/table]
-        [--samples N]
+        [--samples N] [--seeds N] [--halves selection,confirmation]
 
 MobileNetV2 (../shared/data), CHIP exactly as ``distill_all_classes`` + ``explain`` give it
 with their defaults (default layers, Refined CHIP, every DistillSettings default), seed 0,
 on imagenette/train; each layer's CHIP map beside it. Peers (CAM, and pytorch-grad-cam's
-Grad-CAM, Grad-CAM++, Layer-CAM) at features.18 and at every layer CHIP uses. Scored by
+Grad-CAM, Grad-CAM++, Layer-CAM) at features.18 and at every layer CHIP uses, and
+pytorch-grad-cam's RefineCAM (Grad-CAM++ and Layer-CAM bases: the product of the per-layer maps,
+Refined CHIP's rule) over CHIP's layers. MaxBoxAccV2 is clovaai/wsolevaluation's. Scored by
 chip_fast.evaluation on the selection half (even-indexed val-dev photos in sorted order, where
 the defaults were chosen: experiments/imagenette/search.py) and on the confirmation half (odd). Also
 written: the held-out R^2 of the sparse linear model per class and layer, and, with --seeds 2,
@@ -24,13 +26,14 @@ import torch
 
 import chip_fast
 from chip_fast.evaluation import EvalSettings, evaluate
+from chip_fast.evaluation.peers import peer
 
 from experiments.imagenette.common import (BOX_COLUMNS, DEEP, RESULTS, TRAIN, chip_maps,
                                            distill_cached, halves, library_defaults, mobilenet_v2,
                                            peers_at, table, top_channel_overlap)
 
-COLUMNS = BOX_COLUMNS + (("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"),
-                         ("ms/image", "ms_per_image"))
+COLUMNS = BOX_COLUMNS[:2] + (("MaxBoxAccV2", "max_box_acc_v2"),) + BOX_COLUMNS[2:] + (
+    ("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"), ("ms/image", "ms_per_image"))
 
 
 def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
@@ -41,6 +44,10 @@ def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
     for key, fn in peers.items():
         method, layer = key.split("@")
         methods[f"{names[method]} @ {layer}"] = fn
+    if len(layers) > 1:   # RefineCAM: Refined CHIP's product rule over the same layers
+        for base in ("gradcam++", "layercam"):
+            methods[f"RefineCAM ({names[base]}) @ {' + '.join(layers)}"] = peer(
+                f"{base}-refined", layers)
     return methods
 
 
@@ -51,6 +58,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="distillations for the stability check")
     ap.add_argument("--faithfulness", type=int, default=32, help="photos per half with "
                                                                  "deletion/insertion")
+    ap.add_argument("--halves", default="selection,confirmation",
+                    help="which halves of val-dev to score (comma list)")
     args = ap.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -66,7 +75,8 @@ def main() -> None:
             for s in range(args.seeds)]
     distill_s = time.perf_counter() - t0
     results, t1 = {}, time.perf_counter()
-    for name, half in halves().items():
+    wanted = [h.strip() for h in args.halves.split(",") if h.strip()]
+    for name, half in ((n, h) for n, h in halves().items() if n in wanted):
         results[name] = evaluate(model, methods_for(imps[0], layers), half, out / name,
                                  EvalSettings(faithfulness_limit=args.faithfulness,
                                               sanity_limit=0), plots=False)

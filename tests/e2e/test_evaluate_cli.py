@@ -79,6 +79,8 @@ def test_bad_method_requests_are_one_line(two_class_file, tmp_path, capsys):
         "no layer 'features.99'": ["--layers", "features.99"],
         "method chip: none of the layers features.16 is distilled":
             ["--importance", str(two_class_file), "--methods", "chip", "--layers", "features.16"],
+        "multiply the maps of two or more layers; --layers gives 1 (features.18)":
+            ["--methods", "layercam-refined", "--layers", "features.18"],
     }
     for expected, extra in cases.items():
         rc = main(evaluate_args(tmp_path, "--limit", "2", *extra))
@@ -109,3 +111,22 @@ def test_cli_main_with_chip_and_cam(tmp_path):
     assert set(res["methods"]) == {"chip@features.18", "chip-refined", "cam@features.18"}
     assert res["methods"]["chip@features.18"]["layer"] == "features.18"
     assert res["n_images"] == 2 and "deletion_auc" in res["methods"]["cam@features.18"]
+
+
+@pytest.mark.slow   # two gradient passes per photo through the real MobileNetV2
+def test_refinecam_over_two_layers_with_max_box_acc_v2(tmp_path, capsys):
+    """The RefineCAM peer runs once over both --layers, and its row has MaxBoxAccV2."""
+    if not VAL_DEV.is_dir() or not WEIGHTS.is_file():
+        pytest.skip(f"real test data not found at {DATA}")
+    pytest.importorskip("pytorch_grad_cam")
+    rc = main(evaluate_args(tmp_path, "--limit", "2", "--methods", "layercam,layercam-refined",
+                            "--layers", "features.14.conv.0,features.18"))
+    std = capsys.readouterr()
+    assert rc == 0, std.err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(res["methods"]) == ["layercam@features.14.conv.0", "layercam@features.18",
+                                    "layercam-refined"]
+    row = res["methods"]["layercam-refined"]
+    assert row["layer"] == "features.14.conv.0+features.18"
+    assert 0 <= row["max_box_acc_v2"] <= 1 and "max_box_acc_v2@0.7" in row
+    assert "| layercam-refined | features.14.conv.0+features.18 |" in std.out

@@ -57,3 +57,56 @@ def test_gradcam_on_real_photos_matches_an_independent_computation():
     assert np.abs(np.array(s["box_acc_curve"]) - curve).max() <= 1.01 / len(ds)
     assert s["max_box_acc"] == pytest.approx(curve.max(), abs=1.01 / len(ds))
     assert s["gt_known@0.2"] == pytest.approx(curve[20], abs=1.01 / len(ds))
+
+
+def _independent_product(model, x, classes, cam_cls, layers):
+    """The product of the library's own per-layer CAMs (each already min-max normalised at the
+    input size), min-max normalised again, computed here without RefineCAM."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    mods = dict(model.named_modules())
+    prod = np.ones((len(x), *x.shape[-2:]))
+    for layer in layers:
+        with cam_cls(model=model, target_layers=[mods[layer]]) as c:
+            prod = prod * c(input_tensor=x, targets=[ClassifierOutputTarget(int(k))
+                                                     for k in classes])
+    prod = prod - prod.min((1, 2), keepdims=True)
+    return prod / (1e-7 + prod.max((1, 2), keepdims=True))
+
+
+@pytest.mark.parametrize("name,base", [("layercam-refined", "LayerCAM"),
+                                       ("gradcam++-refined", "GradCAMPlusPlus")])
+def test_refine_cam_peer_is_the_product_of_the_base_maps(tiny_net, name, base):
+    """The RefineCAM peers on a tiny model: the product of the base method's per-layer maps,
+    labelled with both layers, and no hook left on the model afterwards."""
+    gc = pytest.importorskip("pytorch_grad_cam")
+    from chip_fast.evaluation.peers import peer
+    layers = ["features.1", "features.2"]
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    classes = [0, 3, 5]
+    fn = peer(name, layers)
+    maps = fn(tiny_net, x, classes)
+    assert fn.method == name and fn.layer == "features.1+features.2"
+    assert maps.shape == (3, 16, 16) and maps.dtype == np.float32
+    ref = _independent_product(tiny_net, x, classes, getattr(gc, base), layers)
+    assert np.abs(maps - ref).max() < 1e-5
+    assert all(not m._forward_hooks and not m._backward_hooks
+               for m in tiny_net.modules())
+
+
+def test_refined_peers_need_two_layers():
+    from chip_fast.evaluation.methods import DEFAULT_METHODS, check_refined_peers
+    names = DEFAULT_METHODS.split(",")
+    assert check_refined_peers(names, ["features.18"], asked=False) == [
+        n for n in names if n not in ("gradcam++-refined", "layercam-refined")]
+    assert check_refined_peers(names, ["a", "b"], asked=False) == names
+    with pytest.raises(ValueError, match="two or more layers"):
+        check_refined_peers(["layercam-refined"], ["features.18"], asked=True)
+
+
+def test_build_methods_runs_each_refined_peer_once_over_all_layers(tiny_net):
+    pytest.importorskip("pytorch_grad_cam")
+    from chip_fast.evaluation.methods import build_methods
+    methods = build_methods(tiny_net, ["layercam", "layercam-refined"],
+                            ["features.1", "features.2"], log=lambda s: None)
+    assert list(methods) == ["layercam@features.1", "layercam@features.2", "layercam-refined"]
+    assert methods["layercam-refined"].layer == "features.1+features.2"

@@ -42,11 +42,11 @@ def test_evaluate_writes_results(tmp_path):
                                           sanity_limit=3, sanity_top_blocks=1), plots=False,
                    log=lambda s: None)
     r = res["methods"]["oracle"]
-    assert r["gt_known@0.2"] == r["max_box_acc"] == r["pointing"] == 1.0
+    assert r["gt_known@0.2"] == r["max_box_acc"] == r["max_box_acc_v2"] == r["pointing"] == 1.0
     assert len(r["deletion_curve"]) == 5 and r["sanity_spearman"] == pytest.approx(1.0)
     assert "error" in res["methods"]["broken"] and "no maps today" in res["methods"]["broken"]["error"]
     assert res["methods"]["cam"]["layer"] == "features" and res["sanity_randomized_blocks"] == ["classifier.0"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["n_images"] == 5 and saved["faithfulness_images"] == 3
     md = (tmp_path / "results.md").read_text()
-    assert "| oracle | - | 1.000 |" in md and "MaxBoxAcc" in md and "error: RuntimeError" in md
+    assert "| oracle | - | 1.000 |" in md and "MaxBoxAccV2" in md and "error: RuntimeError" in md
