@@ -1,5 +1,6 @@
 """What several test folders share: where the real data of ../shared/data is, a tiny classifier,
-a fake ImageNet train/ folder, and the check of a command-line error.
+a fake ImageNet train/ folder, the check of a command-line error, and layers' own outputs
+(forward hooks) to compare a split model's activations with.
 
 Imported as ``tests.helpers`` (``tests`` is a package); ``conftest.py`` builds its fixtures on
 it. Nothing here imports triton or chip_fast at import time: ``conftest.py`` imports this module
@@ -56,3 +57,17 @@ def cli_error(argv, capsys) -> str:
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     return err
+
+
+def own_outputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's output as the module returned it (copied before anything else runs)."""
+    seen = {}
+    hooks = [model.get_submodule(l).register_forward_hook(
+        lambda _m, _i, out, l=l: seen.__setitem__(l, out.clone())) for l in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen

@@ -46,13 +46,19 @@ def distill(model, path, **kw):
                                          tail_path=path, samples_per_class=256, **kw)
 
 
+def head_of(net: VggLike, views: int):
+    """(the head of net's tail, the layer's activations of ``views`` random photos)."""
+    split = SplitModel(net, ["conv"])
+    with torch.inference_mode():
+        acts = split.activation(split.run_prefix(torch.randn(views, 3, 8, 8)), "conv")
+        return linear_head(split, "conv", acts), acts
+
+
 def test_the_head_is_recognised_and_gives_the_tails_logits():
     torch.manual_seed(0)
     net = VggLike().eval()
-    split = SplitModel(net, ["conv"])
+    head, acts = head_of(net, 3)
     with torch.inference_mode():
-        acts = split.activation(split.run_prefix(torch.randn(3, 3, 8, 8)), "conv")
-        head = linear_head(split, "conv", acts)
         assert head is not None and head.weight.shape == (12, 16, 32)
         masks = torch.rand(6, 12) < 0.5
         view = torch.tensor([2, 0, 1, 0, 1, 1])   # rows of a view need not be adjacent
@@ -74,11 +80,7 @@ def test_the_head_is_recognised_and_gives_the_tails_logits():
 
 def test_what_is_not_a_head_takes_the_elementwise_path():
     torch.manual_seed(0)
-    net = VggLike(mix=True).eval()
-    split = SplitModel(net, ["conv"])
-    with torch.inference_mode():
-        acts = split.activation(split.run_prefix(torch.randn(2, 3, 8, 8)), "conv")
-    assert linear_head(split, "conv", acts) is None
+    assert head_of(VggLike(mix=True).eval(), 2)[0] is None
     imp = distill(VggLike(mix=True).eval(), "auto")
     assert imp.settings["paths"] == {"conv": "elementwise"}
     # noise is drawn per element: it does not commute with the chain
@@ -116,10 +118,8 @@ def test_vgg_conv5_3_takes_the_head_path():
 def test_view_products_are_made_ahead_and_dropped_after_their_last_batch():
     torch.manual_seed(0)
     net = VggLike().eval()
-    split = SplitModel(net, ["conv"])
+    head, acts = head_of(net, 5)
     with torch.inference_mode():
-        acts = split.activation(split.run_prefix(torch.randn(5, 3, 8, 8)), "conv")
-        head = linear_head(split, "conv", acts)
         maps, (b, _) = head.maps(acts), head.fill_terms(torch.zeros(12))
         schedule = [[0, 1], [1, 2], [3], [3, 4]]
         per_view = 4 * 12 * 32

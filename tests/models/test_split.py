@@ -12,6 +12,8 @@ import chip_fast
 from chip_fast.models.layers import LayerError, default_layers
 from chip_fast.models.split import HookedModel, SplitModel, split_model
 
+from tests.helpers import own_outputs
+
 
 class InplaceNet(nn.Module):
     """conv -> ReLU(inplace) -> conv -> ReLU(inplace) -> pool -> linear, as VGG is built."""
@@ -27,20 +29,6 @@ class InplaceNet(nn.Module):
     def forward(self, x):
         x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
         return self.fc(x.mean((2, 3)))
-
-
-def own_outputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each layer's output as the module returned it (copied before anything else runs)."""
-    seen = {}
-    hooks = [model.get_submodule(l).register_forward_hook(
-        lambda _m, _i, out, l=l: seen.__setitem__(l, out.clone())) for l in layers]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
 
 
 def test_in_place_relu_does_not_change_the_activation():

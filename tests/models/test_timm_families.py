@@ -11,6 +11,8 @@ from torch import nn
 import chip_fast
 from chip_fast.models.split import SplitModel, split_model
 
+from tests.helpers import own_outputs
+
 timm = pytest.importorskip("timm", reason="timm models need: pip install 'chip-fast[timm]'")
 
 # name -> input size: 64 gives /32 networks a 2x2 deepest map; Inception-v3's valid convolutions
@@ -83,19 +85,6 @@ def _model(name: str) -> nn.Module:
     return model
 
 
-def _own_outputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(l).register_forward_hook(
-        lambda _m, _i, out, l=l: seen.__setitem__(l, out.clone())) for l in layers]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
 @pytest.mark.slow   # 2 to 15 s a family on two idle cores (a traced forward, a distillation)
 @pytest.mark.filterwarnings("ignore:samples_per_class")   # few samples: mechanics, not accuracy
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -118,7 +107,7 @@ def test_timm_family_defaults_activations_and_distillation(name):
     (mid, deep) = (acts[l] for l in layers)
     assert deep.shape[-2] >= 2 and deep.shape[-1] >= 2
     assert mid.shape[-2] > deep.shape[-2] and mid.shape[-1] > deep.shape[-1]
-    for layer, truth in _own_outputs(model, layers, x).items():
+    for layer, truth in own_outputs(model, layers, x).items():
         torch.testing.assert_close(acts[layer], truth, rtol=1e-4,
                                    atol=1e-5 * float(truth.abs().max()), msg=f"{name} {layer}")
         # presence: zero or near it where absent. Of unit normal inputs, Hardswish keeps 0.41 as
