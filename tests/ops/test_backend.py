@@ -56,12 +56,16 @@ def both_backends(monkeypatch, model, layer, **kw):
 
 
 @pytest.mark.skipif(CUDA, reason="checks the interpreter path; the GPU check covers CUDA")
-@pytest.mark.parametrize("fill", ["mean", "noise"])
-def test_vgg_style_tail_through_the_kernels(monkeypatch, fill):
+@pytest.mark.parametrize("fill,path,taken", [("mean", "elementwise", "elementwise"),
+                                             ("noise", "auto", "elementwise"),
+                                             ("mean", "auto", "linear_head")])
+def test_vgg_style_tail_through_the_kernels(monkeypatch, fill, path, taken):
+    """The perturbation kernel on the elementwise path (noise is drawn per element, so it
+    stays there), and the response sums kernel behind the head path."""
     torch.manual_seed(0)
     model = SmallVGG().eval()
-    ref, got = both_backends(monkeypatch, model, "features.2", fill=fill)
-    assert got.settings["paths"] == {"features.2": "elementwise"}
+    ref, got = both_backends(monkeypatch, model, "features.2", fill=fill, tail_path=path)
+    assert got.settings["paths"] == ref.settings["paths"] == {"features.2": taken}
     tol = 1e-9 if fill == "mean" else 1e-5    # noise: float32 rounding of log/cos/sin
     scale = ref.r["features.2"].abs().max()
     assert (got.r["features.2"] - ref.r["features.2"]).abs().max() <= tol * scale + 1e-12
