@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.fx as fx
@@ -123,6 +124,16 @@ class LinearHead:
         """(T, C) float32 logits of a batch of perturbed networks (``hidden``, then the
         rest)."""
         return self.rest(self.hidden(products, runs, masks, const)).float()
+
+    def unit_logits(self, maps: torch.Tensor, runs: list[ViewRuns], masks: list[torch.Tensor],
+                    fill: tuple[torch.Tensor, torch.Tensor], budget: int
+                    ) -> Iterator[torch.Tensor]:
+        """The logits of a unit's batches, in order: batch i's rows keep ``masks[i]`` of their
+        views (grouped by ``runs[i]``), the views' products made ahead within ``budget``
+        bytes (``ViewProducts``)."""
+        products = ViewProducts(self, maps, fill[0], [r[3] for r in runs], budget)
+        for i, (r, m) in enumerate(zip(runs, masks)):
+            yield self.logits(products.for_batch(i), r, m, fill[1])
 
     def plain_logits(self, maps: torch.Tensor) -> torch.Tensor:
         """(V, C) logits of the unperturbed views (every channel kept: no fill term)."""

@@ -45,6 +45,14 @@ class Rows:
                                  for v in self.host_view.split(batch)]
         return self._runs[batch]
 
+    def batch_masks(self, seed: int, channels: int, p_keep: float, antithetic: bool,
+                    batch: int) -> list[torch.Tensor]:
+        """Each batch's masks (rows x channels), the unit's drawn once for all its classes on
+        the device without a sync (``rng.keep_masks_range``); for the head path."""
+        unit = rng.keep_masks_range(seed, self.samples.start, self.samples.stop, channels, p_keep,
+                                    antithetic, self.view.device)
+        return [unit.index_select(0, s - self.samples.start) for s in self.sample.split(batch)]
+
     def __len__(self) -> int:
         return len(self.view)
 

@@ -32,7 +32,6 @@ from typing import Callable
 import torch
 
 from ..ops.backend import use_triton
-from ..rng import keep_masks_range
 from ..ops.perturb import perturb
 from ..ops.perturb_means import perturb_means
 from ..ops.response_sums import UnitSums
@@ -41,7 +40,7 @@ from .plan import DistillPlan, Unit
 from .rows import Rows, make_rows
 from .settings import DistillSettings
 from .state import Partial
-from .linear_head import LinearHead, ViewProducts
+from .linear_head import LinearHead
 from .tails import AffineTail, TailRunner, no_sync_checks, response_of
 from .views import ViewLoader
 
@@ -265,16 +264,11 @@ class UnitRunner:
             return
         head = self.heads.get(layer)
         if head is not None:
-            b, const = head.job_fill(st.fill, mu.get(layer))
-            runs = rows.view_runs(st.batch_size)
-            products = ViewProducts(head, acts, b, [r[3] for r in runs], HEAD_PRODUCT_BYTES)
-            # the unit's masks drawn once for all its classes, on the device, without a sync
-            unit_masks = keep_masks_range(st.seed, rows.samples.start, rows.samples.stop, k,
-                                          st.p_keep, st.masks == "antithetic", self.device)
-            for i, (view, cls, sample, _) in enumerate(rows.batches(st.batch_size)):
-                masks = unit_masks.index_select(0, sample - rows.samples.start)
-                logits = head.logits(products.for_batch(i), runs[i], masks, const)
-                yield len(view), _response_matrix(logits, st.response), masks
+            masks = rows.batch_masks(st.seed, k, st.p_keep, st.masks == "antithetic", st.batch_size)
+            logits = head.unit_logits(acts, rows.view_runs(st.batch_size), masks,
+                                      head.job_fill(st.fill, mu.get(layer)), HEAD_PRODUCT_BYTES)
+            for m, out in zip(masks, logits):
+                yield len(m), _response_matrix(out, st.response), m
             return
         tail = self.tails[layer]
         acts = self._tail_input(acts)
