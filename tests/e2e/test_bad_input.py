@@ -91,3 +91,24 @@ def test_model_changed_in_place_is_refused_again(tiny_net, tiny_data):
         chip_fast.explain(tiny_net, imp, tiny_data[0][:2], [0, 1])
 
 
+
+
+class Tokens(nn.Module):
+    """A patch embedding, then (N, T, C) tokens through a block, as a ViT is laid out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.GELU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)          # (N, T, C)
+        return self.head(self.block(t).mean(1))
+
+
+def test_a_token_layer_given_by_hand_is_refused_in_one_line():
+    data = (torch.randn(6, 3, 8, 8), torch.arange(6) % 3)
+    with pytest.raises(LayerError, match=r"layer 'block' returns \(1, 4, 8\), tokens"):
+        chip_fast.distill_all_classes(Tokens().eval(), data, ["block"], samples_per_class=16,
+                                      progress=False)
