@@ -33,9 +33,9 @@ from ..models.split import SplitModel
 
 logger = logging.getLogger("chip_fast")
 
-# (the order that sorts a batch's rows by view, its distinct views, the rows of each view, the
-# distinct views on the host)
-ViewRuns = tuple[torch.Tensor, torch.Tensor, list[int], list[int]]
+# (the order that sorts a batch's rows by view, on the device; the rows of each view and the
+# distinct views, on the host)
+ViewRuns = tuple[torch.Tensor, list[int], list[int]]
 
 _PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
                         nn.Sigmoid, nn.Tanh, nn.ELU, nn.MaxPool2d, nn.AvgPool2d,
@@ -110,7 +110,7 @@ class LinearHead:
         ``masks[t]`` of its view. ``runs`` (``rows.Rows.view_runs``) sorts the batch by view, so
         each view is one (n, K) x (K, O) product with its ``products[view]`` (``ViewProducts``);
         ``const``: the fill terms' constant (``fill_terms``)."""
-        order, _, counts, views = runs
+        order, counts, views = runs
         z = masks.to(torch.float32).index_select(0, order)
         by_view = torch.empty(len(order), len(const), dtype=torch.float32, device=z.device)
         start = 0
@@ -131,14 +131,15 @@ class LinearHead:
         """The logits of a unit's batches, in order: batch i's rows keep ``masks[i]`` of their
         views (grouped by ``runs[i]``), the views' products made ahead within ``budget``
         bytes (``ViewProducts``)."""
-        products = ViewProducts(self, maps, fill[0], [r[3] for r in runs], budget)
+        products = ViewProducts(self, maps, fill[0], [r[2] for r in runs], budget)
         for i, (r, m) in enumerate(zip(runs, masks)):
             yield self.logits(products.for_batch(i), r, m, fill[1])
 
     def plain_logits(self, maps: torch.Tensor) -> torch.Tensor:
         """(V, C) logits of the unperturbed views (every channel kept: no fill term)."""
-        a = torch.bmm(maps.transpose(0, 1), self.weight)             # (K, V, O)
-        return self.rest(a.sum(0) + self.bias).float()
+        k, p, o = self.weight.shape
+        return self.rest(torch.addmm(self.bias, maps.flatten(1), self.weight.view(k * p, o))
+                         ).float()
 
 
 def view_runs(view: torch.Tensor, device: torch.device) -> ViewRuns:
@@ -146,7 +147,7 @@ def view_runs(view: torch.Tensor, device: torch.device) -> ViewRuns:
     the host so a batch reads nothing back from the device."""
     order = torch.argsort(view, stable=True)
     views, counts = torch.unique_consecutive(view[order], return_counts=True)
-    return order.to(device), views.to(device), counts.tolist(), views.tolist()
+    return order.to(device), counts.tolist(), views.tolist()
 
 
 class ViewProducts:
@@ -190,7 +191,7 @@ def perturbed_logits(head: "LinearHead", maps: torch.Tensor, view: torch.Tensor,
     """(T, C) logits of rows that keep ``masks[t]`` of view ``view[t]`` of ``maps``, in one
     batch (the check on the probe view, tests); the engine goes batch by batch."""
     runs = view_runs(view.cpu(), maps.device)
-    products = ViewProducts(head, maps, fill[0], [runs[3]], 0).for_batch(0)
+    products = ViewProducts(head, maps, fill[0], [runs[2]], 0).for_batch(0)
     return head.logits(products, runs, masks, fill[1])
 
 
