@@ -17,11 +17,26 @@ c3 (from TAG_SHIFT up) say which stream a counter belongs to, the low 28 (CLASS_
 - keep mask of (sample i, channel k): counter (i, k // 4, 0, MASK_TAG_WORD), word k % 4.
   Masks do not depend on the class: every class sees the same mask stream, so the Gram matrix of
   the masks is shared by all classes and the solve is one batched problem (METHOD.md).
-  Antithetic design (``antithetic=True``, p_keep 0.5): samples 2j and 2j + 1 are a pair; both
-  draw counter (j, k // 4, 0, MASK_TAG_WORD), and the odd one keeps exactly the channels the
-  even one drops. A pair shares its view and its fold (``fold_of``), so the part of a response
-  that is even in the mask (its view's offset, pairwise interactions of channels) cancels
-  inside every pair and never reaches the covariances.
+  Antithetic design (``design="antithetic"``, p_keep 0.5): samples 2j and 2j + 1 are a pair;
+  both draw counter (j, k // 4, 0, MASK_TAG_WORD), and the odd one keeps exactly the channels
+  the even one drops. A pair shares its view and its fold (``fold_of``), so the part of a
+  response that is even in the mask (its view's offset, pairwise interactions of channels)
+  cancels inside every pair and never reaches the covariances.
+- orthogonal foldover design (``design="orthogonal"``, p_keep 0.5): pairs as above, whose even
+  member is a row of a randomised Sylvester-Hadamard design instead of an independent draw.
+  Each of the run's F folds (pair j in fold j mod F) has designs of its own, so the folds stay
+  independent replicates, as the stability estimates from their sums assume: with m =
+  ``design_bits(K)`` (2^m > K) and the fold's own pair index l = j // F, pair j is row
+  r = l mod 2^m of block b = (l // 2^m) F + j mod F, and keeps channel k when
+  parity(row_b(r) & code_b(k + 1)) xor flip_b(k) is 1, where row_b is a
+  keyed permutation of the 2^m rows, code_b a keyed permutation of the m-bit words that fixes 0
+  (so the K codes are distinct and nonzero) and flip_b(k) a fair coin: counter
+  (b, 0, 1, DESIGN_TAG_WORD) keys the two permutations (words 0, 1 the rows', 2, 3 the codes'),
+  counter (b, k // 4, 0, DESIGN_TAG_WORD) word k % 4 holds the flip in its top bit. The flip
+  makes every row uniform on {0, 1}^K, like an independent fair mask, so the estimand does not
+  change; within a whole block every channel is kept exactly half the time and every pair of
+  channels a quarter, so the block's Gram matrix is the population's exactly (a run of
+  2 F 2^m samples per class completes a block in every fold).
 - fill noise of (class c, sample i, channel k, element e): counter (i, k, e // 4,
   (c & CLASS_BITS) | NOISE_TAG_WORD), Box-Muller on words (0, 1) and (2, 3), element e takes
   normal e % 4.
@@ -46,6 +61,7 @@ TAG_MASK = 1
 TAG_NOISE = 2
 TAG_AUGMENT = 3
 TAG_NOISE_MEAN = 4
+TAG_DESIGN = 5
 TAG_SHIFT = 28
 CLASS_BITS = (1 << TAG_SHIFT) - 1  # 0x0FFFFFFF
 # The tags as they sit in counter word c3. All are < 2**31, so a kernel types them as int32
@@ -54,6 +70,10 @@ MASK_TAG_WORD = TAG_MASK << TAG_SHIFT
 NOISE_TAG_WORD = TAG_NOISE << TAG_SHIFT
 AUGMENT_TAG_WORD = TAG_AUGMENT << TAG_SHIFT
 NOISE_MEAN_TAG_WORD = TAG_NOISE_MEAN << TAG_SHIFT
+DESIGN_TAG_WORD = TAG_DESIGN << TAG_SHIFT
+
+# How the keep masks are drawn (module doc); the kernels receive the index as DESIGN.
+MASK_DESIGNS = ("independent", "antithetic", "orthogonal")
 
 _U32 = 0xFFFFFFFF
 
@@ -97,14 +117,44 @@ def keep_threshold(p_keep: float) -> int:
     return min(int(round(p_keep * 2.0**32)), _U32)
 
 
+def check_design(design: str, p_keep: float, folds: int = 1) -> None:
+    """Refuse an unknown design, or a paired one whose complements are not as likely as the
+    masks (p_keep other than 0.5)."""
+    if not isinstance(folds, int) or not 1 <= folds < 1 << 16:
+        raise ValueError(f"folds must be an int in [1, 65536), got {folds!r}")
+    if design not in MASK_DESIGNS:
+        raise ValueError(f"the mask design must be one of {MASK_DESIGNS}, got {design!r}")
+    if design != "independent" and p_keep != 0.5:
+        raise ValueError(f"{design} masks need p_keep 0.5 (a mask's complement must be as "
+                         f"likely as the mask), got {p_keep}")
+
+
+def design_bits(channels: int) -> int:
+    """m of the orthogonal design: the fewest bits with 2^m > channels, so that the channels
+    get distinct nonzero codes."""
+    return max(1, int(channels).bit_length())
+
+
+def design_args(design: str, channels: int, p_keep: float, folds: int = 1
+                ) -> tuple[int, int, int, int]:
+    """(DESIGN index, design bits, DESIGN_TAG_WORD, folds) as the kernels take them."""
+    check_design(design, p_keep, folds)
+    return MASK_DESIGNS.index(design), design_bits(channels), DESIGN_TAG_WORD, folds
+
+
 def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float,
-               antithetic: bool = False) -> torch.Tensor:
+               design: str = "independent", folds: int = 1) -> torch.Tensor:
     """Bernoulli(p_keep) keep masks z of shape (len(samples), channels), as bool.
 
     ``samples`` are per-class sample indices; the mask of a sample is the same for every class,
-    so a batch that holds a sample for several classes draws its mask once. ``antithetic``: the
-    paired design of the module doc (odd samples complement their even partner).
+    so a batch that holds a sample for several classes draws its mask once. ``design``: how
+    they are drawn (``MASK_DESIGNS``, module doc); ``folds``: the run's folds, which the
+    orthogonal design keeps apart.
     """
+    check_design(design, p_keep, folds)
+    if design == "orthogonal":
+        return _orthogonal_masks(seed, samples, channels, folds)
+    antithetic = design == "antithetic"
     draws = samples >> 1 if antithetic else samples
     unique, inverse = torch.unique(draws, return_inverse=True)
     if len(unique) < len(draws):
@@ -117,30 +167,91 @@ def keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float,
 
 
 def keep_masks_range(seed: int, start: int, stop: int, channels: int, p_keep: float,
-                     antithetic: bool = False, device: torch.device | str = "cpu"
-                     ) -> torch.Tensor:
+                     design: str = "independent", device: torch.device | str = "cpu",
+                     folds: int = 1) -> torch.Tensor:
     """``keep_masks`` of the samples ``start .. stop - 1``, each drawn once, without reading
     anything back from the device (``keep_masks`` sizes its unique draws on the host): what a
     unit draws once for all its classes."""
-    first = start >> 1 if antithetic else start
-    last = (stop - 1) >> 1 if antithetic else stop - 1
-    draws = _keep_masks(seed, torch.arange(first, last + 1, device=device), channels, p_keep)
+    check_design(design, p_keep, folds)
     samples = torch.arange(start, stop, device=device)
-    if not antithetic:
-        return draws
+    if design == "orthogonal":
+        return _orthogonal_masks(seed, samples, channels, folds)
+    if design == "independent":
+        return _keep_masks(seed, samples, channels, p_keep)
+    first, last = start >> 1, (stop - 1) >> 1
+    draws = _keep_masks(seed, torch.arange(first, last + 1, device=device), channels, p_keep)
     return draws.index_select(0, (samples >> 1) - first) ^ (samples & 1).bool()[:, None]
 
 
-def fold_of(samples: torch.Tensor, folds: int, antithetic: bool = False) -> torch.Tensor:
-    """The fold of each sample: i % folds, or (i // 2) % folds in the antithetic design (a pair
+def fold_of(samples: torch.Tensor, folds: int, design: str = "independent") -> torch.Tensor:
+    """The fold of each sample: i % folds, or (i // 2) % folds in a paired design (a pair
     stays in one fold, so every fold is a sample of whole pairs)."""
-    return (samples >> 1 if antithetic else samples) % folds
+    return (samples >> 1 if design != "independent" else samples) % folds
 
 
-def pair_start(samples: torch.Tensor, antithetic: bool = False) -> torch.Tensor:
-    """The first sample of each sample's pair (itself without the antithetic design): what a
-    pair shares, its view, is keyed by it."""
-    return (samples >> 1) << 1 if antithetic else samples
+def pair_start(samples: torch.Tensor, design: str = "independent") -> torch.Tensor:
+    """The first sample of each sample's pair (itself in the independent design): what a pair
+    shares, its view, is keyed by it."""
+    return (samples >> 1) << 1 if design != "independent" else samples
+
+
+def _row_permutation(r: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor, mask: int, shift: int
+                     ) -> torch.Tensor:
+    """A keyed bijection of the m-bit rows (``kernels.philox.design_row``'s twin): xor with a key,
+    odd multipliers and xor-shifts, each invertible modulo 2^m."""
+    x = (r ^ w0) & mask
+    x = (x * 0xE170893D) & mask
+    x = x ^ (x >> shift)
+    x = (x * (w1 | 1)) & mask
+    x = x ^ (x >> 1)
+    x = (x * 0x0929EB3F) & mask
+    return x ^ (x >> shift)
+
+
+def _code_permutation(c: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, mask: int,
+                      shift: int) -> torch.Tensor:
+    """A keyed bijection of the m-bit words that maps 0 to 0 (``kernels.philox.design_code``'s
+    twin): odd multipliers and xor-shifts only, so nonzero codes stay distinct and nonzero."""
+    x = (c * (w2 | 1)) & mask
+    x = x ^ (x >> shift)
+    x = (x * 0x9E501CC3) & mask
+    x = x ^ (x >> 1)
+    x = (x * (w3 | 1)) & mask
+    return x ^ (x >> shift)
+
+
+def _parity(x: torch.Tensor) -> torch.Tensor:
+    for s in (16, 8, 4, 2, 1):
+        x = x ^ (x >> s)
+    return x & 1
+
+
+def _orthogonal_masks(seed: int, samples: torch.Tensor, channels: int, folds: int
+                      ) -> torch.Tensor:
+    device = samples.device
+    m = design_bits(channels)
+    mask, shift = (1 << m) - 1, max(1, m // 2)
+    s = samples.to(torch.int64)
+    draw = s >> 1
+    local = draw // folds
+    blocks, inverse = torch.unique((local >> m) * folds + draw % folds, return_inverse=True)
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    tag = torch.full((), DESIGN_TAG_WORD, dtype=torch.int64, device=device)
+    w0, w1, w2, w3 = philox4x32(blocks, zero, zero + 1, tag, seed)
+    row = _row_permutation(local & mask, w0[inverse], w1[inverse], mask, shift)
+    n_quads = (channels + 3) // 4
+    quads = torch.arange(n_quads, device=device, dtype=torch.int64)[None, :]
+    flip_words = philox4x32(blocks[:, None], quads, zero, tag, seed)
+    flips = (torch.stack(flip_words, dim=-1).flatten(1)[:, :channels] >> 31)   # (B, K)
+    codes = _code_permutation(torch.arange(1, channels + 1, device=device)[None, :],
+                              w2[:, None], w3[:, None], mask, shift)          # (B, K)
+    out = torch.empty(len(s), channels, dtype=torch.bool, device=device)
+    rows = max(1, len(s) if device.type != "cpu" else _NOISE_CHUNK // max(1, channels // 4))
+    for i in range(0, len(s), rows):   # cache-sized chunks on a CPU, as _keep_masks
+        b = inverse[i:i + rows]
+        bits = _parity(row[i:i + rows, None] & codes.index_select(0, b))
+        out[i:i + rows] = (bits ^ flips.index_select(0, b) ^ (s[i:i + rows, None] & 1)) == 1
+    return out
 
 
 def _keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:

@@ -68,11 +68,11 @@ def test_noise_means_are_keyed_by_class_and_sample():
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[2])
 
 
-@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("design", rng.MASK_DESIGNS)
 @pytest.mark.parametrize("start,stop", [(0, 7), (3, 10), (5, 6), (4, 8), (1024, 1536)])
-def test_a_range_of_masks_is_the_same_masks(start, stop, antithetic):
+def test_a_range_of_masks_is_the_same_masks(start, stop, design):
     """A unit's masks drawn at once (no host read of unique draws) equal the per-sample ones,
-    odd starts and ends of antithetic pairs included."""
-    want = rng.keep_masks(3, torch.arange(start, stop), 37, 0.5, antithetic)
-    got = rng.keep_masks_range(3, start, stop, 37, 0.5, antithetic)
+    odd starts and ends of pairs included."""
+    want = rng.keep_masks(3, torch.arange(start, stop), 37, 0.5, design)
+    got = rng.keep_masks_range(3, start, stop, 37, 0.5, design)
     assert torch.equal(got, want)

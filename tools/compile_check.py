@@ -84,26 +84,27 @@ def _perturb_launches() -> list[tuple]:
         if layout == "nhwc_bf16":   # the CUDA engine: bf16 channels-last into the tail's input
             out_buf = torch.empty(t, k, *sp, dtype=torch.bfloat16).contiguous(
                 memory_format=torch.channels_last)
-        # The engine's antithetic design for its own layout and dtypes; both designs elsewhere
-        # would double the configurations without reaching another code path.
-        designs = (False, True) if layout == "nhwc_bf16" or dtype == torch.float32 else (False,)
-        for antithetic in designs:
+        # The paired designs for the engine's own layout and dtypes; every design elsewhere
+        # would triple the configurations without reaching another code path.
+        designs = (rng.MASK_DESIGNS if layout == "nhwc_bf16" or dtype == torch.float32
+                   else ("independent",))
+        for design in designs:
             out += _record(k_perturb, "_perturb_kernel", lambda: perturb_kernel(
                 acts, idx, idx, idx, seed=2**63 + 5, p_keep=0.5, fill=fill, mu=torch.zeros(k),
-                sigma=torch.ones(k), out=out_buf, antithetic=antithetic))
+                sigma=torch.ones(k), out=out_buf, design=design))
     return out
 
 
 def _other_launches() -> list[tuple]:
     out = []
     for (t, k, rows), anti in itertools.product(
-            [(4096, 1280, 32), (8192, 576, 64), (100, 13, 3), (30, 3, 1000)], (False, True)):
+            [(4096, 1280, 32), (8192, 576, 64), (100, 13, 3), (30, 3, 1000)], rng.MASK_DESIGNS):
         samples, y = torch.arange(t), torch.zeros(t)
         out += _record(k_sums, "_response_sums_kernel", lambda: response_sums_kernel(
-            2**40 + 17, samples, 0.5, k, y, samples % rows, rows, antithetic=anti))
+            2**40 + 17, samples, 0.5, k, y, samples % rows, rows, design=anti))
     for (t, k, rows, batch), matrix, base, anti in itertools.product(
             [(1024, 576, 32, 256), (8192, 1280, 32, 4096), (60, 13, 3, 16)], (True, False),
-            (True, False), (False, True)):
+            (True, False), rng.MASK_DESIGNS):
         # The engine's per-unit path: a plan made once, one accumulating launch per batch.
         idx = torch.arange(t)
         order, bounds, splits = k_sums.batch_plan(idx % rows, rows, batch)
@@ -114,13 +115,13 @@ def _other_launches() -> list[tuple]:
         responses = torch.zeros(batch, 7) if matrix else torch.zeros(batch)
         out += _record(k_sums, "_response_sums_kernel", lambda: k_sums.response_sums_accumulate(
             (5, 7), 2**31, rng.MASK_TAG_WORD, dev_plan, 1, batch, responses,
-            torch.zeros(5) if base else None, 0.5, sums, anti))
+            torch.zeros(5) if base else None, 0.5, sums, rng.design_args(anti, k, 0.5, 4)))
     for (t, k), fill, anti in itertools.product([(4096, 1280), (9, 13)],
-                                                ("noise", "zero", "mean"), (False, True)):
+                                                ("noise", "zero", "mean"), rng.MASK_DESIGNS):
         idx = torch.arange(t) % 4
         out += _record(k_means, "_perturb_means_kernel", lambda: perturb_means_kernel(
             torch.zeros(4, k), idx, idx, idx, seed=3, p_keep=0.5, fill=fill, mu=torch.zeros(k),
-            sigma=torch.ones(k), elements=49, antithetic=anti))
+            sigma=torch.ones(k), elements=49, design=anti))
     for (b, k, h, w, c, p, size), dtype in itertools.product(
             [(8, 1280, 7, 7, 1000, 8, (224, 224)), (8, 576, 14, 14, 1000, 8, (224, 224)),
              (2, 13, 5, 7, 3, 5, (17, 23))], (torch.float32, torch.bfloat16, torch.float16)):

@@ -32,8 +32,9 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 # name -> distill_all_classes keywords (besides samples and seed)
 CONFIGS = {
-    "default": {},                                              # exact where affine, antithetic
+    "default": {},                                              # exact where affine, orthogonal
     "sampled-antithetic": {"estimator": "sampled", "masks": "antithetic"},
+    "antithetic": {"masks": "antithetic"},          # the previous default: exact + antithetic
     "sampled-independent": {"estimator": "sampled", "masks": "independent"},   # before
 }
 

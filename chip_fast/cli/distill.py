@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..distill.settings import DistillSettings
+from ..distill.settings import MASK_DESIGNS, DistillSettings
 from .args import add_command, add_model_args, device_of, model_of, parse_classes, parse_layers
 
 
@@ -34,10 +34,11 @@ def configure(sub) -> None:
                    help="view: regress each response minus p_keep x its view's unperturbed "
                         "response (removes the photo-to-photo spread the masks cannot explain); "
                         "none: the raw response")
-    d.add_argument("--masks", choices=["auto", "antithetic", "independent"],
-                   default=DistillSettings.masks,
-                   help="antithetic: masks in complementary pairs (p_keep 0.5), independent: "
-                        "every mask its own draw; auto: antithetic where p_keep is 0.5")
+    d.add_argument("--masks", choices=list(MASK_DESIGNS), default=DistillSettings.masks,
+                   help="orthogonal: complementary pairs from a randomised Hadamard design "
+                        "(p_keep 0.5), antithetic: complementary pairs of independent masks "
+                        "(p_keep 0.5), independent: every mask its own draw; auto: orthogonal "
+                        "where p_keep is 0.5 and a sampled layer's response is not linear")
     d.add_argument("--estimator", choices=["auto", "sampled"], default=DistillSettings.estimator,
                    help="auto: the exact importance where a layer's tail is affine and the "
                         "response is the logit (no sampling there); sampled: sample every layer")

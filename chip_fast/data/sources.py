@@ -297,7 +297,7 @@ class ViewPlan:
     block of consecutive samples shares few views and one prefix pass serves many samples."""
     n_samples: int
     views: dict[int, int] = field(default_factory=dict)   # class -> number of views
-    paired: bool = False   # antithetic masks: the two samples of a pair share their view
+    design: str = "independent"   # a paired mask design: the two samples of a pair share their view
 
     def view_of(self, c: int, samples: torch.Tensor) -> torch.Tensor:
-        return (rng.pair_start(samples, self.paired) * self.views[c]) // self.n_samples
+        return (rng.pair_start(samples, self.design) * self.views[c]) // self.n_samples

@@ -58,7 +58,7 @@ class JobInputs:
 
     def nonlinear_sampled(self, settings: DistillSettings) -> bool:
         """Whether some layer is sampled through a response that is not linear in its mask
-        (an elementwise tail, or an affine one read through softmax): where antithetic pairs
+        (an elementwise tail, or an affine one read through softmax): where paired designs
         cancel something."""
         estimators = self.estimators(settings)
         return any(estimators[l] == "sampled" and not (l in self.linear

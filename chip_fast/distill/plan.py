@@ -40,7 +40,7 @@ class DistillPlan:
         # "affine" or "elementwise" per layer (chip_fast.distill.tails): part of what a file means.
         self.paths = inputs.paths
         self.estimators = inputs.estimators(settings)
-        self.antithetic = settings.masks == "antithetic"
+        self.design = settings.masks   # made concrete by settings.resolve_masks
         self.fingerprint = inputs.fingerprint
         self.max_memory = max_memory           # the budget that chose the batch sizes, if any
         source = inputs.source
@@ -53,7 +53,7 @@ class DistillPlan:
         n = settings.samples_per_class
         per_image = views_per_image(settings.augment)
         self.views = ViewPlan(n, {c: source.count(c) * per_image for c in self.classes},
-                              paired=self.antithetic)
+                              design=self.design)
         cpu = settings.classes_per_unit
         self.groups = [self.classes[i:i + cpu] for i in range(0, len(self.classes), cpu)]
         self.blocks = math.ceil(n / settings.samples_per_unit)

@@ -32,7 +32,8 @@ def fit_importance(plan: DistillPlan, state: DistillState,
             gram, r = exact_covariances(state.sum_zy[layer].sum(1).to(device), n, st.p_keep)
         else:
             sum_z, sum_zz = mask_moments(st.seed, n, plan.channels[layer], st.p_keep,
-                                         device=device, antithetic=plan.antithetic)
+                                         device=device, design=plan.design,
+                                         folds=st.folds)
             gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1).to(device),
                                   state.sum_y[layer].sum(1).to(device), n)
         w = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol, max_iter=st.max_iter,

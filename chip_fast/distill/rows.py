@@ -19,6 +19,7 @@ from .. import rng
 from ..ops.response_sums import sums_plan
 from .linear_head import ViewRuns, view_runs
 from .plan import DistillPlan, Unit
+from .settings import DistillSettings
 
 
 @dataclass
@@ -45,13 +46,13 @@ class Rows:
                                  for v in self.host_view.split(batch)]
         return self._runs[batch]
 
-    def batch_masks(self, seed: int, channels: int, p_keep: float, antithetic: bool,
-                    batch: int) -> list[torch.Tensor]:
+    def batch_masks(self, st: DistillSettings, channels: int) -> list[torch.Tensor]:
         """Each batch's masks (rows x channels), the unit's drawn once for all its classes on
         the device without a sync (``rng.keep_masks_range``); for the head path."""
-        unit = rng.keep_masks_range(seed, self.samples.start, self.samples.stop, channels, p_keep,
-                                    antithetic, self.view.device)
-        return [unit.index_select(0, s - self.samples.start) for s in self.sample.split(batch)]
+        unit = rng.keep_masks_range(st.seed, self.samples.start, self.samples.stop, channels,
+                                    st.p_keep, st.masks, self.view.device, st.folds)
+        return [unit.index_select(0, s - self.samples.start)
+                for s in self.sample.split(st.batch_size)]
 
     def __len__(self) -> int:
         return len(self.view)
@@ -85,7 +86,7 @@ def _host_rows(plan: DistillPlan, unit: Unit):
     slot = torch.arange(g).repeat(n)
     sample = samples.repeat_interleave(g)
     sum_row = slot * plan.settings.folds + rng.fold_of(sample, plan.settings.folds,
-                                                       plan.antithetic)
+                                                       plan.design)
     return view, cls, sum_row, sample, keys, torch.tensor([c for c, _ in keys])
 
 

@@ -253,7 +253,7 @@ class UnitRunner:
         zeros = torch.zeros(k, device=self.device)
         kw = dict(seed=st.seed, p_keep=st.p_keep, fill=st.fill, mu=mu.get(layer, zeros),
                   sigma=sigma.get(layer, zeros), validate=False,
-                  antithetic=st.masks == "antithetic")
+                  design=st.masks, folds=st.folds)
         affine = self.affine.get(layer)
         if affine is not None:
             elements = self.elements[layer]
@@ -264,7 +264,7 @@ class UnitRunner:
             return
         head = self.heads.get(layer)
         if head is not None:
-            masks = rows.batch_masks(st.seed, k, st.p_keep, st.masks == "antithetic", st.batch_size)
+            masks = rows.batch_masks(st, k)
             logits = head.unit_logits(acts, rows.view_runs(st.batch_size), masks,
                                       head.job_fill(st.fill, mu.get(layer)), HEAD_PRODUCT_BYTES)
             for m, out in zip(masks, logits):
@@ -284,7 +284,7 @@ class UnitRunner:
         st = self.settings
         batch = self._batch(layer)
         sums = UnitSums(n_rows, acts.shape[1], self.device, seed=st.seed, p_keep=st.p_keep,
-                        antithetic=st.masks == "antithetic", batch=batch,
+                        design=st.masks, folds=st.folds, batch=batch,
                         plan=rows.plans.get(batch),
                         batches=[(c, v, r) for v, c, _, r in rows.batches(batch)])
         base = (self._baseline(layer, acts, prefix_out, rows) if st.baseline == "view"

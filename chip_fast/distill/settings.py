@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .. import rng
 from ..data.sources import views_per_image
 from ..ops.perturb import FILLS
 from ..solve.lasso import DEFAULT_MAX_ITER, DEFAULT_TOL
@@ -16,7 +17,7 @@ from ..solve.lasso import DEFAULT_MAX_ITER, DEFAULT_TOL
 RESPONSES = ("logit", "softmax", "log_softmax")
 TAIL_PATHS = ("auto", "elementwise")
 BASELINES = ("none", "view")
-MASK_DESIGNS = ("auto", "antithetic", "independent")
+MASK_DESIGNS = ("auto",) + rng.MASK_DESIGNS
 ESTIMATORS = ("auto", "sampled")
 
 
@@ -46,7 +47,7 @@ class DistillSettings:
     fill_stats_views: int = 1024   # views that estimate each channel's mean and std
     tol: float = DEFAULT_TOL
     max_iter: int = DEFAULT_MAX_ITER
-    # Sample i belongs to fold i % folds (pair i // 2 to fold (i // 2) % folds with antithetic
+    # Sample i belongs to fold i % folds (pair i // 2 to fold (i // 2) % folds with paired
     # masks); the sums are kept per fold, so a fit can be checked (and its penalty chosen) on
     # samples it did not see: Importance.refit, held-out R^2.
     folds: int = 4
@@ -71,13 +72,17 @@ class DistillSettings:
     # E[y | view] = p_keep * y0 + const exactly (any fill). One more tail forward per view
     # (measured: docs/evaluation.md, "The paper's setting"). "none": METHOD.md's raw response.
     baseline: str = "view"
-    # How the keep masks are drawn. "antithetic": samples come in pairs, the second keeping
-    # exactly the channels the first drops (p_keep 0.5 only: then both are equally likely, so
-    # the estimand is unchanged); the even part of a response (its view's offset, interactions
-    # between pairs of channels) cancels inside each pair. A response linear in the mask has no
-    # even part left after the per-view baseline, and there a pair repeats one term, doubling
-    # the variance. "independent": every mask its own draw. "auto": antithetic at p_keep 0.5
-    # when some layer is sampled through a tail that is not linear in the mask (docs/stability.md).
+    # How the keep masks are drawn (chip_fast.rng). "antithetic": samples come in pairs, the
+    # second keeping exactly the channels the first drops (p_keep 0.5 only: then both are
+    # equally likely, so the estimand is unchanged); the even part of a response (its view's
+    # offset, interactions between pairs of channels) cancels inside each pair. "orthogonal":
+    # such pairs whose first members are the rows of a randomised Hadamard design, so that over
+    # each block of rows every channel and every pair of channels is kept exactly as often as
+    # the population says (the regression's main effects no longer pick up each other's noise).
+    # A response linear in the mask has no even part left after the per-view baseline, and
+    # there a pair repeats one term, doubling the variance. "independent": every mask its own
+    # draw. "auto": orthogonal at p_keep 0.5 when some layer is sampled through a tail that is
+    # not linear in the mask, independent otherwise (docs/stability.md).
     masks: str = "auto"
     # "auto": where a layer's tail is affine in its spatial mean and the response is the logit,
     # the response is linear in the mask, so the importance every sampled run converges to is
@@ -110,8 +115,8 @@ class DistillSettings:
              f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
         need(self.masks in MASK_DESIGNS,
              f"masks must be one of {MASK_DESIGNS}, got {self.masks!r}")
-        need(self.masks != "antithetic" or self.p_keep == 0.5,
-             f"antithetic masks need p_keep 0.5 (their complements must be as likely), got "
+        need(self.masks in ("auto", "independent") or self.p_keep == 0.5,
+             f"{self.masks} masks need p_keep 0.5 (their complements must be as likely), got "
              f"{self.p_keep}: use masks='independent'")
         need(self.estimator in ESTIMATORS,
              f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
@@ -146,10 +151,10 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
 
 
 def resolve_masks(settings: DistillSettings, nonlinear_sampled: bool) -> DistillSettings:
-    """``settings`` with masks="auto" made concrete: antithetic pairs where p_keep is 0.5 and
-    some layer is sampled through a tail whose response is not linear in the mask
+    """``settings`` with masks="auto" made concrete: the orthogonal foldover design where p_keep
+    is 0.5 and some layer is sampled through a tail whose response is not linear in the mask
     (``nonlinear_sampled``), independent masks otherwise."""
     if settings.masks != "auto":
         return settings
     pairs = settings.p_keep == 0.5 and nonlinear_sampled
-    return dataclasses.replace(settings, masks="antithetic" if pairs else "independent")
+    return dataclasses.replace(settings, masks="orthogonal" if pairs else "independent")

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .launch import check_index, u32_as_i32
-from .philox import box_muller, philox4x32_10
+from .philox import box_muller, design_block, design_keep, philox4x32_10
 
 _FILL_CODES = {"noise": 0, "zero": 1, "mean": 2}
 
@@ -42,12 +42,12 @@ def _fill_quarter(a_row, o_row, e, a_se, o_se, row_ok, E, keep, fill):
     tl.store(o_row + e[None, :] * o_se, res.to(o_row.dtype.element_ty), mask=m)
 
 
-@triton.jit(do_not_specialize=["key0", "key1", "threshold"])
+@triton.jit(do_not_specialize=["key0", "key1", "threshold", "bits", "folds"])
 def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr, out_ptr,
-                    K, E, a_sv, a_sk, a_se, o_st, o_sk, o_se, key0, key1, threshold,
+                    K, E, a_sv, a_sk, a_se, o_st, o_sk, o_se, key0, key1, threshold, bits, folds,
                     FILL: tl.constexpr, MASK_TAG: tl.constexpr, NOISE_TAG: tl.constexpr,
-                    CLASS_MASK: tl.constexpr, ANTITHETIC: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_Q: tl.constexpr):
+                    CLASS_MASK: tl.constexpr, DESIGN_TAG: tl.constexpr, DESIGN: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr):
     # One program: one sample t and BLOCK_C channels, looping over the E spatial elements in
     # quads of 4 (one Philox call gives the noise of 4 consecutive elements, as in rng.fill_noise).
     # Element e of channel k sits at k * s_k + e * s_e, so one kernel serves NCHW (s_e = 1) and
@@ -63,20 +63,30 @@ def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr
     s = tl.load(sample_ptr + t).to(tl.uint32)
     cls = tl.load(class_ptr + t)
 
-    # Keep mask of (t, k): counter (draw, k // 4, 0, MASK_TAG), word k % 4; the draw is the
-    # sample, or its pair (sample // 2) in the antithetic design, whose odd member complements.
+    # Keep mask of (t, k) in design DESIGN (philox.keep_quads): counter (draw, k // 4, 0, TAG),
+    # word k % 4; the draw is the sample, or its pair (sample // 2) in the antithetic design,
+    # whose odd member complements; in the orthogonal design the counter is the block's and its
+    # word the flip of channel k.
     zero = tl.zeros([BLOCK_C], dtype=tl.uint32)
-    if ANTITHETIC:
-        draw = s >> 1
-    else:
-        draw = s
-    m0, m1, m2, m3 = philox4x32_10(zero + draw, (k // 4).to(tl.uint32), zero,
-                                   zero + MASK_TAG, k0, k1)
     j = k % 4
-    word = tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
-    keep = word < thr
-    if ANTITHETIC:
-        keep = keep != ((s & 1) == 1)
+    if DESIGN == 2:
+        block, row, w2, w3, mask, shift = design_block(zero + s, zero, k0, k1, bits, folds,
+                                                       DESIGN_TAG)
+        m0, m1, m2, m3 = philox4x32_10(block, (k // 4).to(tl.uint32), zero, zero + DESIGN_TAG,
+                                       k0, k1)
+        word = tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
+        keep = design_keep(row, w2, w3, mask, shift, k.to(tl.uint32), word, (zero + s) & 1)
+    else:
+        if DESIGN == 1:
+            draw = s >> 1
+        else:
+            draw = s
+        m0, m1, m2, m3 = philox4x32_10(zero + draw, (k // 4).to(tl.uint32), zero,
+                                       zero + MASK_TAG, k0, k1)
+        word = tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
+        keep = word < thr
+        if DESIGN == 1:
+            keep = keep != ((s & 1) == 1)
 
     kk = k.to(tl.int64)[:, None]
     a_row = acts_ptr + v * a_sv + kk * a_sk
@@ -146,14 +156,15 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
                    mask_tag: int, noise_tag: int, class_mask: int, fill: str,
                    mu: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor | None = None,
                    channels_last: bool = False, validate: bool = True,
-                   antithetic: bool = False) -> torch.Tensor:
+                   design: tuple[int, int, int, int] = (0, 0, 0, 1)) -> torch.Tensor:
     """``perturb_reference``'s activations in one launch: (T, K, *spatial).
 
     key, threshold: the uint32 Philox key words and keep threshold (``rng.seed_key``,
     ``rng.keep_threshold``); mask_tag, noise_tag, class_mask: the counter layout's tag words and
     class bits (``rng.MASK_TAG_WORD``, ``rng.NOISE_TAG_WORD``, ``rng.CLASS_BITS``);
-    ``antithetic``: the paired mask design (``rng.keep_masks``). ``out``: write there (its dtype and layout, e.g. a CUDA graph's bf16 channels-last input);
-    else a new tensor in acts' dtype, channels-last with ``channels_last``. The keep decisions
+    ``design``: (DESIGN index, design bits, DESIGN_TAG word, folds) of the mask design
+    (``rng.design_args``). ``out``: write there (its dtype and layout, e.g. a CUDA graph's bf16
+    channels-last input); else a new tensor in acts' dtype, channels-last with ``channels_last``. The keep decisions
     are bit-identical to ``rng.keep_masks``; noise matches ``rng.fill_noise`` to float32 rounding
     of log/cos/sin (~1e-6 relative). ``validate=False`` skips the index range checks, which
     read the device (the engine's indices are valid by construction).
@@ -210,8 +221,9 @@ def perturb_triton(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
         block_c = 1 if block_q >= 256 else min(triton.next_power_of_2(k), max(1, 256 // block_q))
     grid = (t, triton.cdiv(k, block_c))
     _perturb_kernel[grid](acts, view, classes, samples, mu, sigma, out, k, e,
-                          a_sv, a_sk, a_se, o_st, o_sk, o_se, key0, key1, threshold,
+                          a_sv, a_sk, a_se, o_st, o_sk, o_se, key0, key1, threshold, design[1],
+                          design[3],
                           FILL=_FILL_CODES[fill], MASK_TAG=mask_tag, NOISE_TAG=noise_tag,
-                          CLASS_MASK=class_mask, ANTITHETIC=bool(antithetic), BLOCK_C=block_c,
-                          BLOCK_Q=block_q)
+                          CLASS_MASK=class_mask, DESIGN_TAG=design[2], DESIGN=design[0],
+                          BLOCK_C=block_c, BLOCK_Q=block_q)
     return out

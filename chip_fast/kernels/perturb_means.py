@@ -39,12 +39,12 @@ def _store_lane(means_ptr, out_ptr, mu_ptr, sigma_ptr, v, t, c, t_ok, K, keep, n
     tl.store(out_ptr + t[:, None] * K + c[None, :], tl.where(keep, a, fill), mask=ok)
 
 
-@triton.jit(do_not_specialize=["key0", "key1", "threshold"])
+@triton.jit(do_not_specialize=["key0", "key1", "threshold", "bits", "folds"])
 def _perturb_means_kernel(means_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr,
-                          out_ptr, T, K, key0, key1, threshold, scale,
+                          out_ptr, T, K, key0, key1, threshold, scale, bits, folds,
                           FILL: tl.constexpr, MASK_TAG: tl.constexpr, NOISE_TAG: tl.constexpr,
-                          CLASS_MASK: tl.constexpr, ANTITHETIC: tl.constexpr,
-                          BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr):
+                          CLASS_MASK: tl.constexpr, DESIGN_TAG: tl.constexpr,
+                          DESIGN: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_Q: tl.constexpr):
     # Program: BLOCK_T samples x BLOCK_Q channel quads (channels 4q .. 4q + 3).
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -56,8 +56,8 @@ def _perturb_means_kernel(means_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, si
     s = tl.load(sample_ptr + t, mask=t_ok, other=0).to(tl.uint32)
     zero = tl.zeros([BLOCK_T, BLOCK_Q], dtype=tl.uint32)
     qu = zero + q[None, :].to(tl.uint32)
-    keep0, keep1, keep2, keep3 = keep_quads(s, q.to(tl.uint32), zero, k0, k1, thr, MASK_TAG,
-                                            ANTITHETIC)
+    keep0, keep1, keep2, keep3 = keep_quads(s, q.to(tl.uint32), zero, k0, k1, thr, bits, folds,
+                                            MASK_TAG, DESIGN_TAG, DESIGN)
     if FILL == 0:
         # Fill means: counter (sample, quad, 0, (class & CLASS_MASK) | NOISE_TAG).
         cls = tl.load(class_ptr + t, mask=t_ok, other=0)
@@ -85,12 +85,14 @@ def perturb_means_triton(means: torch.Tensor, view: torch.Tensor, classes: torch
                          samples: torch.Tensor, *, key: tuple[int, int], threshold: int,
                          mask_tag: int, noise_tag: int, class_mask: int, fill: str,
                          mu: torch.Tensor, sigma: torch.Tensor, scale: float,
-                         validate: bool = True, antithetic: bool = False) -> torch.Tensor:
+                         validate: bool = True, design: tuple[int, int, int, int] = (0, 0, 0, 1)
+                         ) -> torch.Tensor:
     """(T, K) float32 perturbed spatial means (``perturb_means_reference`` without masks).
 
     means: (V, K) spatial means of the views; scale: 1 / sqrt(E) as float32 (the std of a mean
     of E unit normals); key, threshold, tags and class bits: the counter layout of
-    ``chip_fast.rng`` (see the module doc). ``validate=False`` skips the index range checks,
+    ``chip_fast.rng`` (see the module doc); ``design``: (DESIGN index, design bits, DESIGN_TAG
+    word) of the mask design (``rng.design_args``). ``validate=False`` skips the index range checks,
     which read the device.
     """
     if fill not in _FILL_CODES:
@@ -121,8 +123,8 @@ def perturb_means_triton(means: torch.Tensor, view: torch.Tensor, classes: torch
     key0, key1 = (u32_as_i32(x) for x in key)
     _perturb_means_kernel[grid](means.contiguous(), view, classes, samples,
                                 mu.float().contiguous(), sigma.float().contiguous(), out, t, k,
-                                key0, key1, u32_as_i32(threshold), scale,
+                                key0, key1, u32_as_i32(threshold), scale, design[1], design[3],
                                 FILL=_FILL_CODES[fill], MASK_TAG=mask_tag, NOISE_TAG=noise_tag,
-                                CLASS_MASK=class_mask, ANTITHETIC=bool(antithetic),
+                                CLASS_MASK=class_mask, DESIGN_TAG=design[2], DESIGN=design[0],
                                 BLOCK_T=block_t, BLOCK_Q=block_q)
     return out

@@ -1,6 +1,6 @@
 """Philox4x32-10 and Box-Muller as Triton device functions, shared by the kernels that regenerate
 random numbers in-kernel (``perturb``, ``perturb_means``, ``response_sums``), and the keep
-decisions of channel quads that the last two share.
+decisions of the mask designs (independent, antithetic, orthogonal foldover) they share.
 
 These are the kernel twins of ``chip_fast.rng.philox4x32``, ``uniform_from_u32`` and
 ``box_muller``: same rounds, same word-to-float mapping, so a kernel reproduces the PyTorch masks
@@ -53,13 +53,87 @@ def box_muller(w0, w1):
 
 
 @triton.jit
-def keep_quads(sample, quad, zero, k0, k1, thr, MASK_TAG: tl.constexpr,
-               ANTITHETIC: tl.constexpr):
+def design_row(r, w0, w1, mask, shift):
+    """``rng._row_permutation``: a keyed bijection of the m-bit rows (uint32 in, uint32 out)."""
+    x = (r ^ w0) & mask
+    x = (x * 0xE170893D) & mask
+    x = x ^ (x >> shift)
+    x = (x * (w1 | 1)) & mask
+    x = x ^ (x >> 1)
+    x = (x * 0x0929EB3F) & mask
+    return x ^ (x >> shift)
+
+
+@triton.jit
+def design_code(c, w2, w3, mask, shift):
+    """``rng._code_permutation``: a keyed bijection of the m-bit words that keeps 0 at 0."""
+    x = (c * (w2 | 1)) & mask
+    x = x ^ (x >> shift)
+    x = (x * 0x9E501CC3) & mask
+    x = x ^ (x >> 1)
+    x = (x * (w3 | 1)) & mask
+    return x ^ (x >> shift)
+
+
+@triton.jit
+def parity(x):
+    """Parity of the set bits of uint32 ``x`` (0 or 1)."""
+    x = x ^ (x >> 16)
+    x = x ^ (x >> 8)
+    x = x ^ (x >> 4)
+    x = x ^ (x >> 2)
+    x = x ^ (x >> 1)
+    return x & 1
+
+
+@triton.jit
+def design_block(sample, zero, k0, k1, bits, folds, DESIGN_TAG: tl.constexpr):
+    """The orthogonal design's block of each sample (any shape, uint32, ``zero`` of its shape),
+    its permuted design row and the code permutation's key words (``rng._orthogonal_masks``;
+    each of the ``folds`` folds has blocks of its own): (block, row, w2, w3, mask, shift)."""
+    nb = bits.to(tl.uint32)
+    nf = folds.to(tl.uint32)
+    mask = (zero + 1 << nb) - 1
+    shift = tl.maximum(nb >> 1, 1)
+    draw = sample >> 1
+    local = draw // nf
+    block = (local >> nb) * nf + (draw - local * nf)
+    w0, w1, w2, w3 = philox4x32_10(block, zero, zero + 1, zero + DESIGN_TAG, k0, k1)
+    return block, design_row(local & mask, w0, w1, mask, shift), w2, w3, mask, shift
+
+
+@triton.jit
+def design_keep(row, w2, w3, mask, shift, channel, flip_word, odd):
+    """Keep decision of ``channel`` (uint32) in the orthogonal design: parity of the design
+    row and the channel's code, xor its flip (the top bit of ``flip_word``), xor the pair's
+    odd member."""
+    code = design_code(channel + 1, w2, w3, mask, shift)
+    return (parity(row & code) ^ (flip_word >> 31) ^ odd) == 1
+
+
+@triton.jit
+def keep_quads(sample, quad, zero, k0, k1, thr, bits, folds, MASK_TAG: tl.constexpr,
+               DESIGN_TAG: tl.constexpr, DESIGN: tl.constexpr):
     """Keep decisions of channels 4q .. 4q + 3 for a column of samples and a row of quads q
-    (broadcast to ``zero``'s shape): counter (draw, q, 0, MASK_TAG), word j for channel 4q + j,
-    the draw being the sample or, in the antithetic design, its pair (sample // 2), whose odd
-    member keeps the complement."""
-    if ANTITHETIC:
+    (broadcast to ``zero``'s shape), in design DESIGN (the index into ``rng.MASK_DESIGNS``):
+    0 independent, counter (sample, q, 0, MASK_TAG) word j for channel 4q + j; 1 antithetic,
+    the same counter of the pair (sample // 2), whose odd member keeps the complement;
+    2 orthogonal foldover (``design_block``, ``design_keep``; ``bits`` its m, ``folds`` the
+    run's folds)."""
+    if DESIGN == 2:
+        smp = zero + sample[:, None]
+        block, row, w2, w3, mask, shift = design_block(smp, zero, k0, k1, bits, folds,
+                                                       DESIGN_TAG)
+        f0, f1, f2, f3 = philox4x32_10(block, zero + quad[None, :], zero, zero + DESIGN_TAG,
+                                       k0, k1)
+        odd = smp & 1
+        c = 4 * (zero + quad[None, :])
+        keep0 = design_keep(row, w2, w3, mask, shift, c, f0, odd)
+        keep1 = design_keep(row, w2, w3, mask, shift, c + 1, f1, odd)
+        keep2 = design_keep(row, w2, w3, mask, shift, c + 2, f2, odd)
+        keep3 = design_keep(row, w2, w3, mask, shift, c + 3, f3, odd)
+        return keep0, keep1, keep2, keep3
+    if DESIGN == 1:
         draw = sample >> 1
     else:
         draw = sample
@@ -69,11 +143,10 @@ def keep_quads(sample, quad, zero, k0, k1, thr, MASK_TAG: tl.constexpr,
     keep1 = w1 < thr
     keep2 = w2 < thr
     keep3 = w3 < thr
-    if ANTITHETIC:
+    if DESIGN == 1:
         odd = ((sample & 1) == 1)[:, None]
         keep0 = keep0 != odd
         keep1 = keep1 != odd
         keep2 = keep2 != odd
         keep3 = keep3 != odd
     return keep0, keep1, keep2, keep3
-

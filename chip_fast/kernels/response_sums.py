@@ -26,11 +26,13 @@ from .philox import keep_quads
 
 
 @triton.jit(do_not_specialize=["key0", "key1", "threshold", "pos0", "bounds0", "y_stride",
-                               "base_scale"])
+                               "base_scale", "bits", "folds"])
 def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, syy_ptr, K, S,
                           key0, key1, threshold, order_ptr, class_ptr, view_ptr, base_ptr,
-                          pos0, bounds0, y_stride, base_scale, MASK_TAG: tl.constexpr,
-                          ANTITHETIC: tl.constexpr, Y_MODE: tl.constexpr, BASE: tl.constexpr,
+                          pos0, bounds0, y_stride, base_scale, bits, folds,
+                          MASK_TAG: tl.constexpr,
+                          DESIGN_TAG: tl.constexpr, DESIGN: tl.constexpr,
+                          Y_MODE: tl.constexpr, BASE: tl.constexpr,
                           ACCUMULATE: tl.constexpr, BLOCK_T: tl.constexpr,
                           BLOCK_Q: tl.constexpr):
     # Program (row r, split s, block of BLOCK_Q channel quads). The samples of row r are the
@@ -80,8 +82,8 @@ def _response_sums_kernel(sample_ptr, y_ptr, bounds_ptr, szy_ptr, sy_ptr, syy_pt
             v = tl.load(view_ptr + pos0 + i, mask=ok, other=0)
             y = y - base_scale * tl.load(base_ptr + v, mask=ok, other=0.0)
         y = y.to(tl.float64)  # padding rows add 0
-        keep0, keep1, keep2, keep3 = keep_quads(smp, qu, zero, k0, k1, thr, MASK_TAG,
-                                                ANTITHETIC)
+        keep0, keep1, keep2, keep3 = keep_quads(smp, qu, zero, k0, k1, thr, bits, folds,
+                                                MASK_TAG, DESIGN_TAG, DESIGN)
         yb = y[:, None]
         acc0 += tl.sum(tl.where(keep0, yb, 0.0), axis=0)
         acc1 += tl.sum(tl.where(keep1, yb, 0.0), axis=0)
@@ -123,7 +125,7 @@ def _splits(t: int, n_rows: int, block_t: int = BLOCK_T) -> int:
 def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
                          samples: torch.Tensor, channels: int, y: torch.Tensor,
                          rows: torch.Tensor, n_rows: int, validate: bool = True,
-                         antithetic: bool = False
+                         design: tuple[int, int, int, int] = (0, 0, 0, 1)
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference(rng.keep_masks(seed, samples, channels, p_keep), y, rows,
     n_rows)`` without materialising the masks: (sum z*y (n_rows, K), sum y (n_rows,),
@@ -131,8 +133,8 @@ def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
 
     key, threshold: the uint32 Philox key words and keep threshold of (seed, p_keep)
     (``rng.seed_key``, ``rng.keep_threshold``); mask_tag: ``rng.MASK_TAG_WORD``;
-    ``antithetic``: the paired mask design (``rng.keep_masks``).
-    ``validate=False`` skips the index range checks, which read the device.
+    ``design``: (DESIGN index, design bits, DESIGN_TAG word, folds) of the mask design
+    (``rng.design_args``). ``validate=False`` skips the index range checks, which read the device.
     """
     if not isinstance(channels, int) or channels < 0:
         raise ValueError(f"channels must be a non-negative int, got {channels!r}")
@@ -168,8 +170,10 @@ def response_sums_triton(key: tuple[int, int], threshold: int, mask_tag: int,
     # order/class/view/base are unused with Y_MODE=0 and BASE=False: any pointer will do.
     _response_sums_kernel[grid](sorted_samples, sorted_y, bounds, szy, sy, syy, channels, s,
                                 key0, key1, threshold, bounds, bounds, bounds, sorted_y, 0, 0, 1,
-                                0.0, MASK_TAG=mask_tag, ANTITHETIC=bool(antithetic), Y_MODE=0,
-                                BASE=False, ACCUMULATE=False, BLOCK_T=block_t, BLOCK_Q=block_q)
+                                0.0, design[1], design[3], MASK_TAG=mask_tag,
+                                DESIGN_TAG=design[2], DESIGN=design[0], Y_MODE=0, BASE=False,
+                                ACCUMULATE=False,
+                                BLOCK_T=block_t, BLOCK_Q=block_q)
     if s == 1:
         return szy[:, 0], sy[:, 0], syy[:, 0]
     return szy.sum(1), sy.sum(1), syy.sum(1)
@@ -202,7 +206,7 @@ def response_sums_accumulate(key: tuple[int, int], threshold: int, mask_tag: int
                              plan: tuple[torch.Tensor, ...], batch_index: int, batch: int,
                              responses: torch.Tensor, base: torch.Tensor | None,
                              base_scale: float, sums: tuple[torch.Tensor, ...],
-                             antithetic: bool = False) -> None:
+                             design: tuple[int, int, int, int] = (0, 0, 0, 1)) -> None:
     """Add batch ``batch_index`` of a unit into its sums with one launch and no other device
     work: ``sums`` = (sum z*y (n_rows, S, K), sum y (n_rows, S), sum y^2 (n_rows, S)),
     float64, S the plan's splits. ``plan`` = (order, bounds, samples, classes, views): order
@@ -228,6 +232,6 @@ def response_sums_accumulate(key: tuple[int, int], threshold: int, mask_tag: int
                                 key1, u32_as_i32(threshold), order, classes, views,
                                 responses if base is None else base, batch_index * batch,
                                 batch_index * (n_rows + 1), y_stride, float(base_scale),
-                                MASK_TAG=mask_tag, ANTITHETIC=bool(antithetic), Y_MODE=y_mode,
-                                BASE=base is not None, ACCUMULATE=True, BLOCK_T=BLOCK_T,
-                                BLOCK_Q=block_q)
+                                design[1], design[3], MASK_TAG=mask_tag, DESIGN_TAG=design[2],
+                                DESIGN=design[0], Y_MODE=y_mode, BASE=base is not None,
+                                ACCUMULATE=True, BLOCK_T=BLOCK_T, BLOCK_Q=block_q)

@@ -20,7 +20,8 @@ FILLS = ("noise", "zero", "mean")
 
 def perturb_reference(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
                       samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
-                      mu: torch.Tensor, sigma: torch.Tensor, antithetic: bool = False
+                      mu: torch.Tensor, sigma: torch.Tensor, design: str = "independent",
+                      folds: int = 1
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perturbed activations of T samples and their keep masks.
 
@@ -29,7 +30,7 @@ def perturb_reference(acts: torch.Tensor, view: torch.Tensor, classes: torch.Ten
     classes: (T,) class of each sample (keys its noise).
     samples: (T,) per-class sample index (keys its mask and noise).
     mu, sigma: (K,) per-channel fill statistics (float32).
-    antithetic: the paired mask design (``rng.keep_masks``).
+    design, folds: how the masks are drawn (``rng.keep_masks``).
     Returns (T, K, *spatial) perturbed activations in acts' dtype and memory layout
     (channels-last acts give channels-last output, which a CPU tail runs faster) and (T, K) bool
     keep masks.
@@ -37,7 +38,7 @@ def perturb_reference(acts: torch.Tensor, view: torch.Tensor, classes: torch.Ten
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     k = acts.shape[1]
-    masks = rng.keep_masks(seed, samples, k, p_keep, antithetic)
+    masks = rng.keep_masks(seed, samples, k, p_keep, design, folds)
     out = acts[view]   # advanced indexing keeps a channels-last layout, index_select does not
     rows, chans = (~masks).nonzero(as_tuple=True)
     if rows.numel():
@@ -60,7 +61,7 @@ def perturb_kernel(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
                    samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
                    mu: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor | None = None,
                    channels_last: bool = False, validate: bool = True,
-                   antithetic: bool = False) -> torch.Tensor:
+                   design: str = "independent", folds: int = 1) -> torch.Tensor:
     """``perturb_reference``'s activations by the Triton kernel, whatever the device (the tests
     run it on CPU under Triton's interpreter): ``rng``'s key words, keep threshold and counter
     tags, handed to ``chip_fast.kernels.perturb.perturb_triton``. No masks: the statistics
@@ -70,12 +71,14 @@ def perturb_kernel(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor
                           threshold=rng.keep_threshold(p_keep), mask_tag=rng.MASK_TAG_WORD,
                           noise_tag=rng.NOISE_TAG_WORD, class_mask=rng.CLASS_BITS, fill=fill,
                           mu=mu, sigma=sigma, out=out, channels_last=channels_last,
-                          validate=validate, antithetic=antithetic)
+                          validate=validate,
+                          design=rng.design_args(design, acts.shape[1], p_keep, folds))
 
 
 def perturb(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor, samples: torch.Tensor,
             *, seed: int, p_keep: float, fill: str, mu: torch.Tensor, sigma: torch.Tensor,
-            out: torch.Tensor | None = None, validate: bool = True, antithetic: bool = False
+            out: torch.Tensor | None = None, validate: bool = True,
+            design: str = "independent", folds: int = 1
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``perturb_reference``; on CUDA the fused Triton kernel, which writes into ``out`` when
     given (the tail's input buffer: its dtype and layout) and returns no masks (None)."""
@@ -83,6 +86,6 @@ def perturb(acts: torch.Tensor, view: torch.Tensor, classes: torch.Tensor, sampl
     if use_triton(acts):
         return perturb_kernel(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill,
                               mu=mu, sigma=sigma, out=out, channels_last=True,
-                              validate=validate, antithetic=antithetic), None
+                              validate=validate, design=design, folds=folds), None
     return perturb_reference(acts, view, classes, samples, seed=seed, p_keep=p_keep, fill=fill,
-                             mu=mu, sigma=sigma, antithetic=antithetic)
+                             mu=mu, sigma=sigma, design=design, folds=folds)

@@ -33,7 +33,8 @@ def noise_mean_scale(elements: int) -> float:
 def perturb_means_reference(means: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
                             samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
                             mu: torch.Tensor, sigma: torch.Tensor, elements: int,
-                            antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                            design: str = "independent", folds: int = 1
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spatial means of T perturbed activations, float32 (T, K), and their (T, K) bool masks.
 
     means: (V, K) spatial means of V views' activations; view, classes, samples: (T,) as in
@@ -42,7 +43,7 @@ def perturb_means_reference(means: torch.Tensor, view: torch.Tensor, classes: to
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     k = means.shape[1]
-    masks = rng.keep_masks(seed, samples, k, p_keep, antithetic)
+    masks = rng.keep_masks(seed, samples, k, p_keep, design, folds)
     base = means.index_select(0, view).float()
     if fill == "zero":
         fbar = torch.zeros((), device=means.device)
@@ -57,7 +58,8 @@ def perturb_means_reference(means: torch.Tensor, view: torch.Tensor, classes: to
 def perturb_means_kernel(means: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
                          samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
                          mu: torch.Tensor, sigma: torch.Tensor, elements: int,
-                         validate: bool = True, antithetic: bool = False) -> torch.Tensor:
+                         validate: bool = True, design: str = "independent", folds: int = 1
+                         ) -> torch.Tensor:
     """``perturb_means_reference``'s means by the Triton kernel, whatever the device (the tests
     run it on CPU under Triton's interpreter); no masks (the statistics regenerate them)."""
     from ..kernels.perturb_means import perturb_means_triton
@@ -66,19 +68,20 @@ def perturb_means_kernel(means: torch.Tensor, view: torch.Tensor, classes: torch
                                 noise_tag=rng.NOISE_MEAN_TAG_WORD, class_mask=rng.CLASS_BITS,
                                 fill=fill, mu=mu, sigma=sigma,
                                 scale=noise_mean_scale(elements), validate=validate,
-                                antithetic=antithetic)
+                                design=rng.design_args(design, means.shape[1], p_keep, folds))
 
 
 def perturb_means(means: torch.Tensor, view: torch.Tensor, classes: torch.Tensor,
                   samples: torch.Tensor, *, seed: int, p_keep: float, fill: str,
                   mu: torch.Tensor, sigma: torch.Tensor, elements: int, validate: bool = True,
-                  antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  design: str = "independent", folds: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``perturb_means_reference``; on CUDA the Triton kernel, which returns no masks (None)."""
     from .backend import use_triton
     if use_triton(means):
         return perturb_means_kernel(means, view, classes, samples, seed=seed, p_keep=p_keep,
                                     fill=fill, mu=mu, sigma=sigma, elements=elements,
-                                    validate=validate, antithetic=antithetic), None
+                                    validate=validate, design=design, folds=folds), None
     return perturb_means_reference(means, view, classes, samples, seed=seed, p_keep=p_keep,
                                    fill=fill, mu=mu, sigma=sigma, elements=elements,
-                                   antithetic=antithetic)
+                                   design=design, folds=folds)

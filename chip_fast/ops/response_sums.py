@@ -40,7 +40,7 @@ def response_sums_reference(masks: torch.Tensor, y: torch.Tensor, rows: torch.Te
 
 def response_sums_kernel(seed: int, samples: torch.Tensor, p_keep: float, channels: int,
                          y: torch.Tensor, rows: torch.Tensor, n_rows: int, validate: bool = True,
-                         antithetic: bool = False
+                         design: str = "independent", folds: int = 1
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference(rng.keep_masks(seed, samples, channels, p_keep), y, rows,
     n_rows)`` by the Triton kernel, whatever the device (the tests run it on CPU under Triton's
@@ -49,20 +49,21 @@ def response_sums_kernel(seed: int, samples: torch.Tensor, p_keep: float, channe
     from ..kernels.response_sums import response_sums_triton
     return response_sums_triton(rng.seed_key(seed), rng.keep_threshold(p_keep),
                                 rng.MASK_TAG_WORD, samples, channels, y, rows, n_rows,
-                                validate=validate, antithetic=antithetic)
+                                validate=validate,
+                                design=rng.design_args(design, channels, p_keep, folds))
 
 
 def response_sums(y: torch.Tensor, rows: torch.Tensor, n_rows: int, *, seed: int,
                   samples: torch.Tensor, p_keep: float, channels: int,
                   masks: torch.Tensor | None = None, validate: bool = True,
-                  antithetic: bool = False
+                  design: str = "independent", folds: int = 1
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``response_sums_reference``. On CUDA a Triton kernel regenerates the masks from their keys
     (seed, samples, p_keep) instead of reading them; the PyTorch path needs ``masks``."""
     from .backend import use_triton
     if use_triton(y):
         return response_sums_kernel(seed, samples, p_keep, channels, y, rows, n_rows,
-                                    validate=validate, antithetic=antithetic)
+                                    validate=validate, design=design, folds=folds)
     if masks is None:
         raise ValueError("the PyTorch path of response_sums needs the masks")
     return response_sums_reference(masks, y, rows, n_rows)
@@ -98,11 +99,12 @@ class UnitSums:
     """
 
     def __init__(self, n_rows: int, channels: int, device: torch.device, *, seed: int,
-                 p_keep: float, antithetic: bool, batch: int,
+                 p_keep: float, design: str, folds: int, batch: int,
                  plan: tuple[tuple[torch.Tensor, ...], int] | None = None,
                  batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
                  ) -> None:
-        self.p_keep, self.antithetic, self.batch = p_keep, antithetic, batch
+        self.p_keep, self.batch = p_keep, batch
+        self.design = rng.design_args(design, channels, p_keep, folds)
         self.n_rows, self.plan, self.batches = n_rows, plan, batches
         # The kernel's key words, made once per unit rather than per batch.
         self.words = rng.seed_key(seed), rng.keep_threshold(p_keep), rng.MASK_TAG_WORD
@@ -119,7 +121,7 @@ class UnitSums:
         if self.plan is not None:
             from ..kernels.response_sums import response_sums_accumulate
             response_sums_accumulate(*self.words, self.plan[0], b, self.batch, responses, base,
-                                     self.p_keep, self.sums, self.antithetic)
+                                     self.p_keep, self.sums, self.design)
             return
         if masks is None:
             raise ValueError("the PyTorch path of the response sums needs the masks")

@@ -124,13 +124,13 @@ def held_out_split(imp: Importance, layer: str) -> HeldOutSplit:
             f"{'none' if layer not in imp.sum_zy else f'folds={folds!r}'} at layer {layer} "
             "(distilled by an older chip_fast, or with folds=1): distil again")
     n, k, h = st["samples_per_class"], imp.channels(layer), folds - 1
-    antithetic = st.get("masks") == "antithetic"   # files before the designs: independent
+    design = st.get("masks", "independent")   # files before the designs: independent
     samples = torch.arange(n)
-    fold = rng.fold_of(samples, folds, antithetic)
-    s1_t, s2_t = mask_moments_of(st["seed"], samples[fold != h], k, st["p_keep"],
-                                 antithetic=antithetic)
-    s1_h, s2_h = mask_moments_of(st["seed"], samples[fold == h], k, st["p_keep"],
-                                 antithetic=antithetic)
+    fold = rng.fold_of(samples, folds, design)
+    s1_t, s2_t = mask_moments_of(st["seed"], samples[fold != h], k, st["p_keep"], design=design,
+                                 folds=folds)
+    s1_h, s2_h = mask_moments_of(st["seed"], samples[fold == h], k, st["p_keep"], design=design,
+                                 folds=folds)
     n_h = int((fold == h).sum())
     n_t = n - n_h
     szy, sy, syy = (getattr(imp, name)[layer].to(torch.float64)
@@ -245,10 +245,11 @@ def _fold_fit(imp: Importance, layer: str, folds: Sequence[int], alpha: Alpha,
     """The fit of every class on the samples of ``folds`` only: (C, K) float64."""
     st = imp.settings
     n, k, f = st["samples_per_class"], imp.channels(layer), st["folds"]
-    antithetic = st.get("masks") == "antithetic"
+    design = st.get("masks", "independent")
     samples = torch.arange(n)
-    chosen = torch.isin(rng.fold_of(samples, f, antithetic), torch.tensor(list(folds)))
-    s1, s2 = mask_moments_of(st["seed"], samples[chosen], k, st["p_keep"], antithetic=antithetic)
+    chosen = torch.isin(rng.fold_of(samples, f, design), torch.tensor(list(folds)))
+    s1, s2 = mask_moments_of(st["seed"], samples[chosen], k, st["p_keep"], design=design,
+                             folds=f)
     szy, sy = (getattr(imp, name)[layer].to(torch.float64)[:, list(folds)].sum(1)
                for name in ("sum_zy", "sum_y"))
     gram, r = covariances(s1, s2, szy, sy, int(chosen.sum()))

@@ -32,11 +32,12 @@ def _no_tf32():
 
 
 def mask_moments(seed: int, n_samples: int, channels: int, p_keep: float,
-                 chunk: int = 4096, device: torch.device | str = "cpu", antithetic: bool = False
+                 chunk: int = 4096, device: torch.device | str = "cpu",
+                 design: str = "independent", folds: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact integer sums over samples 0..n-1: (sum z (K,), sum z z^T (K, K)), int64."""
     return mask_moments_of(seed, torch.arange(n_samples, device=device), channels, p_keep, chunk,
-                           antithetic=antithetic)
+                           design=design, folds=folds)
 
 
 def covariances(sum_z: torch.Tensor, sum_zz: torch.Tensor, sum_zy: torch.Tensor,
@@ -50,7 +51,7 @@ def covariances(sum_z: torch.Tensor, sum_zz: torch.Tensor, sum_zy: torch.Tensor,
 
 
 def mask_moments_of(seed: int, samples: torch.Tensor, channels: int, p_keep: float,
-                    chunk: int = 4096, antithetic: bool = False
+                    chunk: int = 4096, design: str = "independent", folds: int = 1
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact integer sums over the given per-class sample indices (any subset, e.g. one fold
     ``arange(f, n, folds)``): (sum z (K,), sum z z^T (K, K)), int64, on ``samples``' device.
@@ -65,7 +66,7 @@ def mask_moments_of(seed: int, samples: torch.Tensor, channels: int, p_keep: flo
         # A chunk's counts are below 2**24, so a float32 product of the 0/1 masks is exact
         # integer arithmetic (twice the speed of float64 on a CPU; TF32 is off on GPUs, it would
         # round), accumulated in int64.
-        z = rng.keep_masks(seed, part, channels, p_keep, antithetic).to(torch.float32)
+        z = rng.keep_masks(seed, part, channels, p_keep, design, folds).to(torch.float32)
         s1 += z.sum(0).to(torch.int64)
         with _no_tf32():
             s2 += (z.t() @ z).round().to(torch.int64)
@@ -77,7 +78,7 @@ def exact_covariances(sum_beta: torch.Tensor, n: int, p_keep: float
     """(G, r) of the mask distribution itself, for a layer whose every sample's response is
     linear in its mask with known coefficients (the exact estimator): ``sum_beta`` (C, K) sums
     those coefficients over the n samples, so r = Cov(z) beta with Cov(z) = p(1 - p) I, the
-    population of independent Bernoulli(p) masks (antithetic pairs have the same). The Lasso on
+    population of independent Bernoulli(p) masks (every design has the same). The Lasso on
     them is the limit every sampled run converges to."""
     var = p_keep * (1 - p_keep)
     k = sum_beta.shape[1]

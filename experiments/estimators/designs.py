@@ -2,7 +2,8 @@
 not affine (MobileNetV2 features.14.conv.0), in plain PyTorch beside the engine.
 
     python -m experiments.estimators.designs [--classes 5] [--samples 2048] [--photos 300]
-        [--designs independent antithetic orthogonal "orthogonal foldover"] [--seeds 1 2]
+        [--designs independent antithetic orthogonal "orthogonal foldover" "engine antithetic"
+                   "engine orthogonal" "engine orthogonal per fold"] [--seeds 1 2]
         [--name designs]
 
 The orthogonal design: rows of a Sylvester-Hadamard matrix as 0/1 masks (row i, channel k keeps
@@ -20,13 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 
 import torch
 
+from chip_fast import rng
 from experiments.estimators.__main__ import (LAYER, P, RESULTS, activations, agreement,
                                              estimate, model_and_source)
+
+FOLDS = 4
 
 
 def orthogonal_masks(n: int, k: int, seed: int, foldover: bool) -> torch.Tensor:
@@ -51,6 +56,25 @@ def orthogonal_masks(n: int, k: int, seed: int, foldover: bool) -> torch.Tensor:
     return z
 
 
+def engine_masks(n: int, k: int, seed: int, design: str) -> torch.Tensor:
+    """The engine's own masks (``chip_fast.rng.keep_masks``) of samples 0..n-1."""
+    return rng.keep_masks(seed, torch.arange(n), k, P, design).float()
+
+
+def per_fold_masks(n: int, k: int, seed: int, folds: int = FOLDS) -> torch.Tensor:
+    """The engine's orthogonal design drawn separately for each fold (pair j in fold j % folds
+    is pair j // folds of that fold's own design, keyed by its own seed): every fold a design of
+    its own, so the folds are independent replicates (what split-half predictions assume), each
+    balanced only once it holds a whole block."""
+    z = torch.empty(n, k)
+    pair = torch.arange(n) // 2
+    for f in range(folds):
+        at = (pair % folds == f).nonzero()[:, 0]
+        local = 2 * (pair[at] // folds) + at % 2
+        z[at] = rng.keep_masks(seed * folds + f, local, k, P, "orthogonal").float()
+    return z
+
+
 def independent_masks(n: int, k: int, seed: int, antithetic: bool) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     if antithetic:
@@ -64,7 +88,21 @@ DESIGNS = {
     "antithetic": lambda n, k, s: independent_masks(n, k, s, True),
     "orthogonal": lambda n, k, s: orthogonal_masks(n, k, s, False),
     "orthogonal foldover": lambda n, k, s: orthogonal_masks(n, k, s, True),
+    "engine antithetic": lambda n, k, s: engine_masks(n, k, s, "antithetic"),
+    "engine orthogonal": lambda n, k, s: engine_masks(n, k, s, "orthogonal"),
+    "engine orthogonal per fold": per_fold_masks,
 }
+
+
+def split_half(z, y, view, y0) -> float:
+    """The agreement the file's folds predict (``chip_fast.solve.fit.stability``'s rule): the
+    fits of folds {0, 1} and {2, 3} (pair j in fold j % 4), their r stepped up to the whole
+    sample count (Spearman-Brown)."""
+    fold = torch.arange(len(z)) // 2 % FOLDS
+    halves = [fold < FOLDS // 2, fold >= FOLDS // 2]
+    a, b = (estimate(z[h], y[h], view[h], y0, None, None) for h in halves)
+    r = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    return 2 * r / (1 + r)
 
 
 def responses(tail, acts, c, z):
@@ -102,15 +140,17 @@ def main(argv=None):
     y0 = {c: baselines(tail, acts, c) for c in classes}
     rows = []
     for name in args.designs:
-        design, weights = DESIGNS[name], []
+        design, weights, predicted = DESIGNS[name], [], []
         for seed in args.seeds:
             w = []
             for i, c in enumerate(classes):
                 z = design(args.samples, k, 1000 * seed + i)
                 y, view = responses(tail, acts, c, z)
                 w.append(estimate(z.double(), y, view, y0[c], None, None))
+                predicted.append(split_half(z.double(), y, view, y0[c]))
             weights.append(torch.stack(w))
-        rows.append({"design": name, **agreement(*weights)})
+        rows.append({"design": name, **agreement(*weights),
+                     "predicted_r": statistics.median(predicted)})
         print(json.dumps(rows[-1]), flush=True)
     result = {"layer": LAYER, "classes": classes, "samples_per_class": args.samples,
               "photos_per_class": args.photos, "seeds": args.seeds,
@@ -121,8 +161,10 @@ def main(argv=None):
     lines = [f"{LAYER}, {len(classes)} imagenette classes x {args.photos} photos, "
              f"{args.samples} samples per class, seeds {args.seeds[0]} and {args.seeds[1]}, "
              "per-view baseline:", "",
-             "| masks | median r | top-10 overlap |", "|---|---|---|"]
-    lines += [f"| {r['design']} | {r['median_r']:.3f} | {r['top10']:.2f} |" for r in rows]
+             "| masks | median r | top-10 overlap | r the folds predict (median) |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['design']} | {r['median_r']:.3f} | {r['top10']:.2f} | "
+              f"{r['predicted_r']:.3f} |" for r in rows]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

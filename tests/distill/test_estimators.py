@@ -69,7 +69,7 @@ def test_exact_estimator_is_the_closed_form_limit(setup, fill):
 def test_sampled_runs_converge_to_the_exact_estimator(setup):
     model, data = setup
     exact = distil(model, data, ["deep"], samples_per_class=4096)
-    for masks in ("antithetic", "independent"):
+    for masks in ("orthogonal", "antithetic", "independent"):
         sampled = distil(model, data, ["deep"], samples_per_class=4096, estimator="sampled",
                          masks=masks, alpha=0.0, seed=5)
         limit = exact.refit(0.0).weights["deep"]
@@ -81,12 +81,13 @@ def test_sampled_runs_converge_to_the_exact_estimator(setup):
         assert (err <= 5 * se[:, None] + 1e-4).all(), (masks, err, se)
 
 
-def test_antithetic_and_independent_masks_estimate_the_same_weights(setup):
+@pytest.mark.parametrize("design", ["orthogonal", "antithetic"])
+def test_paired_and_independent_masks_estimate_the_same_weights(setup, design):
     model, data = setup
     runs = {m: distil(model, data, ["feat"], samples_per_class=8192, masks=m, alpha=0.0,
-                      seed=11) for m in ("antithetic", "independent")}
-    assert runs["antithetic"].settings["masks"] == "antithetic"
-    a, b = runs["antithetic"].weights["feat"], runs["independent"].weights["feat"]
+                      seed=11) for m in (design, "independent")}
+    assert runs[design].settings["masks"] == design
+    a, b = runs[design].weights["feat"], runs["independent"].weights["feat"]
     resid = (runs["independent"].sum_yy["feat"].sum(1) / 8192).sqrt()
     se = resid / (8192 * 0.25) ** 0.5
     assert ((a - b).abs() <= 6 * se[:, None] + 1e-4).all()
@@ -113,10 +114,11 @@ def test_softmax_responses_and_the_sampled_option_are_sampled(setup):
     assert imp.settings["estimators"] == {"feat": "sampled", "deep": "sampled"}
 
 
-def test_antithetic_masks_need_p_keep_one_half(setup):
+@pytest.mark.parametrize("design", ["orthogonal", "antithetic"])
+def test_paired_masks_need_p_keep_one_half(setup, design):
     model, data = setup
-    with pytest.raises(ValueError, match="antithetic masks need p_keep 0.5"):
-        distil(model, data, ["feat"], samples_per_class=8, masks="antithetic", p_keep=0.7)
+    with pytest.raises(ValueError, match=f"{design} masks need p_keep 0.5"):
+        distil(model, data, ["feat"], samples_per_class=8, masks=design, p_keep=0.7)
     imp = distil(model, data, ["feat"], samples_per_class=8, p_keep=0.7)
     assert imp.settings["masks"] == "independent"
 
@@ -133,14 +135,14 @@ def test_exact_layers_have_no_held_out_fold_but_keep_their_alpha_in_a_heldout_re
 
 
 def test_auto_masks_pair_up_where_a_sampled_response_is_not_linear(setup):
-    """Antithetic pairs cancel the even part of a response; a response linear in the mask has
-    none left (the per-view baseline takes its offset), so pairs would only repeat terms."""
+    """Pairs cancel the even part of a response; a response linear in the mask has none left
+    (the per-view baseline takes its offset), so pairs would only repeat terms."""
     model, data = setup
     def design(layers, **kw):
         return distil(model, data, layers, samples_per_class=8, **kw).settings["masks"]
-    assert design(["feat", "deep"]) == "antithetic"                   # feat: elementwise tail
+    assert design(["feat", "deep"]) == "orthogonal"                   # feat: elementwise tail
     assert design(["deep"]) == "independent"                          # exact: nothing sampled
     assert design(["deep"], estimator="sampled") == "independent"     # linear in the mask
     assert design(["deep"], estimator="sampled", tail_path="elementwise") == "independent"
-    assert design(["deep"], estimator="sampled", response="softmax") == "antithetic"
+    assert design(["deep"], estimator="sampled", response="softmax") == "orthogonal"
     assert design(["feat"], p_keep=0.7) == "independent"

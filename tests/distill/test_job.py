@@ -16,13 +16,13 @@ from chip_fast.ops.perturb import perturb_reference
 from tests.helpers import write_folder
 
 
-@pytest.mark.parametrize("masks", ["antithetic", "independent"])
+@pytest.mark.parametrize("masks", ["orthogonal", "antithetic", "independent"])
 @pytest.mark.parametrize("baseline", ["none", "view"])
 def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline, masks):
     """The batched job's sums equal a naive loop that rebuilds every sample on its own (with
     baseline="view", minus p_keep times the unperturbed response of the sample's view), in
-    either mask design (antithetic: a pair shares its view and fold, the odd sample's mask is
-    the complement)."""
+    every mask design (the paired ones: a pair shares its view and fold, the odd sample's mask
+    is the complement)."""
     settings = DistillSettings(samples_per_class=20, seed=11, augment=3, samples_per_unit=8,
                                classes_per_unit=2, batch_size=7, fill="noise",
                                baseline=baseline, masks=masks)
@@ -36,10 +36,9 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline, masks):
         folds = settings.folds
         szy = torch.zeros(folds, job.plan.channels["features.1"], dtype=torch.float64)
         syy = torch.zeros(folds, dtype=torch.float64)
-        paired = masks == "antithetic"
         for i in range(settings.samples_per_class):
-            v = int(rng.pair_start(torch.tensor(i), paired)) * n_views // settings.samples_per_class
-            fold = int(rng.fold_of(torch.tensor(i), folds, paired))
+            v = int(rng.pair_start(torch.tensor(i), masks)) * n_views // settings.samples_per_class
+            fold = int(rng.fold_of(torch.tensor(i), folds, masks))
             x = make_view(own[v % 2], c, v, 2, settings.seed)[None]
             with torch.no_grad():
                 a = tiny_net.features[1](tiny_net.features[0](x))
@@ -47,7 +46,7 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline, masks):
                                             seed=11, p_keep=0.5, fill="noise",
                                             mu=job.state.mu["features.1"],
                                             sigma=job.state.sigma["features.1"],
-                                            antithetic=paired)
+                                            design=masks, folds=folds)
                 logits = tiny_net.classifier(torch.flatten(tiny_net.pool(tiny_net.features[2](pert)), 1))
             y = response_of(logits, torch.tensor([c]), "logit")
             if baseline == "view":

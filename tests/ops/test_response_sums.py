@@ -76,11 +76,11 @@ def test_response_sums_errors():
 
 
 UNIT_CASES = [
-    # (rows in the unit, batch, n_rows, K, response matrix, baseline, antithetic)
-    (70, 16, 6, 13, True, True, False),     # a short last batch, logits gathered by class
-    (64, 16, 4, 5, False, False, True),     # (T,) responses, antithetic masks
-    (300, 300, 1, 6, True, False, False),   # one row group with many samples: several splits
-    (40, 16, 9, 37, False, True, True),     # row groups without samples in some batches
+    # (rows in the unit, batch, n_rows, K, response matrix, baseline, mask design)
+    (70, 16, 6, 13, True, True, "independent"),    # a short last batch, logits gathered by class
+    (64, 16, 4, 5, False, False, "antithetic"),    # (T,) responses, antithetic masks
+    (300, 300, 1, 6, True, False, "independent"),  # one row group, many samples: several splits
+    (40, 16, 9, 37, False, True, "orthogonal"),    # row groups without samples in some batches
 ]
 
 
@@ -90,7 +90,7 @@ def test_unit_sums_kernel_matches_the_reference_over_a_units_batches(case):
     one accumulating launch per batch that gathers each row's response and subtracts the
     baseline) against ``response_sums_reference`` of every batch, added in order."""
     from chip_fast.ops.response_sums import UnitSums, sums_plan
-    t, batch, n_rows, k, matrix, baseline, antithetic = case
+    t, batch, n_rows, k, matrix, baseline, design = case
     g = gen(t + k)
     classes_n, views_n = 7, 5
     sum_rows = torch.randint(0, n_rows, (t,), generator=g)
@@ -102,7 +102,7 @@ def test_unit_sums_kernel_matches_the_reference_over_a_units_batches(case):
     if case[2] == 1:
         assert splits > 1   # the case meant to cover the split reduction
     plan = (tuple(x.to(DEV) for x in plan), splits)
-    kw = dict(seed=2**33 + 9, p_keep=0.5, antithetic=antithetic, batch=batch)
+    kw = dict(seed=2**33 + 9, p_keep=0.5, design=design, folds=3, batch=batch)
     cut = [tuple(x.to(DEV) for x in part) for part in zip(
         classes.split(batch), views.split(batch), sum_rows.split(batch))]
     kernel = UnitSums(n_rows, k, DEV, plan=plan, **kw)
@@ -111,7 +111,7 @@ def test_unit_sums_kernel_matches_the_reference_over_a_units_batches(case):
         shape = (len(cls), classes_n) if matrix else (len(cls),)
         responses = torch.randn(*shape, generator=g).to(DEV)
         smp = samples[b * batch:(b + 1) * batch].to(DEV)
-        masks = rng.keep_masks(kw["seed"], smp, k, 0.5, antithetic)
+        masks = rng.keep_masks(kw["seed"], smp, k, 0.5, design, 3)
         with poisoned_allocations():
             kernel.add(b, responses, base, None)
         reference.add(b, responses, base, masks)

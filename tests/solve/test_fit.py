@@ -16,7 +16,7 @@ from chip_fast.solve.fit import held_out_split
 
 K, CLASSES, N, FOLDS, SEED, P_KEEP = 12, 3, 64, 4, 5, 0.5
 LAYER = "features"
-ANTITHETIC = True   # the default design at p_keep 0.5: samples by hand follow it
+DESIGN = "orthogonal"   # the default design at p_keep 0.5: samples by hand follow it
 
 
 class Planted(nn.Module):
@@ -49,14 +49,14 @@ def distil(model, data, **kw) -> chip_fast.Importance:
     return chip_fast.distill_all_classes(model, data, [LAYER], **kw)
 
 
-def samples_by_hand(model, data, response: str, antithetic: bool = ANTITHETIC
+def samples_by_hand(model, data, response: str, design: str = DESIGN
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Masks z (N, K) and responses y (CLASSES, N) of every sample, float64, by hand."""
     images, _ = data
     with torch.no_grad():
         m = model.features(images).double().mean((2, 3))                    # (classes, K)
         w, b = model.classifier.weight.double(), model.classifier.bias.double()
-    z = rng.keep_masks(SEED, torch.arange(N), K, P_KEEP, antithetic).double()   # (N, K)
+    z = rng.keep_masks(SEED, torch.arange(N), K, P_KEEP, design, FOLDS).double()   # (N, K)
     logits = torch.einsum("nk,ck,jk->cnj", z, m, w) + b                    # (class, n, out)
     if response == "softmax":
         logits = torch.softmax(logits, -1)
@@ -85,8 +85,8 @@ def lasso_cd(gram: np.ndarray, r: np.ndarray, lam: float, nonneg: bool = False) 
     return w
 
 
-def fold_split(z, y, antithetic: bool = ANTITHETIC):
-    held = (rng.fold_of(torch.arange(N), FOLDS, antithetic) == FOLDS - 1).numpy()
+def fold_split(z, y, design: str = DESIGN):
+    held = (rng.fold_of(torch.arange(N), FOLDS, design) == FOLDS - 1).numpy()
     return (z[~held], y[:, ~held]), (z[held], y[:, held])
 
 
@@ -134,14 +134,14 @@ def test_refit_equals_a_fresh_distillation_with_that_alpha(planted, nonneg):
 def test_heldout_alpha_is_the_argmin_of_brute_force_errors(planted, tmp_path):
     model, data = planted
     path = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.001)
-    # independent masks: their noise is what makes the planted choice non-trivial (antithetic
-    # pairs cancel most of it, and then the least penalty wins for every class)
+    # independent masks: their noise is what makes the planted choice non-trivial (paired
+    # designs cancel most of it, and then the least penalty wins for every class)
     imp = distil(model, data, response="softmax", masks="independent").refit("heldout",
                                                                              alphas=path)
     chosen = imp.settings["alpha_chosen"][LAYER]
     assert imp.settings["alpha"] == "heldout" and imp.settings["alpha_path"] == list(path)
-    z, y = samples_by_hand(model, data, "softmax", antithetic=False)
-    train, test = fold_split(z, y, antithetic=False)
+    z, y = samples_by_hand(model, data, "softmax", design="independent")
+    train, test = fold_split(z, y, design="independent")
     gram_t, r_t = moments(*train)
     gram, r = moments(z, y)
     for c in range(CLASSES):
@@ -172,8 +172,8 @@ def test_r2_of_a_noiseless_planted_linear_model_is_one(planted):
     # repeat terms); at the default penalty the fit shrinks, and its R^2 is the one computed
     # sample by sample
     assert imp.settings["masks"] == "independent"
-    z, y = samples_by_hand(model, data, "logit", antithetic=False)
-    train, test = fold_split(z, y, antithetic=False)
+    z, y = samples_by_hand(model, data, "logit", design="independent")
+    train, test = fold_split(z, y, design="independent")
     gram_t, r_t = moments(*train)
     for c, got in enumerate(imp.fit_quality()[LAYER].tolist()):
         w = lasso_cd(gram_t, r_t[c], 0.1 * np.abs(r_t[c]).max())
