@@ -109,11 +109,11 @@ def infer_layout(shape: tuple[int, ...], conv_resolutions: set[tuple[int, int]],
     grids = with_halvings(conv_resolutions)
     if len(shape) == 4:
         # channels first wins a tie: (N, C, H, W) is what every convolutional layer returns
-        if shape[2:] in conv_resolutions or shape[2:] in grids or shape[1:3] not in grids:
+        if shape[2:] in grids or shape[1:3] not in grids or shape[3] == 1:
             return Layout(MAPS, shape[2:])
         return Layout(CHANNELS_LAST, shape[1:3]) if shape[0] == batch else None
     if len(shape) == 3:
-        if shape[0] != batch:
+        if shape[0] != batch or shape[2] == 1:   # (N, C, 1): squeezed maps, not one channel
             return None
         fits = sorted((shape[1] - h * w, (h, w)) for h, w in grids
                       if 0 <= shape[1] - h * w <= min(MAX_EXTRA_TOKENS, h * w - 1))
