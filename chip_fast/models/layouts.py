@@ -62,13 +62,6 @@ class Layout:
             return a[:, :, self.extra:].unflatten(2, self.grid)
         return a
 
-    def describe(self) -> str:
-        if self.kind == TOKENS:
-            return f"tokens: {self.extra} extra + a {self.grid[0]}x{self.grid[1]} grid"
-        if self.kind == CHANNELS_LAST:
-            return f"channels-last {self.grid[0]}x{self.grid[1]} maps"
-        return "maps"
-
 
 @contextlib.contextmanager
 def conv_grids(module: nn.Module) -> Iterator[set[tuple[int, int]]]:
