@@ -102,16 +102,26 @@ def infer_layout(shape: tuple[int, ...], conv_resolutions: set[tuple[int, int]],
     grids = with_halvings(conv_resolutions)
     if len(shape) == 4:
         # channels first wins a tie: (N, C, H, W) is what every convolutional layer returns
-        if shape[2:] in grids or shape[1:3] not in grids or shape[3] == 1:
+        if shape[2:] in grids or shape[3] == 1:
             return Layout(MAPS, shape[2:])
-        return Layout(CHANNELS_LAST, shape[1:3]) if shape[0] == batch else None
+        if shape[1:3] in grids:
+            return Layout(CHANNELS_LAST, shape[1:3]) if shape[0] == batch else None
+        # (N, heads, tokens, tokens or width): attention weights, queries, keys
+        fit = _token_fit(shape[2], grids)
+        return None if fit is not None and fit[1][0] * fit[1][1] >= 16 else Layout(MAPS, shape[2:])
     if len(shape) == 3:
         if shape[0] != batch or shape[2] == 1:   # (N, C, 1): squeezed maps, not one channel
             return None
-        fits = sorted((shape[1] - h * w, (h, w)) for h, w in grids
-                      if 0 <= shape[1] - h * w <= min(MAX_EXTRA_TOKENS, h * w - 1))
-        return Layout(TOKENS, fits[0][1], fits[0][0]) if fits else None
+        fit = _token_fit(shape[1], grids)
+        return Layout(TOKENS, fit[1], fit[0]) if fit is not None else None
     return Layout(MAPS)
+
+
+def _token_fit(tokens: int, grids: set[tuple[int, int]]) -> tuple[int, tuple[int, int]] | None:
+    """(extra tokens, grid) of the grid that ``tokens`` fills with the fewest extra ones."""
+    fits = sorted((tokens - h * w, (h, w)) for h, w in grids
+                  if 0 <= tokens - h * w <= min(MAX_EXTRA_TOKENS, h * w - 1))
+    return fits[0] if fits else None
 
 
 def token_grid(shape: tuple[int, ...], conv_resolutions: set[tuple[int, int]],

@@ -29,6 +29,9 @@ def test_layouts_are_inferred_from_the_convolutions_grids():
     assert infer_layout((2, 7, 7, 768), {(56, 56)}, 2) == Layout(CHANNELS_LAST, (7, 7))
     assert infer_layout((2, 49, 3072), {(56, 56)}, 2) == Layout(TOKENS, (7, 7), 0)
     assert infer_layout((128, 49, 96), {(56, 56)}, 2) is None      # windows, not images
+    assert infer_layout((2, 3, 197, 197), convs, 2) is None        # attention weights
+    assert infer_layout((2, 3, 197, 64), convs, 2) is None         # queries of 3 heads
+    assert infer_layout((2, 256, 6, 6), {(13, 13)}, 2) == Layout(MAPS, (6, 6))  # AlexNet's pool
     assert infer_layout((2, 192, 197), convs, 2) is None           # tokens on dimension 2
     assert infer_layout((2, 192), convs, 2) == Layout(MAPS)         # a vector, as before
 

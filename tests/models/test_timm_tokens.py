@@ -84,10 +84,14 @@ def test_token_models_default_layers_activations_and_maps(name):
 def test_register_tokens_are_extra_tokens_and_swin_stages_channels_last():
     """Four register tokens beside the class token are dropped from the maps (and perturbed
     like the others); a Swin stage's (N, H, W, C) output is C channels over its grid, not H
-    channels (what a hand-named Swin layer used to be read as, without an error)."""
+    channels (what a hand-named Swin layer used to be read as, without an error); a ViT's
+    per-head queries are refused in one line rather than read as 3 channels."""
     x = _images(1)
-    _check_split(_model("vit_tiny_patch16_224", reg_tokens=4),
-                 {"blocks.11.mlp.act": Layout(TOKENS, (14, 14), 5)}, x)
+    vit = _model("vit_tiny_patch16_224", reg_tokens=4)
+    _check_split(vit, {"blocks.11.mlp.act": Layout(TOKENS, (14, 14), 5)}, x)
+    with pytest.raises(chip_fast.LayerError) as err, torch.no_grad():
+        SplitModel(vit, ["blocks.11.attn.q_norm"]).run_prefix(x)
+    assert "returns (1, 3, 201, 64)" in str(err.value) and "\n" not in str(err.value)
     swin = _model("swin_tiny_patch4_window7_224")
     split = split_model(swin, ["layers.3"])
     with torch.no_grad():
