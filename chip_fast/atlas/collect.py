@@ -275,7 +275,7 @@ class ChannelAtlas:
     def observer(self, split: SplitModel | HookedModel, denormalize: Denormalize) -> Callable:
         """A ``UnitRunner`` prefix observer filling this atlas at ``split``'s layers."""
         def observe(keys, views, prefix_out) -> None:
-            acts = {l: split.activation(prefix_out, l) for l in split.layers}
+            acts = {l: split.feature_maps(prefix_out, l) for l in split.layers}
             self.observe(keys, views, acts, denormalize)
         return observe
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data.sources import DataLike, ImageFolderSource, TensorSource, as_source
 from ..models.fingerprint import model_fingerprint
-from ..models.layers import LayerError, default_layers
+from ..models.layers import default_layers
 from ..models.loading import preprocess_of
 from ..models.split import SplitModel
 from .settings import DistillSettings
@@ -81,19 +81,19 @@ def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | Non
     (batch, classes), or not finite on it, is refused here."""
     source = as_source(data, preprocess=preprocess_of(model))
     classes = select_classes(source.classes, classes)
-    if layers is None:
-        layers = default_layers(model)
-        logger.warning("chip_fast: layers=None, distilling the default layers %s", layers)
-    split = SplitModel(model, layers)
     c = classes[0]
     image = source.load(c, 0)   # view 0 of a class is its first image itself
+    if layers is None:
+        # at the images' own size: a transformer takes no other, and its grid depends on it
+        layers = default_layers(model, int(image.shape[-1]) if image.dim() == 3 else 224)
+        logger.warning("chip_fast: layers=None, distilling the default layers %s", layers)
+    split = SplitModel(model, layers)
     x = image[None].to(device)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         out = split.run_prefix(x)
         acts = {l: split.activation(out, l) for l in split.layers}
-        _refuse_tokens(acts, x)
         logits = split.logits(out)
         _check_logits(logits, c)
         inputs = JobInputs(source, classes, tuple(image.shape), split, model_fingerprint(model),
@@ -117,17 +117,6 @@ def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | Non
                 dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else a.dtype
                 inputs.tails[l] = TailRunner(split, l, device, dtype)
     return inputs
-
-
-def _refuse_tokens(acts: dict[str, torch.Tensor], x: torch.Tensor) -> None:
-    """A layer of an image model that returns (N, T, C) tokens is refused: its dimension 1 would
-    be read as channels, a wrong importance without an error."""
-    for layer, a in acts.items():
-        if x.dim() == 4 and a.dim() == 3:
-            raise LayerError(f"layer {layer!r} returns {tuple(a.shape)}, tokens rather than "
-                             "(N, C, H, W) feature maps: chip_fast reads a layer's dimension 1 "
-                             "as its channels and has no token layout yet (ViT, DeiT, Swin); "
-                             "choose a convolutional layer")
 
 
 def _check_logits(logits: torch.Tensor, c: int) -> None:

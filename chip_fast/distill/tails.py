@@ -31,6 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.layouts import TOKENS, Layout
 from ..models.split import SplitModel
 
 logger = logging.getLogger("chip_fast")
@@ -153,6 +154,9 @@ class TailRunner:
                     if isinstance(m, nn.Conv2d):
                         m.to(memory_format=torch.channels_last)
         self.module = module
+        # Token rows are laid out (rows, tokens, channels) in memory, as the tail reads them
+        # after turning them back from channels first (chip_fast.models.layouts).
+        self.tokens = split.layouts.get(layer, Layout()).kind == TOKENS
         # shape -> [static input, graph or None (not captured yet), static output]
         self._graphs: dict[tuple, list] = {}
         self._use_graphs = graphs and device.type == "cuda" and not self.extras
@@ -168,17 +172,22 @@ class TailRunner:
         None on other devices (the PyTorch perturbation makes its own)."""
         if self.device.type != "cuda":
             return None
-        fmt = torch.channels_last if len(shape) == 4 else torch.contiguous_format
         entry = self._graphs.get(shape)
         if entry is None and self._use_graphs and len(self._graphs) < self.MAX_GRAPHS:
-            entry = self._graphs[shape] = [torch.empty(shape, dtype=self.dtype, device=self.device,
-                                                       memory_format=fmt), None, None]
+            entry = self._graphs[shape] = [self._empty(shape), None, None]
         if entry is not None and entry[1] is not False:
             return entry[0]
         if shape not in self.captures:
             self.captures[shape] = ("eager: the tail reads other prefix values" if self.extras
                                     else "eager: graphs off" if not self._use_graphs
                                     else f"eager: more than {self.MAX_GRAPHS} batch shapes")
+        return self._empty(shape)
+
+    def _empty(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.tokens and len(shape) == 3:
+            return torch.empty((shape[0], shape[2], shape[1]), dtype=self.dtype,
+                               device=self.device).transpose(1, 2)
+        fmt = torch.channels_last if len(shape) == 4 else torch.contiguous_format
         return torch.empty(shape, dtype=self.dtype, device=self.device, memory_format=fmt)
 
     def __call__(self, pert: torch.Tensor, prefix_out: dict[str, torch.Tensor],

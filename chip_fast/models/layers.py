@@ -14,6 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .layouts import token_grid
 from .tracing import trace
 
 logger = logging.getLogger("chip_fast")
@@ -70,8 +71,12 @@ def check_layers(model: nn.Module, layers: Sequence[str], functions: Sequence[st
 # address: the deepest block whose output the activation is (features.18 rather than
 # features.18.2), else the activation module if it runs once, else the fx node name of a function
 # call (DenseNet's final F.relu is node "relu"). A ReLU module that a block calls several times
-# (ResNet's) is addressed through the block that ends with it. Models with no such activation in
-# (N, C, H, W) layout (ConvNeXt applies GELU channels-last) fall back to the stage outputs.
+# (ResNet's) is addressed through the block that ends with it. The same rule reads transformers
+# (``layouts``): a resolution is then the grid of the tokens or of the channels-last maps, and
+# the presence activation is the GELU inside each block's MLP (ViT/DeiT: blocks.11.mlp.act, one
+# grid, one layer; Swin: the last block's of the last two stages). Their residual streams and
+# norms are signed, like a linear bottleneck, and never chosen. Models with no such activation
+# fall back to their (N, C, H, W) stage outputs.
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
 _ACTIVATION_FUNCTIONS = {F.relu, F.relu_, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu,
                          F.leaky_relu_, torch.relu, torch.relu_}
@@ -100,7 +105,7 @@ def default_layers(model: nn.Module, input_size: int = 224) -> list[str]:
         except Exception:  # noqa: BLE001 - fx raises many types for untraceable Python
             found = _presence_layers_hooks(model, input_size)
         if not found:
-            logger.info("chip_fast: %s has no ReLU-like activation in (N, C, H, W) layout; "
+            logger.info("chip_fast: %s has no ReLU-like activation over a grid; "
                         "using its stage outputs", type(model).__name__)
             found = _stage_outputs(model, input_size)
         per_model[input_size] = found
@@ -116,12 +121,15 @@ def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def _spatial(t, resolutions: set[tuple[int, int]]) -> tuple[int, int] | None:
-    """(H, W) of an (N, C, H, W) tensor at a resolution some convolution produces, else None
-    (vectors, channels-last tensors, pooled maps)."""
-    if not torch.is_tensor(t) or t.dim() != 4:
+    """(H, W) of an (N, C, H, W) tensor at a resolution some convolution produces, or of the
+    grid of tokens or channels-last maps (``layouts``) of one image; else None (vectors,
+    pooled maps, attention windows)."""
+    if not torch.is_tensor(t) or t.dim() not in (3, 4):
         return None
     hw = (int(t.shape[-2]), int(t.shape[-1]))
-    return hw if hw in resolutions and hw[0] * hw[1] > 1 else None
+    if t.dim() == 4 and hw in resolutions:
+        return hw if hw[0] * hw[1] > 1 else None
+    return token_grid(tuple(t.shape), resolutions, 1)
 
 
 def _node_name(node: fx.Node, modules: dict[str, nn.Module], last_in_scope: dict[str, fx.Node],
@@ -231,9 +239,9 @@ def probe_outputs(model: nn.Module, image_shape: Sequence[int] = (3, 224, 224)
 
 def _refuse_token_models(model: nn.Module,
                          probed: list[tuple[str, nn.Module, torch.Tensor]]) -> None:
-    """A model whose deep layers are tokens (ViT / DeiT: (N, 1 + H*W, C); Swin: (N, H, W, C))
-    after its last (N, C, H, W) map (the patch embedding) raises a LayerError: its stage
-    outputs would be attention internals or a final norm, never a presence map."""
+    """A model whose deep layers are tokens or channels-last maps after its last (N, C, H, W)
+    map (the patch embedding), and that has no ReLU-like activation there, raises a LayerError:
+    its stage outputs would be attention internals or a final norm, never a presence map."""
     resolutions = {tuple(o.shape[-2:]) for _, m, o in probed if isinstance(m, nn.Conv2d)}
 
     def channels_first(o: torch.Tensor) -> bool:
@@ -241,14 +249,11 @@ def _refuse_token_models(model: nn.Module,
 
     last_map = max((i for i, (_, _, o) in enumerate(probed) if channels_first(o)), default=-1)
     for name, _, o in probed[last_map + 1:]:
-        tokens = o.dim() == 3 and min(o.shape[1:]) > 1
-        channels_last = o.dim() == 4 and tuple(o.shape[1:3]) in resolutions
-        if tokens or channels_last:
+        if _spatial(o, resolutions) is not None:
             raise LayerError(
                 f"{type(model).__name__}'s deep layers are tokens ({name} returns "
-                f"{tuple(o.shape)}), not (N, C, H, W) feature maps: chip_fast has no default "
-                f"layer for token layouts (ViT, DeiT, Swin) and reads a layer's dimension 1 as "
-                f"its channels")
+                f"{tuple(o.shape)}) with no ReLU-like activation among them to be a default "
+                f"layer (ViT, DeiT and Swin use their MLPs' GELU); name one with layers=")
 
 
 def _stage_outputs(model: nn.Module, input_size: int) -> list[str]:

@@ -11,6 +11,11 @@ An activation that a later operation of the prefix modifies in place (a conv fol
 own output. Models that fx cannot trace get ``HookedModel``: forward hooks that copy the outputs,
 for maps only (distillation needs the tails).
 
+Every layer's activation comes out channels first (``chip_fast.models.layouts``): a transformer's
+tokens (N, E + H*W, C) as (N, C, E + H*W) and channels-last maps as (N, C, H, W), read off the
+first batch the split runs; a token layer's tail begins by turning them back. ``activation`` is
+what distillation perturbs (every token), ``feature_maps`` what maps are made of (the grid).
+
 This module owns cutting and running the model; it never perturbs, scores or solves.
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 
 from .fingerprint import weight_versions
 from .layers import LayerError, check_layers
+from .layouts import MAPS, Layout, conv_grids, infer_layout
 from .tracing import trace
 
 
@@ -97,14 +103,34 @@ def _constant_nodes(order: list[fx.Node]) -> set[fx.Node]:
     return constant
 
 
+def _shape_nodes(order: list[fx.Node]) -> set[fx.Node]:
+    """Nodes that read a tensor's shape (``B, H, W, C = x.shape``, as Swin's blocks do) and
+    arithmetic on them: a tail recomputes them from its own inputs, since its batch is not the
+    prefix's."""
+    shapes: set[fx.Node] = set()
+    for n in order:
+        reads = ((n.op == "call_function" and n.target is getattr and n.args[1:2] == ("shape",))
+                 or (n.op == "call_method" and n.target in ("size", "dim")))
+        derived = (n.op == "call_function" and n.all_input_nodes
+                   and all(a in shapes for a in n.all_input_nodes)
+                   and (n.target is operator.getitem or n.target in _SIZE_ARITHMETIC))
+        if reads or derived:
+            shapes.add(n)
+    return shapes
+
+
+_SIZE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod}
+
+
 def _bring_in(a: fx.Node, g: fx.Graph, env: dict[fx.Node, fx.Node], extras: list[str],
-              constant: set[fx.Node]) -> None:
-    """Make the tail's graph ``g`` hold prefix value ``a``: a constant is recomputed in the
-    tail (with what it is computed from), anything else becomes an extra input, per image."""
-    if a in constant:
+              recomputed: set[fx.Node]) -> None:
+    """Make the tail's graph ``g`` hold prefix value ``a``: a constant or a shape is recomputed
+    in the tail (with what it is computed from), anything else becomes an extra input, per
+    image."""
+    if a in recomputed:
         for b in a.all_input_nodes:
             if b not in env:
-                _bring_in(b, g, env, extras, constant)
+                _bring_in(b, g, env, extras, recomputed)
         env[a] = g.node_copy(a, lambda x: env[x])
     else:
         extras.append(a.name)
@@ -151,6 +177,10 @@ class SplitModel:
         self._layer_node = {layer: cut[layer].name for layer in self.layers}
         # The tail that ends the model: the layer cut last in the graph's order.
         self._last = max(self.layers, key=lambda l: nodes.index(cut[l]))
+        self._graph, self._cut = graph, cut
+        # Known after the first batch (a layout needs shapes); (N, C, H, W) maps until then,
+        # whose tails need no change.
+        self.layouts: dict[str, Layout] = {}
 
     @staticmethod
     def _cut_node(nodes: list[fx.Node], layer: str, modules: dict[str, nn.Module]) -> fx.Node:
@@ -162,7 +192,7 @@ class SplitModel:
             return calls[0]
         return next(n for n in nodes if n.name == layer)
 
-    def _tail(self, graph: fx.Graph, cut: fx.Node) -> Tail:
+    def _tail(self, graph: fx.Graph, cut: fx.Node, layout: Layout = Layout()) -> Tail:
         downstream = {cut}
         order = list(graph.nodes)
         for n in order[order.index(cut) + 1:]:
@@ -172,14 +202,14 @@ class SplitModel:
         if out not in downstream:
             raise LayerError(f"the model output does not depend on layer {cut.name!r}")
         g = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {cut: g.placeholder("activation")}
+        env: dict[fx.Node, fx.Node] = {cut: layout.native_node(g, g.placeholder("activation"))}
         extras: list[str] = []
-        constant = _constant_nodes(order)
+        recomputed = _constant_nodes(order) | _shape_nodes(order)
         for n in order:
             if n in downstream and n is not cut:
                 for a in n.all_input_nodes:
                     if a not in env:
-                        _bring_in(a, g, env, extras, constant)
+                        _bring_in(a, g, env, extras, recomputed)
                 env[n] = g.node_copy(n, lambda x: env[x])
         return Tail(fx.GraphModule(self.root, g), extras,
                     _mutated_later(cut, downstream, self._modules))
@@ -206,11 +236,58 @@ class SplitModel:
         return fx.GraphModule(self.root, g)
 
     def run_prefix(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations of every layer (and the tails' extra inputs), keyed by node name."""
-        return dict(zip(self._prefix_names, self.prefix(x)))
+        """Activations of every layer, channels first, and the tails' extra inputs as the model
+        made them, keyed by node name."""
+        if len(self.layouts) < len(self.layers):
+            with conv_grids(self.prefix) as resolutions:
+                out = dict(zip(self._prefix_names, self.prefix(x)))
+            self._bind(out, resolutions, len(x))
+        else:
+            out = dict(zip(self._prefix_names, self.prefix(x)))
+        for layer, layout in self.layouts.items():
+            if layout.kind != MAPS:
+                node = self._layer_node[layer]
+                out[self._key(layer)] = layout.channels_first(out[node])
+        return out
+
+    def _key(self, layer: str) -> str:
+        """Where a layer's channels-first activation is kept: under its node's name, unless a
+        tail also reads that node as an extra input (in the model's own layout)."""
+        node = self._layer_node[layer]
+        if self.layouts[layer].kind != MAPS and any(node in t.extras for t in self.tails.values()):
+            return f"{node}:channels_first"
+        return node
+
+    def _bind(self, out: dict[str, torch.Tensor], resolutions: set[tuple[int, int]],
+              batch: int) -> None:
+        """Each layer's layout from its output on the first batch; a token or channels-last
+        layer's tail is rebuilt to take channels-first input."""
+        for layer in self.layers:
+            a = out[self._layer_node[layer]]
+            layout = infer_layout(a.shape, resolutions, batch) if torch.is_tensor(a) else None
+            if layout is None:
+                shape = tuple(a.shape) if torch.is_tensor(a) else type(a).__name__
+                raise LayerError(
+                    f"layer {layer!r} returns {shape} for {batch} images: neither feature maps "
+                    "((N, C, H, W) or (N, H, W, C)) nor tokens ((N, extra + H*W, C)) over the "
+                    "model's patch grid; choose another layer (chip_fast.default_layers(model))")
+            if layout.kind != MAPS:
+                tail = self._tail(self._graph, self._cut[layer], layout)
+                tail.module = _fold_batch_norms(tail.module)
+                self.tails[layer] = tail
+            self.layouts[layer] = layout
 
     def activation(self, prefix_out: dict[str, torch.Tensor], layer: str) -> torch.Tensor:
+        """The layer's activation channels first, every token kept: what distillation perturbs
+        and the layer's tail takes."""
+        if layer in self.layouts:
+            return prefix_out[self._key(layer)]
         return prefix_out[self._layer_node[layer]]
+
+    def feature_maps(self, prefix_out: dict[str, torch.Tensor], layer: str) -> torch.Tensor:
+        """The layer's (N, C, H, W) maps: its activation without the extra tokens (class,
+        register), which have no place on the image."""
+        return self.layouts.get(layer, Layout()).grid_maps(self.activation(prefix_out, layer))
 
     def run_tail(self, layer: str, activation: torch.Tensor, prefix_out: dict[str, torch.Tensor],
                  rows: torch.Tensor) -> torch.Tensor:
@@ -228,9 +305,10 @@ class SplitModel:
         return self.run_tail(self._last, last, prefix_out, rows)
 
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(activation of every layer, logits) of images ``x``: one pass through the model."""
+        """((N, C, H, W) maps of every layer, logits) of images ``x``: one pass through the
+        model."""
         out = self.run_prefix(x)
-        return {layer: self.activation(out, layer) for layer in self.layers}, self.logits(out)
+        return {layer: self.feature_maps(out, layer) for layer in self.layers}, self.logits(out)
 
 
 class HookedModel:
@@ -240,11 +318,23 @@ class HookedModel:
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         self.model = model
         self.layers = check_layers(model, layers)
+        self.layouts: dict[str, Layout] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        with capture_activations(self.model, self.layers) as acts:
+        """((N, C, H, W) maps of every layer, logits), as ``SplitModel.forward``."""
+        with capture_activations(self.model, self.layers) as acts, \
+                conv_grids(self.model) as resolutions:
             logits = self.model(x)
-        return dict(acts), logits
+        for layer in self.layers:
+            if layer not in self.layouts:
+                layout = infer_layout(acts[layer].shape, resolutions, len(x))
+                if layout is None:
+                    raise LayerError(f"layer {layer!r} returns {tuple(acts[layer].shape)}: "
+                                     "neither feature maps nor tokens over the model's patch "
+                                     "grid; choose another layer")
+                self.layouts[layer] = layout
+        return {l: self.layouts[l].grid_maps(self.layouts[l].channels_first(acts[l]))
+                for l in self.layers}, logits
 
 
 @contextlib.contextmanager

@@ -107,8 +107,12 @@ class Tokens(nn.Module):
         return self.head(self.block(t).mean(1))
 
 
-def test_a_token_layer_given_by_hand_is_refused_in_one_line():
-    data = (torch.randn(6, 3, 8, 8), torch.arange(6) % 3)
-    with pytest.raises(LayerError, match=r"layer 'block' returns \(1, 4, 8\), tokens"):
-        chip_fast.distill_all_classes(Tokens().eval(), data, ["block"], samples_per_class=16,
-                                      progress=False)
+@pytest.mark.filterwarnings("ignore:samples_per_class")
+def test_a_token_layer_given_by_hand_is_read_as_channels_over_the_grid():
+    """(N, T, C) tokens used to be refused here (their dimension 1 would have been read as
+    channels); now they are C channels over the patch grid (chip_fast.models.layouts)."""
+    model, data = Tokens().eval(), (torch.randn(6, 3, 8, 8), torch.arange(6) % 3)
+    imp = chip_fast.distill_all_classes(model, data, ["block"], samples_per_class=16,
+                                        progress=False)
+    assert imp.weights["block"].shape == (3, 8)       # 8 channels, not 4 tokens
+    assert chip_fast.explain(model, imp, data[0][:2], [0, 1]).shape == (2, 8, 8)

@@ -57,3 +57,17 @@ def test_readme_timm_distill_then_explain(tmp_path, monkeypatch, capsys):
     raw = np.load(next(out.glob("*.npy")))
     assert raw.ndim == 2 and raw.max() - raw.min() > 0.1     # a map, not a constant
     assert (out / "index.html").is_file()
+
+
+@pytest.mark.slow   # ~30 s: a ViT-Tiny distillation of two classes, 1,024 samples each
+def test_readme_transformer_example(tmp_path, monkeypatch, capsys):
+    section = README.read_text().split("### Transformers", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "['blocks.11.mlp.act']" in printed and "torch.Size([10, 768])" in printed
+    maps = namespace["maps"]
+    assert maps.shape == (2, 224, 224)
+    assert (maps.flatten(1).amax(1) - maps.flatten(1).amin(1) > 0.1).all()

@@ -82,11 +82,32 @@ def test_defaults_are_the_last_activation_outputs_at_the_two_resolutions(arch):
         assert not later, f"{arch} {layer}: {later} come later at the same resolution"
 
 
-def test_models_without_channels_first_activations_fall_back_to_stage_outputs(caplog):
-    """ConvNeXt applies GELU channels-last inside its blocks: no presence layer in (N, C, H, W)."""
+def test_channels_last_activations_count_as_presence():
+    """ConvNeXt applies GELU channels-last (N, H, W, C) inside its blocks: read as C channels
+    over the grid (chip_fast.models.layouts), its GELUs are its presence layers, not the signed
+    stage outputs."""
     model = torchvision.models.convnext_tiny(num_classes=10).eval()
+    layers = default_layers(model, input_size=SIZE)
+    assert layers == ["features.5.8.block.4", "features.7.2.block.4"]
+    with torch.no_grad():
+        acts, _ = SplitModel(model, layers).forward(torch.randn(2, 3, SIZE, SIZE))
+    assert [tuple(acts[l].shape) for l in layers] == [(2, 1536, 4, 4), (2, 3072, 2, 2)]
+
+
+class NoActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.stage = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.stage(self.stem(x)).mean((2, 3)))
+
+
+def test_models_without_presence_activations_fall_back_to_stage_outputs(caplog):
     with caplog.at_level("INFO", logger="chip_fast"):
-        assert default_layers(model, input_size=SIZE) == ["features.5", "features.7"]
+        assert default_layers(NoActivation().eval(), input_size=16) == ["stem.1", "stage.1"]
     assert "stage outputs" in caplog.text
 
 
