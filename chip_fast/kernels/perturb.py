@@ -70,12 +70,14 @@ def _perturb_kernel(acts_ptr, view_ptr, class_ptr, sample_ptr, mu_ptr, sigma_ptr
     zero = tl.zeros([BLOCK_C], dtype=tl.uint32)
     j = k % 4
     if DESIGN == 2:
-        block, row, w2, w3, mask, shift = design_block(zero + s, zero, k0, k1, bits, folds,
-                                                       DESIGN_TAG)
+        # (code keys named apart from the noise loop's w0..w3: a loop may not change the shape
+        # of a variable it carries)
+        block, row, cw2, cw3, mask, shift = design_block(zero + s, zero, k0, k1, bits, folds,
+                                                         DESIGN_TAG)
         m0, m1, m2, m3 = philox4x32_10(block, (k // 4).to(tl.uint32), zero, zero + DESIGN_TAG,
                                        k0, k1)
         word = tl.where(j == 0, m0, tl.where(j == 1, m1, tl.where(j == 2, m2, m3)))
-        keep = design_keep(row, w2, w3, mask, shift, k.to(tl.uint32), word, (zero + s) & 1)
+        keep = design_keep(row, cw2, cw3, mask, shift, k.to(tl.uint32), word, (zero + s) & 1)
     else:
         if DESIGN == 1:
             draw = s >> 1
