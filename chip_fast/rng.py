@@ -47,6 +47,7 @@ c3 (from TAG_SHIFT up) say which stream a counter belongs to, the low 28 (CLASS_
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -175,7 +176,7 @@ def keep_masks_range(seed: int, start: int, stop: int, channels: int, p_keep: fl
     check_design(design, p_keep, folds)
     samples = torch.arange(start, stop, device=device)
     if design == "orthogonal":
-        return _orthogonal_masks(seed, samples, channels, folds)
+        return _orthogonal_masks(seed, samples, channels, folds, torch.arange(start, stop))
     if design == "independent":
         return _keep_masks(seed, samples, channels, p_keep)
     first, last = start >> 1, (stop - 1) >> 1
@@ -226,32 +227,54 @@ def _parity(x: torch.Tensor) -> torch.Tensor:
     return x & 1
 
 
-def _orthogonal_masks(seed: int, samples: torch.Tensor, channels: int, folds: int
-                      ) -> torch.Tensor:
+def _orthogonal_masks(seed: int, samples: torch.Tensor, channels: int, folds: int,
+                      host: torch.Tensor | None = None) -> torch.Tensor:
+    """The orthogonal design's masks; ``host``: the same samples on the CPU, where the blocks
+    are read without a device read (else they are read from ``samples``)."""
     device = samples.device
     m = design_bits(channels)
     mask, shift = (1 << m) - 1, max(1, m // 2)
     s = samples.to(torch.int64)
     draw = s >> 1
     local = draw // folds
-    blocks, inverse = torch.unique((local >> m) * folds + draw % folds, return_inverse=True)
-    zero = torch.zeros((), dtype=torch.int64, device=device)
-    tag = torch.full((), DESIGN_TAG_WORD, dtype=torch.int64, device=device)
-    w0, w1, w2, w3 = philox4x32(blocks, zero, zero + 1, tag, seed)
-    row = _row_permutation(local & mask, w0[inverse], w1[inverse], mask, shift)
-    n_quads = (channels + 3) // 4
-    quads = torch.arange(n_quads, device=device, dtype=torch.int64)[None, :]
-    flip_words = philox4x32(blocks[:, None], quads, zero, tag, seed)
-    flips = (torch.stack(flip_words, dim=-1).flatten(1)[:, :channels] >> 31)   # (B, K)
-    codes = _code_permutation(torch.arange(1, channels + 1, device=device)[None, :],
-                              w2[:, None], w3[:, None], mask, shift)          # (B, K)
+    block = (local >> m) * folds + draw % folds
+    if host is not None:
+        h = host.to(torch.int64) >> 1
+        block_ids = ((h // folds) >> m) * folds + h % folds
+    else:
+        block_ids = block
+    ids, w0, w1, codes, flips = _design_tables(seed, tuple(torch.unique(block_ids).tolist()),
+                                               channels, str(device))
+    at = torch.searchsorted(ids, block)
+    row = _row_permutation(local & mask, w0.index_select(0, at), w1.index_select(0, at), mask,
+                           shift)
     out = torch.empty(len(s), channels, dtype=torch.bool, device=device)
     rows = max(1, len(s) if device.type != "cpu" else _NOISE_CHUNK // max(1, channels // 4))
     for i in range(0, len(s), rows):   # cache-sized chunks on a CPU, as _keep_masks
-        b = inverse[i:i + rows]
+        b = at[i:i + rows]
         bits = _parity(row[i:i + rows, None] & codes.index_select(0, b))
         out[i:i + rows] = (bits ^ flips.index_select(0, b) ^ (s[i:i + rows, None] & 1)) == 1
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _design_tables(seed: int, blocks: tuple[int, ...], channels: int, device: str
+                   ) -> tuple[torch.Tensor, ...]:
+    """Per block of the orthogonal design, on ``device``: (block ids (B,), row keys w0 and w1
+    (B,), codes (B, K), flips (B, K)). A batch's samples fall in a few blocks, and its next
+    batches in the same ones: made once, not per batch (two Philox streams' worth of ops)."""
+    m = design_bits(channels)
+    mask, shift = (1 << m) - 1, max(1, m // 2)
+    ids = torch.tensor(blocks, dtype=torch.int64)
+    zero = torch.zeros((), dtype=torch.int64)
+    tag = torch.full((), DESIGN_TAG_WORD, dtype=torch.int64)
+    w0, w1, w2, w3 = philox4x32(ids, zero, zero + 1, tag, seed)
+    quads = torch.arange((channels + 3) // 4, dtype=torch.int64)[None, :]
+    flip_words = philox4x32(ids[:, None], quads, zero, tag, seed)
+    flips = torch.stack(flip_words, dim=-1).flatten(1)[:, :channels] >> 31
+    codes = _code_permutation(torch.arange(1, channels + 1)[None, :], w2[:, None], w3[:, None],
+                              mask, shift)
+    return tuple(t.to(device) for t in (ids, w0, w1, codes, flips))
 
 
 def _keep_masks(seed: int, samples: torch.Tensor, channels: int, p_keep: float) -> torch.Tensor:
