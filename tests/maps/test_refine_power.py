@@ -56,9 +56,11 @@ def test_explain_applies_the_power_to_the_elementwise_layer_only(tiny_net, two_l
                                   classes, (16, 16))])
     got = chip_fast.explain(tiny_net, imp, images, classes, refine_power=0.5)
     assert torch.allclose(got, expected, atol=1e-6)
-    default = chip_fast.explain(tiny_net, imp, images, classes)
-    assert torch.equal(default, chip_fast.explain(tiny_net, imp, images, classes,
-                                                  refine_power=1.0))
+    assert torch.equal(got, chip_fast.explain(tiny_net, imp, images, classes))   # the default
+    plain = refine([layer_maps(acts[l], imp.weights[l], index, classes, (16, 16))
+                    for l in imp.layers])
+    assert torch.allclose(chip_fast.explain(tiny_net, imp, images, classes, refine_power=1.0),
+                          plain, atol=1e-6)
     single = dict(layers=["features.1"])
     assert torch.equal(chip_fast.explain(tiny_net, imp, images, classes, **single),
                        chip_fast.explain(tiny_net, imp, images, classes, refine_power=0.5,
