@@ -144,7 +144,7 @@ def _refit(imp, alpha):
 
 P = partial
 VARIANTS: dict[str, Callable] = {
-    "product (defaults)": variant(),
+    "product, plain maps (power 1, the default before)": variant(),
     "mid alone": variant(combine="mid"),
     "deep alone": variant(combine="deep"),
     "mid W/mean": variant(mid=P(per_scale, stat="mean"), combine="mid"),
