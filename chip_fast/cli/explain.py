@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..maps.explain import TOP_DISTILLED
+from ..maps.explain import REFINE_POWER, TOP_DISTILLED
 from .args import add_command, add_model_args, model_of, parse_classes, parse_layers
 
 
@@ -27,6 +27,9 @@ def configure(sub) -> None:
     e.add_argument("--signed", action="store_true",
                    help="weight channels by importance of both signs (METHOD.md's formula) "
                         "instead of the positive importance only")
+    e.add_argument("--refine-power", type=float, default=REFINE_POWER,
+                   help="in a Refined map, the activations of each layer whose tail is not affine "
+                        f"enter at this power (default {REFINE_POWER}; 1: the plain product)")
     e.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="an image that cannot be decoded: name it and go on, or stop")
     e.add_argument("--max-side", type=int, default=2048,
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     prep = preprocess_of(model)
     run = explain_files(model, imp, paths, out, prep, classes=args.classes, layers=layers,
-                        positive=not args.signed, on_error=args.on_error,
+                        positive=not args.signed, refine_power=args.refine_power,
+                        on_error=args.on_error,
                         max_side=args.max_side)
     index = write_index(run, out, imp, prep, layers, not args.signed,
                         f"{args.arch} ({args.weights or 'pretrained weights'})")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..data.sources import IMAGE_SUFFIXES, ImageError
-from .explain import TOP_DISTILLED, check_class_range, explain_available
+from .explain import REFINE_POWER, TOP_DISTILLED, check_class_range, explain_available
 from ..importance.core import Importance
 from ..report.overlay import input_region, overlay_on_photo
 from ..data.preprocess import Preprocess
@@ -91,8 +91,8 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def explain_files(model: nn.Module, importance: Importance, paths: Sequence[Path], out: Path,
                   prep: Preprocess, *, classes: list[int] | str | None = None,
                   layers: Sequence[str] | None = None, positive: bool = True,
-                  on_error: str = "skip", max_side: int = 2048,
-                  log: Callable[[str], None] | None = None) -> ExplainRun:
+                  refine_power: float = REFINE_POWER, on_error: str = "skip",
+                  max_side: int = 2048, log: Callable[[str], None] | None = None) -> ExplainRun:
     """Explain every image of ``paths`` for ``classes`` (None: its top-1; ``"top-distilled"``:
     its best distilled class; or these classes, each) into ``out``; see the module doc.
     An image that cannot be decoded is skipped (``on_error="skip"``) or stops the run."""
@@ -116,7 +116,8 @@ def explain_files(model: nn.Module, importance: Importance, paths: Sequence[Path
         wanted = classes if not isinstance(classes, list) else torch.tensor(classes)
         batch = x if not isinstance(classes, list) else x.expand(len(classes), -1, -1, -1)
         ex = explain_available(model, importance, batch, wanted, layers=layers,
-                               positive=positive, check_model=False)
+                               positive=positive, refine_power=refine_power,
+                               check_model=False)
         stem = _unique_stem(path, used)
         probs = ex.logits.float().softmax(1).cpu()
         done = []

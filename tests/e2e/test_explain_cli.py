@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -139,3 +140,26 @@ def test_pretrained_weights_without_internet_say_how_to_pass_them(partial_file, 
     err = run_error(argv, capsys)
     assert "could not download torchvision's pretrained weights of mobilenet_v2" in err
     assert "pass a state_dict file with --weights" in err
+
+
+def test_refine_power_reaches_the_maps(mobilenet_v2, sample_train, tmp_path):
+    # A two-layer stand-in whose 14x14 layer is recorded as non-affine: the CLI's raw map is
+    # explain's at the default power, and --refine-power 1 gives the plain product.
+    from chip_fast.models.loading import preprocess_of
+    g = torch.Generator().manual_seed(0)
+    w18 = mobilenet_v2.classifier[1].weight.detach().abs().clone()
+    imp = chip_fast.Importance(
+        weights={"features.14.conv.0": torch.rand(1000, 576, generator=g), "features.18": w18},
+        classes=[281], num_classes=1000, fingerprint=model_fingerprint(mobilenet_v2),
+        settings={"paths": {"features.14.conv.0": "elementwise", "features.18": "affine"}})
+    path = imp.save(tmp_path / "two.chip")
+    src = photo(sample_train, TABBY)
+    with Image.open(src) as im:
+        x = preprocess_of(mobilenet_v2)(im.convert("RGB"))[None]
+    for extra, power in (((), 0.5), (("--refine-power", "1"), 1.0)):
+        out = tmp_path / f"p{power}"
+        assert main(explain_args(path, "--images", str(src), "--classes", "281", "--out",
+                                 str(out), *extra)) == 0
+        want = chip_fast.explain(mobilenet_v2, imp, x, 281, refine_power=power)[0].numpy()
+        np.testing.assert_allclose(np.load(out / f"{TABBY}_sample_class281.npy"), want,
+                                   atol=1e-5)

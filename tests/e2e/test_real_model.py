@@ -88,7 +88,11 @@ def test_importance_round_trip_gives_the_maps_of_the_formula(mobilenet_v2, disti
     for layer in LAYERS:
         got = chip_fast.explain(mobilenet_v2, back, images, CLASSES, layers=[layer])
         torch.testing.assert_close(got, by_hand[layer], atol=2e-5, rtol=0)
-    refined = by_hand[LAYERS[0]] * by_hand[LAYERS[1]]
+    # Refined CHIP: the 14x14 layer (an elementwise, non-affine tail) enters with its
+    # activations at power 0.5 (ReLU6 output, so no sign to keep), features.18 (affine) plain.
+    assert back.settings["paths"] == {LAYERS[0]: "elementwise", LAYERS[1]: "affine"}
+    mid = map_by_hand(acts[LAYERS[0]] ** 0.5, imp.weights[LAYERS[0]][CLASSES], (224, 224))
+    refined = mid * by_hand[LAYERS[1]]
     lo, hi = refined.amin((1, 2), keepdim=True), refined.amax((1, 2), keepdim=True)
     torch.testing.assert_close(chip_fast.explain(mobilenet_v2, back, images, CLASSES),
                                (refined - lo) / (hi - lo), atol=2e-5, rtol=0)
