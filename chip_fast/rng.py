@@ -127,7 +127,7 @@ def check_design(design: str, p_keep: float, folds: int = 1) -> None:
         raise ValueError(f"the mask design must be one of {MASK_DESIGNS}, got {design!r}")
     if design != "independent" and p_keep != 0.5:
         raise ValueError(f"{design} masks need p_keep 0.5 (a mask's complement must be as "
-                         f"likely as the mask), got {p_keep}")
+                         f"likely as the mask), got {p_keep}: use independent masks")
 
 
 def design_bits(channels: int) -> int:
@@ -227,22 +227,28 @@ def _parity(x: torch.Tensor) -> torch.Tensor:
     return x & 1
 
 
+def _design_shape(channels: int) -> tuple[int, int, int]:
+    """(m, the m-bit mask, the permutations' shift) of the orthogonal design of K channels."""
+    m = design_bits(channels)
+    return m, (1 << m) - 1, max(1, m // 2)
+
+
+def _design_block(samples: torch.Tensor, m: int, folds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the pair's index within its fold, its block) of int64 per-class sample indices."""
+    draw = samples >> 1
+    local = draw // folds
+    return local, (local >> m) * folds + draw % folds
+
+
 def _orthogonal_masks(seed: int, samples: torch.Tensor, channels: int, folds: int,
                       host: torch.Tensor | None = None) -> torch.Tensor:
     """The orthogonal design's masks; ``host``: the same samples on the CPU, where the blocks
     are read without a device read (else they are read from ``samples``)."""
     device = samples.device
-    m = design_bits(channels)
-    mask, shift = (1 << m) - 1, max(1, m // 2)
+    m, mask, shift = _design_shape(channels)
     s = samples.to(torch.int64)
-    draw = s >> 1
-    local = draw // folds
-    block = (local >> m) * folds + draw % folds
-    if host is not None:
-        h = host.to(torch.int64) >> 1
-        block_ids = ((h // folds) >> m) * folds + h % folds
-    else:
-        block_ids = block
+    local, block = _design_block(s, m, folds)
+    block_ids = block if host is None else _design_block(host.to(torch.int64), m, folds)[1]
     ids, w0, w1, codes, flips = _design_tables(seed, tuple(torch.unique(block_ids).tolist()),
                                                channels, str(device))
     at = torch.searchsorted(ids, block)
@@ -263,8 +269,7 @@ def _design_tables(seed: int, blocks: tuple[int, ...], channels: int, device: st
     """Per block of the orthogonal design, on ``device``: (block ids (B,), row keys w0 and w1
     (B,), codes (B, K), flips (B, K)). A batch's samples fall in a few blocks, and its next
     batches in the same ones: made once, not per batch (two Philox streams' worth of ops)."""
-    m = design_bits(channels)
-    mask, shift = (1 << m) - 1, max(1, m // 2)
+    _, mask, shift = _design_shape(channels)
     ids = torch.tensor(blocks, dtype=torch.int64)
     zero = torch.zeros((), dtype=torch.int64)
     tag = torch.full((), DESIGN_TAG_WORD, dtype=torch.int64)

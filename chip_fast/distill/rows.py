@@ -90,7 +90,6 @@ def _host_rows(plan: DistillPlan, unit: Unit):
     return view, cls, sum_row, sample, keys, torch.tensor([c for c, _ in keys])
 
 
-
 def _to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """The int64 host tensors on the device through one pinned buffer and one asynchronous
     copy (not one copy each)."""

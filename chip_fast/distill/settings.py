@@ -115,9 +115,8 @@ class DistillSettings:
              f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
         need(self.masks in MASK_DESIGNS,
              f"masks must be one of {MASK_DESIGNS}, got {self.masks!r}")
-        need(self.masks in ("auto", "independent") or self.p_keep == 0.5,
-             f"{self.masks} masks need p_keep 0.5 (their complements must be as likely), got "
-             f"{self.p_keep}: use masks='independent'")
+        if self.masks != "auto":
+            rng.check_design(self.masks, self.p_keep)
         need(self.estimator in ESTIMATORS,
              f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         need(self.tail_path in TAIL_PATHS,
