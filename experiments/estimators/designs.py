@@ -56,23 +56,11 @@ def orthogonal_masks(n: int, k: int, seed: int, foldover: bool) -> torch.Tensor:
     return z
 
 
-def engine_masks(n: int, k: int, seed: int, design: str) -> torch.Tensor:
-    """The engine's own masks (``chip_fast.rng.keep_masks``) of samples 0..n-1."""
-    return rng.keep_masks(seed, torch.arange(n), k, P, design).float()
-
-
-def per_fold_masks(n: int, k: int, seed: int, folds: int = FOLDS) -> torch.Tensor:
-    """The engine's orthogonal design drawn separately for each fold (pair j in fold j % folds
-    is pair j // folds of that fold's own design, keyed by its own seed): every fold a design of
-    its own, so the folds are independent replicates (what split-half predictions assume), each
-    balanced only once it holds a whole block."""
-    z = torch.empty(n, k)
-    pair = torch.arange(n) // 2
-    for f in range(folds):
-        at = (pair % folds == f).nonzero()[:, 0]
-        local = 2 * (pair[at] // folds) + at % 2
-        z[at] = rng.keep_masks(seed * folds + f, local, k, P, "orthogonal").float()
-    return z
+def engine_masks(n: int, k: int, seed: int, design: str, folds: int = 1) -> torch.Tensor:
+    """The engine's own masks (``chip_fast.rng.keep_masks``) of samples 0..n-1; with
+    ``folds``, the orthogonal design draws each fold's blocks of its own (pair j in fold
+    j % folds), as a distillation with that many folds does."""
+    return rng.keep_masks(seed, torch.arange(n), k, P, design, folds).float()
 
 
 def independent_masks(n: int, k: int, seed: int, antithetic: bool) -> torch.Tensor:
@@ -90,7 +78,7 @@ DESIGNS = {
     "orthogonal foldover": lambda n, k, s: orthogonal_masks(n, k, s, True),
     "engine antithetic": lambda n, k, s: engine_masks(n, k, s, "antithetic"),
     "engine orthogonal": lambda n, k, s: engine_masks(n, k, s, "orthogonal"),
-    "engine orthogonal per fold": per_fold_masks,
+    "engine orthogonal per fold": lambda n, k, s: engine_masks(n, k, s, "orthogonal", FOLDS),
 }
 
 
