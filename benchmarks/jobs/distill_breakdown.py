@@ -22,8 +22,8 @@ import torch
 import torchvision
 
 import chip_fast
-import chip_fast.distill.result as result_mod
 import chip_fast.solve.fit as fit_mod
+import chip_fast.solve.stats as stats_mod
 import chip_fast.distill.runner as runner_mod
 from chip_fast.distill.settings import resolve_settings
 from chip_fast.models.split import SplitModel
@@ -63,7 +63,7 @@ def timed_stages(device: torch.device):
     patches = [wrap(runner_mod, "perturb", "perturbation"),
                wrap(runner_mod, "response_sums", "statistics"),
                wrap(fit_mod, "solve_lasso", "solve"),
-               wrap(result_mod, "mask_moments", "statistics"),
+               wrap(stats_mod, "mask_moments_of", "statistics"),
                wrap(SplitModel, "run_tail", "tail forward"),
                wrap(SplitModel, "run_prefix", "prefix forward")]
     try:

@@ -36,6 +36,8 @@ CONFIGS = {
     "sampled-antithetic": {"estimator": "sampled", "masks": "antithetic"},
     "antithetic": {"masks": "antithetic"},          # the previous default: exact + antithetic
     "sampled-independent": {"estimator": "sampled", "masks": "independent"},   # before
+    # distil until stable: the samples are a cap, each class stops at predicted r 0.95
+    "until-stable-0.95": {"until_stable": 0.95},
 }
 
 
@@ -115,6 +117,12 @@ def run(args: argparse.Namespace) -> dict:
                                "seeds": agreement(a.weights[l], b.weights[l], a.classes),
                                "limit": agreement(a.weights[l], refs[l], a.classes)}
                            for l in layers}})
+            if "samples_reached" in a.settings:
+                reached = a.settings["samples_reached"] + b.settings["samples_reached"]
+                rows[-1]["samples_reached"] = {"median": median(reached), "min": min(reached),
+                                               "max": max(reached), "per_seed": [
+                                                   a.settings["samples_reached"],
+                                                   b.settings["samples_reached"]]}
             print(json.dumps(rows[-1]), flush=True)
     return {"arch": args.arch, "data": str(args.data), "classes": len(source.classes),
             "photos": sum(source.count(c) for c in source.classes),
@@ -135,7 +143,11 @@ def markdown(result: dict) -> str:
             tag = " (exact)" if d["estimator"] == "exact" else ""
             cells.append(f"{d['seeds']['median_r']:.3f} / {d['seeds']['top10']:.2f}, "
                          f"{d['limit']['median_r']:.3f}{tag}")
-        lines.append(f"| {row['config']} | {row['samples_per_class']:,} | {' | '.join(cells)} "
+        n = f"{row['samples_per_class']:,}"
+        if "samples_reached" in row:
+            r = row["samples_reached"]
+            n = f"cap {n}: median {r['median']:,.0f} ({r['min']:,}-{r['max']:,})"
+        lines.append(f"| {row['config']} | {n} | {' | '.join(cells)} "
                      f"| {row['cost_in_plain_passes']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -20,7 +20,13 @@ def configure(sub) -> None:
     d.add_argument("--classes", type=parse_classes,
                    help="class indices to distil, e.g. 0-99,150 (default: all with images)")
     d.add_argument("--samples-per-class", type=int, default=DistillSettings.samples_per_class,
-                   help="perturbed networks per class")
+                   help="perturbed networks per class (with --until-stable: the most a class "
+                        "may get)")
+    d.add_argument("--until-stable", type=float, metavar="R",
+                   help="distil until stable: stop each class once the agreement its sums "
+                        "predict with another seed's weights reaches R (e.g. 0.95) at every "
+                        "sampled layer, checked as the samples double up to "
+                        "--samples-per-class")
     d.add_argument("--seed", type=int, default=0,
                    help="seed of every mask, noise value and crop (same seed, same file)")
     d.add_argument("--p-keep", type=float, default=DistillSettings.p_keep,
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 layers=parse_layers(args.layers), classes=args.classes,
                 samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
                 fill=args.fill, atlas=args.atlas, baseline=args.baseline, masks=args.masks,
-                estimator=args.estimator,
+                estimator=args.estimator, until_stable=args.until_stable,
                 response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                 augment=args.augment, batch_size=args.batch_size)
         except (KeyboardInterrupt, SystemExit):

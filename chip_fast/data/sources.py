@@ -293,11 +293,19 @@ def make_view(image: torch.Tensor, c: int, v: int, n_images: int, seed: int) -> 
 
 @dataclass
 class ViewPlan:
-    """Which view each sample of a class uses: views are spread evenly over the samples, so a
-    block of consecutive samples shares few views and one prefix pass serves many samples."""
+    """Which view each sample of a class uses: views are spread evenly over the samples of each
+    stage (one stage, all samples, unless a job stops classes early), so a block of consecutive
+    samples shares few views, one prefix pass serves many samples, and every stage weighs the
+    class's views alike."""
     n_samples: int
     views: dict[int, int] = field(default_factory=dict)   # class -> number of views
     design: str = "independent"   # a paired mask design: the two samples of a pair share their view
+    stages: tuple[int, ...] = ()  # where each stage of samples ends; () is one stage
 
     def view_of(self, c: int, samples: torch.Tensor) -> torch.Tensor:
-        return (rng.pair_start(samples, self.design) * self.views[c]) // self.n_samples
+        start = rng.pair_start(samples, self.design)
+        ends = torch.tensor(self.stages or (self.n_samples,), dtype=start.dtype,
+                            device=start.device)
+        stage = torch.bucketize(start, ends, right=True)
+        first = torch.cat([ends.new_zeros(1), ends[:-1]])[stage]
+        return ((start - first) * self.views[c]) // (ends[stage] - first)

@@ -85,11 +85,12 @@ class CheckpointStore:
             if not groups and have_stats and state.atlas is None:
                 continue   # nothing left to read in this file
             with safe_open(str(path), framework="pt") as f:
-                state.merge_saved_atlas(set(f.keys()), f.get_tensor)
-                if not have_stats and state.saved_has_fill_statistics(set(f.keys())):
+                names = set(f.keys())
+                state.merge_saved_atlas(names, f.get_tensor)
+                if not have_stats and state.saved_has_fill_statistics(names):
                     state.load_fill_statistics(f.get_tensor, device)
                     have_stats = True
-                state.load_groups(groups, progress[i], f.get_tensor)
+                state.load_groups(groups, progress[i], f.get_tensor, names)
         if paths:
             logger.warning("chip_fast: resuming from %d checkpoint file(s) in %s (%d of %d units "
                            "done)", len(paths), self.folder, sum(state.done_blocks),

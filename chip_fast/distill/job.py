@@ -30,6 +30,7 @@ from .result import fit_importance
 from .runner import UnitRunner
 from .settings import DistillSettings, resolve_masks, resolve_settings
 from .state import DistillState
+from .stopping import stop_stable
 
 
 class DistillJob:
@@ -104,19 +105,28 @@ class DistillJob:
         # On CUDA unit i+1 is queued before unit i's sums are read (the device never waits for
         # the host) and unit i+2 decodes meanwhile; on a CPU a unit runs while the next decodes.
         lead = 1 if self.device.type == "cuda" else 0
-        prepared: dict[int, Any] = {}
-        launched: dict[int, Any] = {}
-        for i, unit in enumerate(units):
+        ahead: dict[int, tuple[Unit, Any]] = {}      # prepared: (the unit as run, its views)
+        launched: dict[int, tuple[Unit, Any]] = {}
+        for i in range(len(units)):
+            unit = self._as_run(units[i])
+            if unit is None:   # its group's every class stopped
+                continue
+            for table in (ahead, launched):   # made before a stop changed its classes
+                if i in table and table[i][0] != unit:
+                    del table[i]
             for j in range(i, min(len(units), i + lead + 2)):
-                if j not in prepared and j not in launched:
-                    prepared[j] = runner.prepare(plan, units[j])
+                if j not in ahead and j not in launched and self._settled(units, i, j):
+                    u = self._as_run(units[j])
+                    if u is not None:
+                        ahead[j] = (u, runner.prepare(plan, u))
             for j in range(i, min(len(units), i + lead + 1)):
-                if j not in launched:
-                    launched[j] = runner.launch(plan, units[j], mu, sigma, prepared.pop(j),
-                                                on_batch)
-            partial = runner.collect(launched.pop(i), mu, sigma)
-            with critical():
+                if j not in launched and j in ahead:
+                    u, prepared = ahead.pop(j)
+                    launched[j] = (u, runner.launch(plan, u, mu, sigma, prepared, on_batch))
+            partial = runner.collect(launched.pop(i)[1], mu, sigma)
+            with critical():   # the stop decision belongs to the unit: a checkpoint has both
                 self.state.add(unit, partial)
+                stop_stable(plan, self.state, unit)
             if on_unit is not None:
                 on_unit(self.plan.unit_samples(unit))
             if store is not None and time.monotonic() - last_save >= checkpoint_every:
@@ -127,6 +137,17 @@ class DistillJob:
             with critical():
                 store.save(self.state)
         self.work_seconds += time.monotonic() - started
+
+    def _as_run(self, unit: Unit) -> Unit | None:
+        """``unit`` with the classes of its group still running (None: none is)."""
+        classes = self.state.active(unit.group)
+        return None if classes == () else dataclasses.replace(unit, classes=classes)
+
+    def _settled(self, units: list[Unit], i: int, j: int) -> bool:
+        """Whether unit j's classes are known before units i..j-1 are added: no stop decision
+        of its group comes between."""
+        return not any(units[t].group == units[j].group and self.plan.ends_stage(units[t])
+                       for t in range(i, j)) or self.settings.until_stable is None
 
     def progress_bar(self, enabled: bool = True, label: str = ""):
         """A tqdm bar over all the job's samples, starting at those already done."""

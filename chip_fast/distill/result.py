@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..importance.core import Importance
-from ..solve.fit import class_rows, solve_layer, with_stability
-from ..solve.stats import covariances, exact_covariances, mask_moments
+from ..solve.fit import class_rows, layer_covariances, solve_layer
+from ..solve.stability import with_stability
 from ..version import __version__
 from .plan import DistillPlan
 from .state import DistillState
@@ -25,26 +25,27 @@ def fit_importance(plan: DistillPlan, state: DistillState,
     entries are differences of counts of up to 10^5 samples, and the fit's KKT test goes to
     1e-6 of max |r|, below float32's resolution of such sums."""
     st = plan.settings
-    n = st.samples_per_class
+    counts = state.sample_counts()
     weights, grams, rs = {}, {}, {}
     for layer in plan.layers:
-        if plan.estimators[layer] == "exact":
-            gram, r = exact_covariances(state.sum_zy[layer].sum(1).to(device), n, st.p_keep)
-        else:
-            sum_z, sum_zz = mask_moments(st.seed, n, plan.channels[layer], st.p_keep,
-                                         device=device, design=plan.design,
-                                         folds=st.folds)
-            gram, r = covariances(sum_z, sum_zz, state.sum_zy[layer].sum(1).to(device),
-                                  state.sum_y[layer].sum(1).to(device), n)
-        w = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol, max_iter=st.max_iter,
-                        where=f" at layer {layer}")
-        weights[layer] = class_rows(w.cpu(), plan.classes, plan.num_classes)
-        grams[layer], rs[layer] = gram.cpu(), r.cpu()
+        w = torch.empty(len(plan.classes), plan.channels[layer], dtype=torch.float64)
+        r_all = torch.empty_like(w)
+        for rows, gram, r in layer_covariances(
+                dataclasses.asdict(st), counts, state.sum_zy[layer], state.sum_y[layer],
+                plan.estimators[layer] == "exact", device):
+            w[rows] = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol,
+                                  max_iter=st.max_iter, where=f" at layer {layer}").cpu()
+            r_all[rows] = r.cpu()
+            grams[layer] = gram.cpu()   # the largest count's G (the groups come smallest first)
+        weights[layer] = class_rows(w, plan.classes, plan.num_classes)
+        rs[layer] = r_all
     settings: dict[str, Any] = dataclasses.asdict(st)
     settings["chip_fast_version"] = __version__
     settings["views_per_class"] = {str(c): v for c, v in plan.views.views.items()}
     settings["paths"] = dict(plan.paths)
     settings["estimators"] = dict(plan.estimators)
+    if st.until_stable is not None:
+        settings["samples_reached"] = counts.tolist()
     if plan.max_memory is not None:
         settings["max_memory"] = str(plan.max_memory)
     complete = lambda xs: list(xs) if xs and len(xs) == plan.num_classes else None  # noqa: E731

@@ -67,7 +67,7 @@ class Rows:
 
 
 def _host_rows(plan: DistillPlan, unit: Unit):
-    classes = plan.groups[unit.group]
+    classes = plan.unit_classes(unit)
     samples = torch.tensor(list(plan.unit_sample_range(unit)), dtype=torch.int64)
     keys: list[tuple[int, int]] = []
     index: dict[tuple[int, int], int] = {}
@@ -105,7 +105,7 @@ def make_rows(plan: DistillPlan, unit: Unit, device: torch.device,
     """The unit's rows, with the response sums' plan for each batch size of
     ``kernel_batches`` (the batch sizes of the layers that run on the kernel path)."""
     view, cls, sum_row, sample, keys, key_cls = _host_rows(plan, unit)
-    n_rows = len(plan.groups[unit.group]) * plan.settings.folds
+    n_rows = len(plan.unit_classes(unit)) * plan.settings.folds
     plans, host = {}, [view, cls, sum_row, sample, key_cls]
     for batch in kernel_batches:
         parts, splits = sums_plan(sum_row, sample, cls, view, n_rows, batch)

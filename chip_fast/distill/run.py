@@ -80,6 +80,9 @@ def _run_own_units(job: DistillJob, units: list[Unit], peers: Peers, world: Worl
                         on_unit=on_unit, on_batch=on_batch, critical=stopper.critical)
         peers.wait_for_all("done", on_poll=refresh)
         refresh()
+        if job.settings.until_stable is not None and not bar.disable:
+            bar.total = bar.n   # classes that stopped early ran fewer samples than planned
+            bar.refresh()
 
 
 def distill_all_classes(
@@ -97,8 +100,8 @@ def distill_all_classes(
         samples_per_unit: int | None = None, fill_stats_views: int = 1024,
         tol: float = DistillSettings.tol, max_iter: int = DistillSettings.max_iter,
         folds: int = 4, tail_dtype: str = "auto", tail_path: str = "auto",
-        masks: str = DistillSettings.masks, estimator: str = DistillSettings.estimator
-        ) -> Importance | None:
+        masks: str = DistillSettings.masks, estimator: str = DistillSettings.estimator,
+        until_stable: float | None = None) -> Importance | None:
     """Distil the channel importance of every class at ``layers`` (METHOD.md, Stage 1).
 
     ``data``: an ImageFolderSource, a folder in the ``train/<wnid>/`` layout, an
@@ -109,6 +112,12 @@ def distill_all_classes(
     ``samples_per_class`` to ``baseline`` and from ``classes_per_unit`` on are the fields of
     ``DistillSettings`` (what changes the result; all recorded in the file, documented there);
     the others are ``JobOptions`` (how the run goes).
+
+    ``until_stable=0.95``: distil until stable. ``samples_per_class`` becomes a cap, and each
+    class stops where a stage of samples ends (they double up to the cap) once the agreement
+    its own sums predict with another seed's weights reaches 0.95 at every sampled layer; the
+    file records each class's count (``settings["samples_reached"]``) beside its
+    ``agreement`` and ``weight_se``.
 
     ``checkpoint`` (a folder): the sums are saved there atomically every ``checkpoint_every``
     seconds and on SIGTERM/SIGINT, and a rerun of the same call resumes from it;
@@ -133,7 +142,8 @@ def distill_all_classes(
         samples_per_unit=samples_per_unit or DistillSettings.samples_per_unit,
         fill_stats_views=fill_stats_views, tol=tol, max_iter=max_iter, folds=folds,
         tail_dtype=tail_dtype, tail_path=tail_path, atlas=atlas, baseline=baseline, masks=masks,
-        estimator=estimator)
+        estimator=estimator,
+        until_stable=None if until_stable is None else float(until_stable))
     options = JobOptions(out=out, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          keep_checkpoint=keep_checkpoint, progress=progress,
                          max_memory=max_memory, device=device, timeout=timeout)
@@ -228,6 +238,15 @@ def stability_summary(imp: Importance, target: float = 0.95) -> str:
     """One line per layer: how far another seed would agree (``Importance.agreement``) and how
     many samples per class would reach ``target`` (``Importance.samples_needed``)."""
     lines = []
+    until = imp.settings.get("until_stable")
+    if until is not None:
+        target = until
+        counts = torch.tensor(imp.settings["samples_reached"], dtype=torch.float64)
+        cap = imp.settings["samples_per_class"]
+        lines.append(f"chip_fast: until stable (r {until}): {int((counts < cap).sum())} of "
+                     f"{len(counts)} classes stopped early; samples per class median "
+                     f"{counts.median():,.0f} (from {counts.min():,.0f} to {counts.max():,.0f}, "
+                     f"cap {cap:,})")
     needed = imp.samples_needed(target)
     for layer in imp.layers:
         if imp.settings.get("estimators", {}).get(layer) == "exact":

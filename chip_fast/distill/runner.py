@@ -208,7 +208,7 @@ class UnitRunner:
         ``prepared``: what ``prepare`` returned for this unit; ``on_batch(samples)`` follows
         each batch (progress)."""
         rows, pending = prepared if prepared is not None else self.prepare(plan, unit)
-        n_rows = len(plan.groups[unit.group]) * plan.settings.folds
+        n_rows = len(plan.unit_classes(unit)) * plan.settings.folds
         with torch.inference_mode():
             inputs, prefix_out = self._inputs(plan, rows, pending)
             sums = {}
@@ -232,7 +232,7 @@ class UnitRunner:
         G classes in F folds, per layer: on CUDA it waits for this unit's copies alone, not for
         the units queued after it."""
         plan = job.plan
-        n_classes, folds = len(plan.groups[job.unit.group]), plan.settings.folds
+        n_classes, folds = len(plan.unit_classes(job.unit)), plan.settings.folds
         if job.ready is not None:
             job.ready.synchronize()
         if not all(bool(torch.isfinite(job.sums[l][1]).all() & torch.isfinite(job.sums[l][2])

@@ -90,6 +90,12 @@ class DistillSettings:
     # (METHOD.md's exact expectation); other layers are sampled. "sampled": sample every layer.
     # The file records each layer's estimator (settings["estimators"]).
     estimator: str = "auto"
+    # Distil until stable: a class stops as soon as its predicted seed agreement
+    # (chip_fast.solve.stability, from the per-fold sums alone) reaches this at every sampled
+    # layer, checked where each stage of samples ends (stages double up to samples_per_class,
+    # the cap; every stage spreads a class's views evenly, so a class stopped there weighs its
+    # photos as a full run does). None: every class gets samples_per_class.
+    until_stable: float | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -119,6 +125,13 @@ class DistillSettings:
             rng.check_design(self.masks, self.p_keep)
         need(self.estimator in ESTIMATORS,
              f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        need(self.until_stable is None or (isinstance(self.until_stable, float)
+                                           and 0 < self.until_stable < 1),
+             f"until_stable must be an agreement between 0 and 1 (e.g. 0.95), got "
+             f"{self.until_stable!r}")
+        need(self.until_stable is None or self.folds >= 2,
+             "until_stable needs folds >= 2: a class's stability is predicted from halves of "
+             "its folds")
         need(self.tail_path in TAIL_PATHS,
              f"tail_path must be one of {TAIL_PATHS}, got {self.tail_path!r}")
 

@@ -1,13 +1,15 @@
 """The running state of a distillation: streamed sums, fill statistics, progress per class group.
 
 Owns the float64 sums (per class: sum of z*y over its samples, sum of y) that the unit runner's
-partial results are added into, the per-channel fill statistics, and how many sample blocks of
-each class group are done. Everything that reads or writes this state from outside (checkpoints,
+partial results are added into, the per-channel fill statistics, how many sample blocks of
+each class group are done, and where a distil-until-stable job stopped each class. Everything that reads or writes this state from outside (checkpoints,
 the distributed runner) goes through the methods here. It never runs a model or solves.
 """
 from __future__ import annotations
 
 import torch
+
+import dataclasses
 
 from ..atlas.collect import ChannelAtlas
 from .plan import DistillPlan, Unit
@@ -32,6 +34,8 @@ class DistillState:
         self.sum_y = {l: torch.zeros(n, f, dtype=torch.float64) for l in plan.layers}
         self.sum_yy = {l: torch.zeros(n, f, dtype=torch.float64) for l in plan.layers}
         self.done_blocks = [0] * len(plan.groups)
+        # Per class, the samples it stopped at (distil until stable); 0 while it runs.
+        self.stopped = torch.zeros(n, dtype=torch.int64)
         self.mu: dict[str, torch.Tensor] = {}      # per-channel fill mean of each layer
         self.sigma: dict[str, torch.Tensor] = {}   # and standard deviation
         # Each channel's strongest views (settings.atlas > 0): filled by the runner's prefix
@@ -45,18 +49,39 @@ class DistillState:
         if unit.block != self.done_blocks[unit.group]:
             raise RuntimeError(f"unit {unit} added out of order (group {unit.group} has "
                                f"{self.done_blocks[unit.group]} blocks done)")
-        rows = self.plan.group_rows(unit.group)
+        rows = self.plan.class_rows(self.plan.unit_classes(unit))
         for layer, (szy, sy, syy) in partial.items():
             self.sum_zy[layer][rows] += szy
             self.sum_y[layer][rows] += sy
             self.sum_yy[layer][rows] += syy
         self.done_blocks[unit.group] = unit.block + 1
 
+    def active(self, g: int) -> tuple[int, ...] | None:
+        """The classes of group ``g`` that have not stopped (None: all of them)."""
+        classes = self.plan.groups[g]
+        running = tuple(c for c in classes if not self.stopped[self.plan.slot[c]])
+        return None if len(running) == len(classes) else running
+
     def pending(self, groups=None) -> list[Unit]:
-        return self.plan.pending(self.done_blocks, groups)
+        """Units still to run (of ``groups``), each with the classes of its group still running;
+        a group whose every class stopped has none."""
+        units = self.plan.pending(self.done_blocks, groups)
+        return [dataclasses.replace(u, classes=self.active(u.group)) for u in units
+                if self.active(u.group) != ()]
 
     def unfinished_groups(self) -> list[int]:
-        return [g for g, d in enumerate(self.done_blocks) if d != self.plan.blocks]
+        return [g for g, d in enumerate(self.done_blocks)
+                if d != self.plan.blocks and self.active(g) != ()]
+
+    def stop(self, classes: list[int], samples: int) -> None:
+        """Record that ``classes`` stopped after ``samples`` samples each."""
+        self.stopped[self.plan.class_rows(classes)] = samples
+
+    def sample_counts(self) -> torch.Tensor:
+        """(C,) int64: the samples each class's sums hold (the cap for a class that never
+        stopped; the job must be finished)."""
+        cap = self.plan.settings.samples_per_class
+        return torch.where(self.stopped > 0, self.stopped, torch.full_like(self.stopped, cap))
 
     @property
     def has_fill_statistics(self) -> bool:
@@ -70,7 +95,7 @@ class DistillState:
     def group_size(self, g: int) -> int:
         """Length of :meth:`group_vector` for group ``g``."""
         n, f = len(self.plan.groups[g]), self.plan.settings.folds
-        return sum(n * f * (self.plan.channels[l] + 2) for l in self.plan.layers) + 1
+        return sum(n * f * (self.plan.channels[l] + 2) for l in self.plan.layers) + n + 1
 
     def group_vector(self, g: int) -> torch.Tensor:
         """Group ``g``'s rows of every layer and its blocks done, flattened."""
@@ -79,6 +104,7 @@ class DistillState:
         for layer in self.plan.layers:
             parts += [self.sum_zy[layer][rows].flatten(), self.sum_y[layer][rows].flatten(),
                       self.sum_yy[layer][rows].flatten()]
+        parts.append(self.stopped[rows].to(torch.float64))
         parts.append(torch.tensor([float(self.done_blocks[g])], dtype=torch.float64))
         return torch.cat(parts)
 
@@ -92,7 +118,8 @@ class DistillState:
                 size = n * f * width
                 table[layer][rows] = flat[at:at + size].view(table[layer][rows].shape)
                 at += size
-        self.done_blocks[g] = int(flat[at])
+        self.stopped[rows] = flat[at:at + n].to(torch.int64)
+        self.done_blocks[g] = int(flat[at + n])
 
     # -- checkpoint tensors -----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -102,6 +129,7 @@ class DistillState:
         out.update({f"sum_yy/{l}": self.sum_yy[l] for l in self.plan.layers})
         out.update({f"mu/{l}": self.mu[l].cpu() for l in self.mu})
         out.update({f"sigma/{l}": self.sigma[l].cpu() for l in self.sigma})
+        out["stopped"] = self.stopped
         if self.atlas is not None:
             out.update(self.atlas.to_tensors())
         return out
@@ -117,17 +145,21 @@ class DistillState:
             self.merge_atlas(ChannelAtlas.from_tensors({n: get(n) for n in names
                                                         if n.startswith("atlas/")}))
 
-    def load_groups(self, groups: list[int], done: list[int], get) -> None:
-        """Take ``groups``' rows from a saved state (``get(name)`` returns its tensors), with
-        ``done[g]`` blocks done."""
+    def load_groups(self, groups: list[int], done: list[int], get, names: set[str]) -> None:
+        """Take ``groups``' rows from a saved state (``get(name)`` returns its tensors, whose
+        names are ``names``), with ``done[g]`` blocks done."""
         for layer in self.plan.layers if groups else []:
             saved = {name: get(f"{name}/{layer}") for name in ("sum_zy", "sum_y", "sum_yy")}
             for g in groups:
                 rows = self.plan.group_rows(g)
                 for name, t in saved.items():
                     getattr(self, name)[layer][rows] = t[rows]
+        stopped = get("stopped") if groups and "stopped" in names else None
         for g in groups:
             self.done_blocks[g] = done[g]
+            if stopped is not None:   # checkpoints from before distil-until-stable have none
+                rows = self.plan.group_rows(g)
+                self.stopped[rows] = stopped[rows]
 
     def saved_has_fill_statistics(self, names: set[str]) -> bool:
         return all(f"mu/{l}" in names for l in self.plan.layers)

@@ -4,7 +4,7 @@
 them: the model's fingerprint (``chip_fast.models.fingerprint``; ``check_model`` refuses another model),
 the settings, class ids and names, and the sufficient statistics (G, r and the per-fold raw
 sums), so the sparse fit can be redone with another penalty without redistilling
-(``Importance.refit``, math in ``chip_fast.solve.fit``). The file format and its integrity check are
+(``Importance.refit``, math in ``chip_fast.solve``). The file format and its integrity check are
 ``chip_fast.importance.file``; ``save`` and ``load_importance`` are its entry points.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..models.fingerprint import model_change
-from ..solve.fit import held_out_r2, refit_importance, samples_for
+from ..solve.refit import held_out_r2, refit_importance
+from ..solve.stability import samples_for
 from .file import ImportanceFileError, metadata_of, read_fields, write_importance
 
 
@@ -45,7 +46,7 @@ class Importance:
     sum_yy: dict[str, torch.Tensor] = field(default_factory=dict)
     fill_mean: dict[str, torch.Tensor] = field(default_factory=dict)  # (K,) channel means
     fill_std: dict[str, torch.Tensor] = field(default_factory=dict)   # (K,) channel stds
-    # How stable the fit is (chip_fast.solve.fit.stability), per layer: the predicted Pearson r
+    # How stable the fit is (chip_fast.solve.stability.stability), per layer: the predicted Pearson r
     # of each class's weights with another seed's (len(classes),) float64, and each weight's
     # standard error (len(classes), K) float32; absent in files written before they were kept.
     agreement: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -100,7 +101,7 @@ class Importance:
     def samples_needed(self, target: float = 0.95) -> dict[str, torch.Tensor]:
         """Per layer, the samples per class at which each class's predicted seed agreement
         (``agreement``) would reach ``target``: how many to ask for in a rerun.
-        See ``chip_fast.solve.fit.samples_for``."""
+        See ``chip_fast.solve.stability.samples_for``."""
         return {layer: samples_for(self, layer, target) for layer in self.layers}
 
     def metadata(self) -> dict[str, Any]:
@@ -118,13 +119,13 @@ class Importance:
         alpha * lambda_max_c, the weights a distillation with that alpha gives), or
         ``alpha="heldout"``: per class, the alpha of ``alphas`` that predicts held-out samples
         best (recorded in ``settings["alpha_chosen"]``). ``nonneg`` defaults to this one's.
-        See ``chip_fast.solve.fit.refit_importance``."""
+        See ``chip_fast.solve.refit.refit_importance``."""
         return refit_importance(self, alpha, alphas=alphas, nonneg=nonneg)
 
     def fit_quality(self, alpha: float | None = None) -> dict[str, torch.Tensor]:
         """Held-out R^2 per layer, one value per class of ``classes``: the fit on folds
         0..F-2 (with this importance's penalty, or ``alpha``) scored on fold F-1.
-        See ``chip_fast.solve.fit.held_out_r2``."""
+        See ``chip_fast.solve.refit.held_out_r2``."""
         return held_out_r2(self, alpha)
 
 

@@ -221,6 +221,15 @@ def _check_metadata(meta: dict[str, Any], bad: Callable[[str], ImportanceFileErr
     for key in ("class_ids", "class_names"):
         if meta.get(key) is not None and len(meta[key]) != n:
             raise bad(f"{key} has {len(meta[key])} entries for {n} classes")
+    st = meta["settings"] if isinstance(meta["settings"], dict) else {}
+    reached = st.get("samples_reached")
+    if reached is not None:
+        cap = st.get("samples_per_class")
+        if (not isinstance(reached, list) or len(reached) != len(meta["classes"])
+                or not isinstance(cap, int)
+                or any(not isinstance(m, int) or not 2 <= m <= cap for m in reached)):
+            raise bad(f"settings.samples_reached must hold one sample count in [2, "
+                      f"samples_per_class={cap!r}] per distilled class")
 
 
 def read_fields(path: str | Path) -> dict[str, Any]:

@@ -14,6 +14,9 @@ module may not duplicate.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -73,7 +76,59 @@ def mask_moments_of(seed: int, samples: torch.Tensor, channels: int, p_keep: flo
     return s1, s2
 
 
-def exact_covariances(sum_beta: torch.Tensor, n: int, p_keep: float
+@dataclass(frozen=True)
+class FoldMoments:
+    """Exact mask moments of samples 0..n-1 of a run, per fold (``rng.fold_of``)."""
+    n: int
+    count: torch.Tensor   # (F,) int64 samples per fold
+    s1: torch.Tensor      # (F, K) int64 sum z
+    s2: torch.Tensor      # (F, K, K) int64 sum z z^T
+
+    def of(self, folds: Sequence[int] | None = None
+           ) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(samples, sum z, sum z z^T) of the samples in ``folds`` (default all)."""
+        if folds is None:
+            return self.n, self.s1.sum(0), self.s2.sum(0)
+        idx = list(folds)
+        return int(self.count[idx].sum()), self.s1[idx].sum(0), self.s2[idx].sum(0)
+
+
+# The fit of a finished job, its held-out split and its stability estimate all read the same
+# per-fold moments, and an until-stable job reads them again at every stage: the last few are
+# kept (bounded in bytes), and a larger n extends the largest smaller one of the same masks.
+_FOLD_CACHE: "OrderedDict[tuple, FoldMoments]" = OrderedDict()
+_FOLD_CACHE_BYTES = 1 << 29
+
+
+def fold_moments(seed: int, n: int, channels: int, p_keep: float, design: str = "independent",
+                 folds: int = 1, device: torch.device | str = "cpu") -> FoldMoments:
+    """The exact per-fold mask moments of samples 0..n-1 (``FoldMoments``)."""
+    key = (seed, channels, float(p_keep), design, folds, str(torch.device(device)))
+    if (key, n) in _FOLD_CACHE:
+        _FOLD_CACHE.move_to_end((key, n))
+        return _FOLD_CACHE[(key, n)]
+    start = max((m for (k, m) in _FOLD_CACHE if k == key and m <= n), default=0)
+    base = _FOLD_CACHE.get((key, start))
+    samples = torch.arange(start, n, device=device)
+    fold = rng.fold_of(samples, folds, design)
+    count = torch.zeros(folds, dtype=torch.int64, device=device)
+    s1 = torch.zeros(folds, channels, dtype=torch.int64, device=device)
+    s2 = torch.zeros(folds, channels, channels, dtype=torch.int64, device=device)
+    for f in range(folds):
+        part = samples[fold == f]
+        count[f] = len(part)
+        s1[f], s2[f] = mask_moments_of(seed, part, channels, p_keep, design=design, folds=folds)
+    if base is not None:
+        count, s1, s2 = count + base.count, s1 + base.s1, s2 + base.s2
+    out = FoldMoments(n, count, s1, s2)
+    _FOLD_CACHE[(key, n)] = out
+    while sum(m.s2.numel() * 8 for m in _FOLD_CACHE.values()) > _FOLD_CACHE_BYTES \
+            and len(_FOLD_CACHE) > 1:
+        _FOLD_CACHE.popitem(last=False)
+    return out
+
+
+def exact_covariances(sum_beta: torch.Tensor, n: int | torch.Tensor, p_keep: float
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, r) of the mask distribution itself, for a layer whose every sample's response is
     linear in its mask with known coefficients (the exact estimator): ``sum_beta`` (C, K) sums
@@ -83,5 +138,6 @@ def exact_covariances(sum_beta: torch.Tensor, n: int, p_keep: float
     var = p_keep * (1 - p_keep)
     k = sum_beta.shape[1]
     gram = torch.eye(k, dtype=torch.float64, device=sum_beta.device) * var
-    return gram, sum_beta.to(torch.float64) * (var / n)
+    n = torch.as_tensor(n, dtype=torch.float64, device=sum_beta.device)
+    return gram, sum_beta.to(torch.float64) * (var / n.reshape(-1, 1))
 

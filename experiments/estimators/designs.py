@@ -83,7 +83,7 @@ DESIGNS = {
 
 
 def split_half(z, y, view, y0) -> float:
-    """The agreement the file's folds predict (``chip_fast.solve.fit.stability``'s rule): the
+    """The agreement the file's folds predict (``chip_fast.solve.stability.stability``'s rule): the
     fits of folds {0, 1} and {2, 3} (pair j in fold j % 4), their r stepped up to the whole
     sample count (Spearman-Brown)."""
     fold = torch.arange(len(z)) // 2 % FOLDS

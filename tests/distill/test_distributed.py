@@ -23,7 +23,8 @@ from chip_fast.distill.checkpoint import CheckpointStore
 from chip_fast.distill.job import DistillJob
 from chip_fast.distill.run import distill_all_classes
 from chip_fast.distill.settings import DistillSettings
-from tests.distill.distributed_worker import LAYERS, SETTINGS, make_data, make_model, read
+from tests.distill.distributed_worker import (LAYERS, SETTINGS, UNTIL_STABLE, make_data, make_model,
+                                             read)
 
 HERE = Path(__file__).resolve().with_name("distributed_worker.py")   # the worker torchrun starts
 
@@ -106,6 +107,20 @@ def test_two_processes_equal_one(tmp_path, reference):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["rank-0-of-2.ckpt",
                                                                     "rank-1-of-2.ckpt"]
     assert "samples/s" in log
+
+
+@pytest.mark.slow   # starts torchrun: ~10 s of process start-up per launch
+def test_until_stable_two_processes_equal_one(tmp_path):
+    """Each rank decides its own groups' stops from their sums alone: the same file."""
+    ref = tmp_path / "ref.safetensors"
+    with one_thread():
+        distill_all_classes(make_model(), make_data(), LAYERS, progress=False,
+                            **UNTIL_STABLE).save(ref)
+    out = tmp_path / "imp.safetensors"
+    code, log = finish(torchrun(2, worker_args(out, tmp_path / "ckpt", "--until-stable")))
+    assert code == 0, log[-3000:]
+    assert_same_file(out, ref)
+    assert "stopped early" in log
 
 
 @pytest.mark.slow   # starts torchrun: ~10 s of process start-up per launch

@@ -129,9 +129,9 @@ def test_exact_layers_have_no_held_out_fold_but_keep_their_alpha_in_a_heldout_re
     refit = imp.refit("heldout")
     assert refit.settings["alpha_chosen"]["deep"] == [0.1] * 3
     torch.testing.assert_close(refit.weights["deep"], imp.weights["deep"])
-    from chip_fast.solve.fit import held_out_split
+    from chip_fast.solve.fit import held_out_splits
     with pytest.raises(ValueError, match="exact"):
-        held_out_split(imp, "deep")
+        held_out_splits(imp, "deep")
 
 
 def test_auto_masks_pair_up_where_a_sampled_response_is_not_linear(setup):

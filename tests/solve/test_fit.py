@@ -12,7 +12,7 @@ from torch import nn
 
 import chip_fast
 from chip_fast import rng
-from chip_fast.solve.fit import held_out_split
+from chip_fast.solve.fit import held_out_splits
 
 K, CLASSES, N, FOLDS, SEED, P_KEEP = 12, 3, 64, 4, 5, 0.5
 LAYER = "features"
@@ -102,7 +102,8 @@ def test_held_out_statistics_equal_direct_sums_over_samples(planted):
     imp = distil(model, data, response="softmax")
     z, y = samples_by_hand(model, data, "softmax")
     train, test = fold_split(z, y)
-    split = held_out_split(imp, LAYER)
+    [(rows, split)] = held_out_splits(imp, LAYER)
+    assert rows.tolist() == list(range(CLASSES))
     gram, r = moments(*train)
     np.testing.assert_allclose(split.gram.numpy(), gram, atol=1e-12)
     np.testing.assert_allclose(split.r.numpy(), r, rtol=1e-5, atol=1e-9)

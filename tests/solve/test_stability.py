@@ -1,4 +1,4 @@
-"""How stable a fit is, from its per-fold sums (``chip_fast.solve.fit.stability``): the predicted
+"""How stable a fit is, from its per-fold sums (``chip_fast.solve.stability.stability``): the predicted
 seed-to-seed agreement and the standard error of each weight are checked against what
 independent seeds really do, and kept through a file and a refit."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import chip_fast
-from chip_fast.solve.fit import _row_correlation
+from chip_fast.solve.stability import _row_correlation
 
 
 class Net(nn.Module):
