@@ -25,7 +25,7 @@ from ..importance.core import Importance
 from .checkpoint import CheckpointStore
 from .inputs import resolve_inputs
 from .memory import plan_memory
-from .plan import DistillPlan, Unit
+from .plan import FIRST_STAGE, DistillPlan, Unit
 from .result import fit_importance
 from .runner import UnitRunner
 from .settings import DistillSettings, resolve_masks, resolve_settings
@@ -64,6 +64,11 @@ class DistillJob:
             warnings.warn(f"samples_per_class={settings.samples_per_class} is under a quarter of "
                           f"the channels of {thin}: the sparse fit is underdetermined there (slow "
                           "to converge, unstable support); use more samples", stacklevel=4)
+        if settings.until_stable is not None and len(self.plan.stages) == 1:
+            warnings.warn(f"until_stable: samples_per_class={settings.samples_per_class} is one "
+                          "stage, so no class can stop before it; the cap must be at least "
+                          f"{2 * FIRST_STAGE} (and halve to whole pairs per fold) for a class "
+                          "to stop early", stacklevel=4)
         self.state = DistillState(self.plan)
         if self.state.atlas is not None:
             # On CUDA the observer reads each batch's channel maxima on the host: a sync per
@@ -146,8 +151,9 @@ class DistillJob:
     def _settled(self, units: list[Unit], i: int, j: int) -> bool:
         """Whether unit j's classes are known before units i..j-1 are added: no stop decision
         of its group comes between."""
-        return not any(units[t].group == units[j].group and self.plan.ends_stage(units[t])
-                       for t in range(i, j)) or self.settings.until_stable is None
+        return self.settings.until_stable is None or not any(
+            units[t].group == units[j].group and self.plan.ends_stage(units[t])
+            for t in range(i, j))
 
     def progress_bar(self, enabled: bool = True, label: str = ""):
         """A tqdm bar over all the job's samples, starting at those already done."""

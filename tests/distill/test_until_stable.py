@@ -96,6 +96,8 @@ def test_bad_targets_and_counts_are_refused(stable, tmp_path):
         run(until_stable=1.5)
     with pytest.raises(ValueError, match="folds >= 2"):
         run(folds=1)
+    with pytest.warns(UserWarning, match="no class can stop"):
+        run(samples_per_class=2048, samples_per_unit=1024)
     bad = dataclasses.replace(stable, settings={**stable.settings,
                                                 "samples_reached": [2048] * 7})
     path = bad.save(tmp_path / "bad.chip")
