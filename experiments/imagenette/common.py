@@ -48,9 +48,28 @@ class Half(torch.utils.data.Dataset):
         return self.base[self.index[i]]
 
 
-def halves() -> dict[str, Half]:
-    base = load_val_dir(VAL)
+def halves(base: LocDataset | None = None) -> dict[str, Half]:
+    """The selection and confirmation halves of ``base`` (val-dev read with MobileNetV2's
+    preprocessing unless given)."""
+    base = load_val_dir(VAL) if base is None else base
     return {"selection": Half(base, 0), "confirmation": Half(base, 1)}
+
+
+ARCHS = ("mobilenet_v2", "efficientnet_lite0")
+TAGS = {"mobilenet_v2": "mnv2", "efficientnet_lite0": "lite0"}
+
+
+def arch_setup(arch: str) -> tuple[torch.nn.Module, LocDataset, Any]:
+    """The model with real weights, val-dev read as the model was trained to see it, and the
+    preprocessing its distillation reads imagenette/train with (None: the library's default
+    for MobileNetV2). Lite0: its pip package's weights and its own [-1, 1] preprocessing."""
+    if arch == "mobilenet_v2":
+        return mobilenet_v2(), load_val_dir(VAL), None
+    if arch != "efficientnet_lite0":
+        raise ValueError(f"unknown arch {arch!r}; use one of {ARCHS}")
+    from chip_fast.models.efficientnet_lite import lite_preprocess
+    return (load_model(arch), load_val_dir(VAL, preprocess=lite_preprocess(mode="resize")),
+            lite_preprocess())
 
 
 def photo_subset(per_class: int, where: Path) -> Path:
@@ -67,15 +86,17 @@ def photo_subset(per_class: int, where: Path) -> Path:
 
 
 def distill_cached(model: torch.nn.Module, path: Path, data: Path = TRAIN,
-                   layers: list[str] | None = None, **settings: Any) -> chip_fast.Importance:
-    """``distill_all_classes`` on ``data`` (imagenette/train by default), or the file ``path``
-    if an earlier run wrote it; the wall time is recorded beside it (``path.json``)."""
+                   layers: list[str] | None = None, preprocess: Any = None,
+                   **settings: Any) -> chip_fast.Importance:
+    """``distill_all_classes`` on ``data`` (imagenette/train by default) read with
+    ``preprocess`` (None: the model's own), or the file ``path`` if an earlier run wrote it;
+    the wall time is recorded beside it (``path.json``)."""
     path = Path(path)
     if path.is_file():
         return chip_fast.load_importance(path)
     t0 = time.perf_counter()
-    imp = chip_fast.distill_all_classes(model, chip_fast.ImageFolderSource(data), layers,
-                                        progress=False, **settings)
+    source = chip_fast.ImageFolderSource(data, preprocess=preprocess)
+    imp = chip_fast.distill_all_classes(model, source, layers, progress=False, **settings)
     imp.save(path)
     info = {"seconds": time.perf_counter() - t0, "data": str(data), "layers": imp.layers,
             "settings": {k: v for k, v in settings.items()},
@@ -129,9 +150,10 @@ def table(results: dict[str, dict], columns=BOX_COLUMNS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def peers_at(layers: list[str]) -> dict[str, Any]:
-    """CAM at features.18 and Grad-CAM, Grad-CAM++, Layer-CAM at ``layers``."""
-    methods = {f"cam@{DEEP}": peer("cam", DEEP)}
+def peers_at(layers: list[str], deep: str = DEEP) -> dict[str, Any]:
+    """CAM at ``deep`` (the layer feeding the pooling: MobileNetV2's features.18) and Grad-CAM,
+    Grad-CAM++, Layer-CAM at ``layers``."""
+    methods = {f"cam@{deep}": peer("cam", deep)}
     for name in ("gradcam", "gradcam++", "layercam"):
         for layer in layers:
             methods[f"{name}@{layer}"] = peer(name, layer)

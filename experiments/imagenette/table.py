@@ -1,19 +1,25 @@
 """The paper's setting: CHIP distilled from 300 photos per class (imagenette/train) against the
 peers, on both halves of imagenette/val-dev, in one command.
 
-    python -m experiments.imagenette.table [--out experiments/imagenette/results/table]
-        [--samples N] [--seeds N] [--halves selection,confirmation]
+    python -m experiments.imagenette.table [--arch mobilenet_v2|efficientnet_lite0]
+        [--out experiments/imagenette/results/table] [--samples N] [--seeds N]
+        [--faithfulness N] [--sanity N] [--halves selection,confirmation]
 
-MobileNetV2 (../shared/data), CHIP exactly as ``distill_all_classes`` + ``explain`` give it
-with their defaults (default layers, Refined CHIP, every DistillSettings default), seed 0,
-on imagenette/train; each layer's CHIP map beside it. Peers (CAM, and pytorch-grad-cam's
-Grad-CAM, Grad-CAM++, Layer-CAM) at features.18 and at every layer CHIP uses, and
-pytorch-grad-cam's RefineCAM (Grad-CAM++ and Layer-CAM bases: the product of the per-layer maps,
-Refined CHIP's rule) over CHIP's layers. MaxBoxAccV2 is clovaai/wsolevaluation's. Scored by
-chip_fast.evaluation on the selection half (even-indexed val-dev photos in sorted order, where
-the defaults were chosen: experiments/imagenette/search.py) and on the confirmation half (odd). Also
-written: the held-out R^2 of the sparse linear model per class and layer, and, with --seeds 2,
-how many of a class's top-10 channels a second seed finds again.
+MobileNetV2 (../shared/data) or EfficientNet-Lite0 (its pip package's real weights; the photos,
+train and val-dev, read with its own [-1, 1] preprocessing), CHIP exactly as
+``distill_all_classes`` + ``explain`` give it with their defaults (default layers, Refined CHIP,
+every DistillSettings default), seed 0, on imagenette/train; each layer's CHIP map beside it.
+Peers (CAM, and pytorch-grad-cam's Grad-CAM, Grad-CAM++, Layer-CAM) at the last layer
+(features.18; Lite0 features.8) and at every layer CHIP uses, and pytorch-grad-cam's RefineCAM
+(Grad-CAM++ and Layer-CAM bases: the product of the per-layer maps, Refined CHIP's rule) over
+CHIP's layers. MaxBoxAccV2 is clovaai/wsolevaluation's. Scored by chip_fast.evaluation on the
+selection half (even-indexed val-dev photos in sorted order, where the defaults were chosen:
+experiments/imagenette/search.py) and on the confirmation half (odd): box metrics on every photo,
+deletion/insertion AUC on the first ``--faithfulness`` photos of a half and the
+model-randomisation sanity check (Spearman rho of each map before and after the top 4 blocks
+are re-initialised; lower means the map depends more on the weights) on the first
+``--sanity``. Also written: the held-out R^2 of the sparse linear model per class and layer,
+and, with --seeds 2, how many of a class's top-10 channels a second seed finds again.
 """
 from __future__ import annotations
 
@@ -28,17 +34,21 @@ import chip_fast
 from chip_fast.evaluation import EvalSettings, evaluate
 from chip_fast.evaluation.peers import peer
 
-from experiments.imagenette.common import (BOX_COLUMNS, DEEP, RESULTS, TRAIN, chip_maps,
-                                           distill_cached, halves, library_defaults, mobilenet_v2,
-                                           peers_at, table, top_channel_overlap)
+from experiments.imagenette.common import (ARCHS, BOX_COLUMNS, RESULTS, TAGS, TRAIN,
+                                           arch_setup, chip_maps, distill_cached, halves,
+                                           library_defaults, peers_at, table,
+                                           top_channel_overlap)
 
 COLUMNS = BOX_COLUMNS[:2] + (("MaxBoxAccV2", "max_box_acc_v2"),) + BOX_COLUMNS[2:] + (
-    ("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"), ("ms/image", "ms_per_image"))
+    ("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"),
+    ("sanity ρ ↓", "sanity_spearman"), ("ms/image", "ms_per_image"))
+# The layer feeding the global pooling: CAM's layer, and the last-layer peers'.
+LAST = {"mobilenet_v2": "features.18", "efficientnet_lite0": "features.8"}
 
 
-def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
+def methods_for(imp: chip_fast.Importance, layers: list[str], last: str = LAST[ARCHS[0]]) -> dict:
     methods = chip_maps(imp, layers, refined="Refined CHIP (defaults)")
-    peers = peers_at(list(dict.fromkeys([DEEP] + layers)))
+    peers = peers_at(list(dict.fromkeys([last] + layers)), last)
     names = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
              "layercam": "Layer-CAM"}
     for key, fn in peers.items():
@@ -51,41 +61,53 @@ def methods_for(imp: chip_fast.Importance, layers: list[str]) -> dict:
     return methods
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.table")
+    ap.add_argument("--arch", choices=ARCHS, default=ARCHS[0])
     ap.add_argument("--out", default=str(RESULTS / "table"))
     ap.add_argument("--samples", type=int, help="samples per class (default: the library's)")
     ap.add_argument("--seeds", type=int, default=2, help="distillations for the stability check")
     ap.add_argument("--faithfulness", type=int, default=32, help="photos per half with "
                                                                  "deletion/insertion")
+    ap.add_argument("--sanity", type=int, default=0, help="photos per half with the "
+                                                          "model-randomisation sanity check")
     ap.add_argument("--halves", default="selection,confirmation",
                     help="which halves of val-dev to score (comma list)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = mobilenet_v2()
+    model, val, preprocess = arch_setup(args.arch)
     layers = chip_fast.default_layers(model)
     extra = library_defaults()
     if args.samples is not None:
         extra["samples_per_class"] = args.samples
     t0 = time.perf_counter()
-    imps = [distill_cached(model, out / f"mnv2_seed{s}.chip", TRAIN, None,
-                           **{**extra, "seed": s})
+    imps = [distill_cached(model, out / f"{TAGS[args.arch]}_seed{s}.chip", TRAIN, None,
+                           preprocess=preprocess, **{**extra, "seed": s})
             for s in range(args.seeds)]
     distill_s = time.perf_counter() - t0
     results, t1 = {}, time.perf_counter()
     wanted = [h.strip() for h in args.halves.split(",") if h.strip()]
-    for name, half in ((n, h) for n, h in halves().items() if n in wanted):
-        results[name] = evaluate(model, methods_for(imps[0], layers), half, out / name,
+    methods = methods_for(imps[0], layers, LAST[args.arch])
+    for name, half in ((n, h) for n, h in halves(val).items() if n in wanted):
+        results[name] = evaluate(model, methods, half, out / name,
                                  EvalSettings(faithfulness_limit=args.faithfulness,
-                                              sanity_limit=0), plots=False)
+                                              sanity_limit=args.sanity), plots=False)
     fit = {l: [round(float(v), 4) for v in r] for l, r in imps[0].fit_quality().items()}
     stable = ({l: top_channel_overlap(imps[0], imps[1], l) for l in layers}
               if len(imps) > 1 else {})
-    meta = {"layers": layers, "settings": imps[0].settings, "distill_s": distill_s,
-            "distillations": len(imps), "evaluate_s": time.perf_counter() - t1,
-            "total_s": time.perf_counter() - t0, "held_out_r2": fit,
+    meta = {"arch": args.arch, "layers": layers, "settings": imps[0].settings,
+            "distill_s": distill_s, "distillations": len(imps),
+            "evaluate_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0,
+            "faithfulness_images": args.faithfulness, "sanity_images": args.sanity,
+            "sanity_randomized_blocks": next(iter(results.values()), {}).get(
+                "sanity_randomized_blocks", []),
+            "held_out_r2": fit,
             "top10_overlap_seed0_seed1": {l: {str(c): v for c, v in d.items()}
                                           for l, d in stable.items()},
             "classes": imps[0].classes, "device": f"CPU, {torch.get_num_threads()} threads"}
