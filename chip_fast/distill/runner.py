@@ -39,9 +39,11 @@ from .inputs import JobInputs
 from .plan import DistillPlan, Unit
 from .rows import Rows, make_rows
 from .settings import DistillSettings
+from .stage_prefixes import StagePrefixes
 from .state import Partial
 from .linear_head import LinearHead
-from .tails import AffineTail, TailRunner, no_sync_checks, response_of
+from .non_finite import raise_non_finite
+from .tails import AffineTail, TailRunner, no_sync_checks, response_matrix, response_of
 from .views import ViewLoader
 
 # Called after every prefix pass with the (class, view) keys of the batch, the views themselves
@@ -54,6 +56,9 @@ AFFINE_BATCH = 4096
 # The fill statistics pass keeps what the units need of its views (spatial means for affine
 # layers, activations otherwise) when that fits here, so no view runs the prefix twice.
 VIEW_CACHE_BYTES = 512 * 2**20
+# What a distil-until-stable job keeps of its class group's views between stages
+# (``stage_prefixes``): MobileNetV2's 14x14 layer for 8 classes of 300 photos is about 1 GiB.
+STAGE_CACHE_BYTES = 4 * 2**30
 # The head path's per-view products made at once (``linear_head.ViewProducts``): 32 views of
 # VGG16's conv5_3, so its 400 MB Linear weight is read once per 32 views.
 HEAD_PRODUCT_BYTES = 256 * 2**20
@@ -72,17 +77,6 @@ class Launched:
     ready: torch.cuda.Event | None = None
 
 
-def _response_matrix(logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """(T, C) float32 responses to every class; each row's own class is picked by the sums."""
-    if logits.dtype != torch.float32:   # the tails return float32: no op per batch then
-        logits = logits.float()
-    if kind == "softmax":
-        return torch.softmax(logits, dim=1)
-    if kind == "log_softmax":
-        return torch.log_softmax(logits, dim=1)
-    return logits
-
-
 class UnitRunner:
     """Runs units of one job on one device."""
 
@@ -99,6 +93,7 @@ class UnitRunner:
         self.elements: dict[str, int] = inputs.elements
         # (class, view) -> what the units need of it per layer, from the fill statistics pass
         self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self.stage: StagePrefixes | None = None   # a distil-until-stable job's kept views
         # Whether the batches run the Triton kernels (the ops ask the same per call).
         self.kernels = use_triton(torch.empty(0, device=device))
 
@@ -183,11 +178,28 @@ class UnitRunner:
         kernel_batches = sorted({self._batch(l) for l in plan.layers
                                  if plan.estimators[l] != "exact"}) if self.kernels else []
         rows = make_rows(plan, unit, self.device, kernel_batches)
+        stage = self._stage_prefixes(plan)
+        if stage is not None:
+            todo = [k for chunk in stage.chunks(rows.keys, plan.views.views,
+                                                self.cache.__contains__) for k in chunk]
+            return rows, (todo, self.views.submit(todo))
         return rows, self.views.submit([k for k in rows.keys if k not in self.cache])
 
-    def _inputs(self, plan: DistillPlan, rows: Rows, pending):
+    def _stage_prefixes(self, plan: DistillPlan) -> StagePrefixes | None:
+        """The kept views of a job of several stages whose tails read only their layer."""
+        if len(plan.stages) == 1 or any(self.split.tails[l].extras for l in plan.layers):
+            return None
+        if self.stage is None:
+            self.stage = StagePrefixes(self.settings.batch_size, STAGE_CACHE_BYTES)
+        return self.stage
+
+    def _inputs(self, plan: DistillPlan, rows: Rows, pending, group: int):
         """(the units' input of every layer for the rows' views, in their order; the prefix
-        outputs of the views computed now, or None when every view came from the cache)."""
+        outputs of the views computed now, or None when every view came from the cache or
+        the stage's kept views)."""
+        stage = self._stage_prefixes(plan)
+        if stage is not None:
+            return self._stage_inputs(plan, rows, pending, stage, group), None
         todo = [k for k in rows.keys if k not in self.cache]
         if not todo:
             return {l: torch.stack([self.cache[k][l] for k in rows.keys])
@@ -201,6 +213,16 @@ class UnitRunner:
         return {l: torch.stack([self.cache[k][l] if k in self.cache else fresh[l][at[k]]
                                 for k in rows.keys]) for l in plan.layers}, prefix_out
 
+    def _stage_inputs(self, plan: DistillPlan, rows: Rows, pending, stage: StagePrefixes,
+                      group: int) -> dict[str, torch.Tensor]:
+        """The rows' inputs from the group's kept views, computing the missing chunks."""
+        def compute(views: torch.Tensor, chunk: list) -> dict[str, torch.Tensor]:
+            out = self.prefix(views, chunk)
+            return {l: self._unit_input(l, self.split.activation(out, l)) for l in plan.layers}
+        stage.start_group(group)
+        return stage.inputs(rows.keys, plan.views.views, self.cache, pending, self.load_views,
+                            compute)
+
     def launch(self, plan: DistillPlan, unit: Unit, mu: dict[str, torch.Tensor],
                sigma: dict[str, torch.Tensor], prepared: tuple[Rows, object] | None = None,
                on_batch: Callable[[int], None] | None = None) -> "Launched":
@@ -210,7 +232,7 @@ class UnitRunner:
         rows, pending = prepared if prepared is not None else self.prepare(plan, unit)
         n_rows = len(plan.unit_classes(unit)) * plan.settings.folds
         with torch.inference_mode():
-            inputs, prefix_out = self._inputs(plan, rows, pending)
+            inputs, prefix_out = self._inputs(plan, rows, pending, unit.group)
             sums = {}
             with no_sync_checks(self.device):
                 for layer in plan.layers:
@@ -238,7 +260,7 @@ class UnitRunner:
         if not all(bool(torch.isfinite(job.sums[l][1]).all() & torch.isfinite(job.sums[l][2])
                         .all()) for l in plan.layers if plan.estimators[l] != "exact"):
             with torch.inference_mode():
-                self._raise_non_finite(plan, job.inputs, job.prefix_out, job.rows, mu, sigma)
+                raise_non_finite(self, plan, job.inputs, job.prefix_out, job.rows, mu, sigma)
         return {layer: (szy.view(n_classes, folds, -1), sy.view(n_classes, folds),
                         syy.view(n_classes, folds))
                 for layer, (szy, sy, syy) in job.sums.items()}
@@ -260,7 +282,7 @@ class UnitRunner:
             for view, cls, sample, _ in rows.batches(AFFINE_BATCH):
                 m, masks = perturb_means(acts, view, cls, sample, elements=elements, **kw)
                 yield len(view), (affine.class_logits(m, cls) if st.response == "logit" else
-                                  _response_matrix(affine.logits(m), st.response)), masks
+                                  response_matrix(affine.logits(m), st.response)), masks
             return
         head = self.heads.get(layer)
         if head is not None:
@@ -268,14 +290,14 @@ class UnitRunner:
             logits = head.unit_logits(acts, rows.view_runs(st.batch_size), masks,
                                       head.job_fill(st.fill, mu.get(layer)), HEAD_PRODUCT_BYTES)
             for m, out in zip(masks, logits):
-                yield len(m), _response_matrix(out, st.response), m
+                yield len(m), response_matrix(out, st.response), m
             return
         tail = self.tails[layer]
         acts = self._tail_input(acts)
         for view, cls, sample, _ in rows.batches(st.batch_size):
             pert, masks = perturb(acts, view, cls, sample,
                                   out=tail.buffer((len(view), *acts.shape[1:])), **kw)
-            yield len(view), _response_matrix(tail(pert, prefix_out, view), st.response), masks
+            yield len(view), response_matrix(tail(pert, prefix_out, view), st.response), masks
 
     def _layer_sums(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows,
                     n_rows: int, mu: dict, sigma: dict,
@@ -353,33 +375,6 @@ class UnitRunner:
         if acts.dim() == 4:
             acts = acts.contiguous(memory_format=torch.channels_last)
         return acts
-
-    def _raise_non_finite(self, plan: DistillPlan, inputs, prefix_out, rows: Rows, mu,
-                          sigma) -> None:
-        """Find the first non-finite response again (only when a unit's sums are not finite)
-        and stop with the layer, class and sample that produced it."""
-        st = self.settings
-        for layer in plan.layers:
-            if plan.estimators[layer] == "exact":
-                continue
-            base = (self._baseline(layer, inputs[layer], prefix_out, rows)
-                    if st.baseline == "view" else None)
-            batches = rows.batches(self._batch(layer))
-            for (view, cls, sample, _), (_, responses, _) in zip(
-                    batches, self._responses(layer, inputs[layer], prefix_out, rows, mu, sigma)):
-                y = responses if responses.dim() == 1 else \
-                    responses.gather(1, cls[:, None])[:, 0]
-                if base is not None:
-                    y = y - st.p_keep * base.index_select(0, view)
-                bad = ~torch.isfinite(y)
-                if bool(bad.any()):
-                    i = int(bad.nonzero()[0])
-                    raise FloatingPointError(
-                        f"non-finite {st.response} at layer {layer}, class {int(cls[i])}, "
-                        f"sample {int(sample[i])}: the perturbed network diverges (try "
-                        "fill='mean' or check the model)")
-        raise FloatingPointError("a unit's response sums are not finite, but no response is: "
-                                 "the sums overflowed float64")
 
     def close(self) -> None:
         """Stop the decoding threads."""

@@ -266,11 +266,17 @@ def no_sync_checks(device: torch.device):
         torch.cuda.set_sync_debug_mode(old)
 
 
+def response_matrix(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """(T, C) float32 responses to every class; each row's own class is picked by the sums."""
+    if logits.dtype != torch.float32:   # the tails return float32: no op per batch then
+        logits = logits.float()
+    if kind == "softmax":
+        return torch.softmax(logits, dim=1)
+    if kind == "log_softmax":
+        return torch.log_softmax(logits, dim=1)
+    return logits
+
+
 def response_of(logits: torch.Tensor, classes: torch.Tensor, kind: str) -> torch.Tensor:
     """The class's response per row, float32: its logit, softmax probability or log-softmax."""
-    logits = logits.float()
-    if kind == "softmax":
-        logits = torch.softmax(logits, dim=1)
-    elif kind == "log_softmax":
-        logits = torch.log_softmax(logits, dim=1)
-    return logits.gather(1, classes[:, None])[:, 0]
+    return response_matrix(logits, kind).gather(1, classes[:, None])[:, 0]

@@ -22,6 +22,7 @@ Sy_H, Syy_H the stored sums of fold F-1: exact, without any sample.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 

@@ -66,7 +66,7 @@ def test_the_baseline_pass_leaves_the_units_activations_alone():
     runner = job.runner
     rows, pending = runner.prepare(job.plan, job.plan.units[0])
     with torch.inference_mode():
-        inputs, prefix_out = runner._inputs(job.plan, rows, pending)
+        inputs, prefix_out = runner._inputs(job.plan, rows, pending, 0)
         acts = inputs["conv"]
         before = acts.clone()
         base = runner._baseline("conv", acts, prefix_out, rows)

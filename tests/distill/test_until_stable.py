@@ -120,3 +120,20 @@ def test_every_stage_spreads_a_class_s_views_evenly(design):
     # One stage is the schedule of a job that never stops early.
     whole = ViewPlan(4096, {0: 300}, design).view_of(0, torch.arange(4096))
     assert torch.equal(whole, ViewPlan(4096, {0: 300}, design, (4096,)).view_of(0, torch.arange(4096)))
+
+
+def test_each_view_s_prefix_runs_once_however_many_stages(monkeypatch):
+    """Every stage covers every view again; the group's views are kept between stages."""
+    from chip_fast.models.split import SplitModel
+    real, rows = SplitModel.run_prefix, []
+
+    def counted(self, x):
+        rows.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(SplitModel, "run_prefix", counted)
+    imp = run(until_stable=0.9999, fill_stats_views=1)   # never stops: both stages run
+    assert imp.settings["samples_reached"] == [4096] * 8
+    # after the job's probe and the fill statistics pass (a view each): each class's chunk of
+    # its 3 views once, though both stages use every view
+    assert rows == [1, 1] + [3] * 8

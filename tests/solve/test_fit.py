@@ -190,3 +190,13 @@ def test_heldout_needs_folds(planted):
         imp.refit("heldout")
     with pytest.raises(ValueError, match="'heldout'"):
         imp.refit("best")
+
+
+def test_solve_layer_warns_when_fista_stops_short():
+    from chip_fast.solve.fit import solve_layer
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    gram, r = a.t() @ a / 40, torch.randn(3, 12, generator=g, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="FISTA did not reach tol=1e-12 in 1 iterations at x"):
+        w = solve_layer(gram, r, 0.1, nonneg=False, tol=1e-12, max_iter=1, where=" at x")
+    assert w.shape == (3, 12) and torch.isfinite(w).all()
