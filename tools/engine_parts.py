@@ -270,7 +270,7 @@ def _per_unit_s(job: DistillJob, layer: str) -> float:
     with torch.inference_mode():
         for unit in job.plan.units:
             rows, pending = runner.prepare(job.plan, unit)
-            inputs, prefix_out = runner._inputs(job.plan, rows, pending)
+            inputs, prefix_out = runner._inputs(job.plan, rows, pending, unit.group)
             if job.settings.baseline == "view":
                 runner._baseline(layer, inputs[layer], prefix_out, rows)
     sync(job.device)
