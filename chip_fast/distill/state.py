@@ -65,9 +65,9 @@ class DistillState:
     def pending(self, groups=None) -> list[Unit]:
         """Units still to run (of ``groups``), each with the classes of its group still running;
         a group whose every class stopped has none."""
-        units = self.plan.pending(self.done_blocks, groups)
-        return [dataclasses.replace(u, classes=self.active(u.group)) for u in units
-                if self.active(u.group) != ()]
+        running = {g: self.active(g) for g in range(len(self.plan.groups))}
+        return [dataclasses.replace(u, classes=running[u.group])
+                for u in self.plan.pending(self.done_blocks, groups) if running[u.group] != ()]
 
     def unfinished_groups(self) -> list[int]:
         return [g for g, d in enumerate(self.done_blocks)
