@@ -86,7 +86,7 @@ class DistillPlan:
 
     def group_rows(self, g: int) -> torch.Tensor:
         """Rows of class group ``g`` in the per-class sums."""
-        return torch.tensor([self.slot[c] for c in self.groups[g]])
+        return self.class_rows(self.groups[g])
 
     def class_rows(self, classes: Iterable[int]) -> torch.Tensor:
         """Rows of ``classes`` in the per-class sums."""

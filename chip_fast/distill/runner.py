@@ -122,7 +122,7 @@ class UnitRunner:
         """Whether the fill statistics pass keeps its views for the units: when no tail reads
         other prefix values and what the units need of the pass's views fits VIEW_CACHE_BYTES.
         Decided from the plan alone, so every process decides alike."""
-        if any(self.split.tails[l].extras for l in plan.layers):
+        if self._tails_read_other_values(plan):
             return False
         per_view = sum(4 * plan.channels[l] * (1 if l in self.affine else self.elements[l])
                        for l in plan.layers)
@@ -185,9 +185,14 @@ class UnitRunner:
             return rows, (todo, self.views.submit(todo))
         return rows, self.views.submit([k for k in rows.keys if k not in self.cache])
 
+    def _tails_read_other_values(self, plan: DistillPlan) -> bool:
+        """Whether a layer's tail reads prefix values besides its layer (then a unit needs its
+        views' whole prefix outputs, and no kept unit input serves it)."""
+        return any(self.split.tails[l].extras for l in plan.layers)
+
     def _stage_prefixes(self, plan: DistillPlan) -> StagePrefixes | None:
         """The kept views of a job of several stages whose tails read only their layer."""
-        if len(plan.stages) == 1 or any(self.split.tails[l].extras for l in plan.layers):
+        if len(plan.stages) == 1 or self._tails_read_other_values(plan):
             return None
         if self.stage is None:
             self.stage = StagePrefixes(self.settings.batch_size, STAGE_CACHE_BYTES)

@@ -2,14 +2,15 @@
 
 Owns the float64 sums (per class: sum of z*y over its samples, sum of y) that the unit runner's
 partial results are added into, the per-channel fill statistics, how many sample blocks of
-each class group are done, and where a distil-until-stable job stopped each class. Everything that reads or writes this state from outside (checkpoints,
-the distributed runner) goes through the methods here. It never runs a model or solves.
+each class group are done, and where a distil-until-stable job stopped each class. Everything
+that reads or writes this state from outside (checkpoints, the distributed runner) goes through
+the methods here. It never runs a model or solves.
 """
 from __future__ import annotations
 
-import torch
-
 import dataclasses
+
+import torch
 
 from ..atlas.collect import ChannelAtlas
 from .plan import DistillPlan, Unit
