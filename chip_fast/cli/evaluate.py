@@ -55,6 +55,11 @@ def configure(sub) -> None:
                    help="what deleted pixels become")
     p.add_argument("--sanity-limit", type=int, default=50,
                    help="first N images get the randomisation check")
+    p.add_argument("--sanity-data", help="photos (train/<wnid>/ folders) the importance was "
+                                         "distilled from: the CHIP sanity check re-distils the "
+                                         "randomised model from them with the file's settings "
+                                         "(default: the trained importance is kept, which "
+                                         "checks the map step only)")
     p.add_argument("--batch-size", type=int, default=32, help="images per progress step")
     p.add_argument("--out", default="out/evaluate", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write no matplotlib plots")
@@ -72,6 +77,17 @@ def _layers(args: argparse.Namespace, model: torch.nn.Module, importance) -> lis
         children = [n for n, _ in dict(model.named_modules())[stage].named_children()]
         layers = [f"{stage}.{children[-1]}" if children else stage]
     return check_layers(model, layers)   # the peers hook modules: a wrong name fails now
+
+
+def _redistill(args: argparse.Namespace, importance):
+    if not args.sanity_data:
+        return None
+    if importance is None:
+        raise ValueError("--sanity-data re-distils CHIP's importance, so it needs --importance")
+    if not Path(args.sanity_data).is_dir():
+        raise ValueError(f"--sanity-data {args.sanity_data}: no such folder")
+    from ..evaluation.sanity import Redistill
+    return Redistill(importance, args.sanity_data)   # refuses a file whose run it cannot repeat
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         importance.check_model(model)
         check_chip_layers(names, layers, importance, log)
         dataset = distilled_images(dataset, importance, args.importance, args.only_distilled, log)
-    methods = build_methods(model, names, layers, importance, log)
+    methods = build_methods(model, names, layers, importance, log,
+                            redistill=_redistill(args, importance))
     steps = int(round(1 / args.threshold_step))
     grid = sorted(set(np.round(np.arange(steps + 1) / steps, 4).tolist()) | {0.15, 0.2})
     settings = EvalSettings(batch_size=args.batch_size, thresholds=grid,

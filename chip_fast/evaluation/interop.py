@@ -2,7 +2,7 @@
 Quantus-style ``explain_func``. Both call the core ``chip_fast.maps.explain`` and add no map logic."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,19 +79,30 @@ def _explain(model: torch.nn.Module, importance: Any, x: torch.Tensor,
     if layers is not None:   # None: the core's default, all the importance's layers
         kw["layers"] = list(layers)
     if getattr(model, "chip_fast_randomized_blocks", None):
-        # the sanity check's re-initialised copy: the importance of the trained model is applied
-        # to the changed activations on purpose, so the fingerprint check must not refuse it
+        # the sanity check's re-initialised copy: a kept importance of the trained model is
+        # applied to the changed activations on purpose (the check of the map step alone), so
+        # the fingerprint check must not refuse it
         kw["check_model"] = False
     maps = explain(model, importance, x, None if classes is None else list(classes), **kw)
     return maps.detach().float().cpu().numpy().astype(np.float32, copy=False)
 
 
-def chip_method(importance: Any, layers: Sequence[str] | None = None, *, positive: bool = True):
+def chip_method(importance: Any, layers: Sequence[str] | None = None, *, positive: bool = True,
+                redistill: Callable[[torch.nn.Module], Any] | None = None):
     """CHIP as a ``(model, images, classes) -> (B, H, W)`` map function for ``evaluate``:
-    one layer, or the Refined CHIP over several (None: the importance's layers)."""
+    one layer, or the Refined CHIP over several (None: the importance's layers).
+
+    ``redistill`` (a ``chip_fast.evaluation.sanity.Redistill``): the sanity check explains the
+    randomised copy with an importance distilled from it, the method's whole path; without it
+    the trained importance is kept there and the result says so."""
     def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
         return _explain(model, importance, images, classes, layers, positive)
     shown = list(layers) if layers is not None else list(getattr(importance, "layers", []))
     fn.method = ("chip" if len(shown) == 1 else "chip-refined") + ("" if positive else "-signed")
     fn.layer = "+".join(shown)
+    if redistill is None:
+        fn.sanity = "importance kept"
+    else:
+        fn.sanity = "re-distilled"
+        fn.for_randomized = lambda model: chip_method(redistill(model), layers, positive=positive)
     return fn

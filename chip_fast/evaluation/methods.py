@@ -104,16 +104,18 @@ def distilled_images(dataset: LocDataset, importance, importance_path: str, only
 
 
 def build_methods(model: torch.nn.Module, names: Sequence[str], layers: Sequence[str],
-                  importance=None, log: Callable[[str], None] = print) -> dict[str, MapFn]:
+                  importance=None, log: Callable[[str], None] = print, *,
+                  redistill=None) -> dict[str, MapFn]:
     """``{"gradcam@features.18": fn, ...}`` for each method at each layer; CAM only at layers
     that feed the global pooling, CHIP only at distilled layers, chip-refined once (over the
-    importance's layers) and each RefineCAM once (over ``layers``)."""
+    importance's layers) and each RefineCAM once (over ``layers``). ``redistill``: how the
+    CHIP methods' sanity check gets the randomised model's importance (``chip_method``)."""
     from .interop import chip_method
     from .peers import find_gap_head, peer
     methods: dict[str, MapFn] = {}
     for name in names:
         if name == "chip-refined":
-            methods["chip-refined"] = chip_method(importance, None)
+            methods["chip-refined"] = chip_method(importance, None, redistill=redistill)
             continue
         if name in MULTI_LAYER:
             methods[name] = peer(name, list(layers))
@@ -121,7 +123,8 @@ def build_methods(model: torch.nn.Module, names: Sequence[str], layers: Sequence
         for layer in layers:
             if name == "chip":
                 if layer in importance.layers:
-                    methods[f"chip@{layer}"] = chip_method(importance, [layer])
+                    methods[f"chip@{layer}"] = chip_method(importance, [layer],
+                                                            redistill=redistill)
             elif name == "cam":
                 stage, head = find_gap_head(model)
                 mod = dict(model.named_modules())[layer]

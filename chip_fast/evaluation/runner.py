@@ -87,7 +87,8 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
                              if n_sanity else (None, []))
 
     acc = {name: {"ious": [], "v2": [], "point": [], "del": [], "ins": [], "rho": [],
-                  "seconds": 0.0, "error": None, "sanity_error": None} for name in methods}
+                  "seconds": 0.0, "error": None, "sanity_error": None, "randomized_fn": None}
+           for name in methods}
     correct, ids, fraction = [], [], None
     n_batches = -(-len(dataset) // s.batch_size)
     progress = Progress(len(dataset), "images", write=lambda line: log(f"[evaluate] {line}"))
@@ -153,8 +154,10 @@ def _score_batch(name: str, fn: MapFn, a: dict, model, rnd_model, x: torch.Tenso
         return None
     if n_s and not a["sanity_error"]:
         try:
-            rmaps = _check_maps(fn(rnd_model, x[:n_s], labels[:n_s]), name, n_s,
-                                tuple(x.shape[-2:]))
+            if a["randomized_fn"] is None:   # CHIP re-distils here, once per method
+                a["randomized_fn"] = getattr(fn, "for_randomized", lambda _m: fn)(rnd_model)
+            rmaps = _check_maps(a["randomized_fn"](rnd_model, x[:n_s], labels[:n_s]), name,
+                                n_s, tuple(x.shape[-2:]))
             a["rho"].append(M.spearman_rows(maps[:n_s], rmaps))
         except Exception as e:  # noqa: BLE001 - the other metrics stand
             a["sanity_error"] = f"{type(e).__name__}: {e}"
@@ -185,6 +188,8 @@ def _summarise(name: str, fn: MapFn, a: dict, correct: np.ndarray, thresholds: n
     elif a["rho"]:
         rho = np.concatenate(a["rho"])
         r["sanity_spearman"] = float(np.nanmean(rho)) if np.isfinite(rho).any() else None
+        if getattr(fn, "sanity", None):   # CHIP: was the importance re-distilled or kept?
+            r["sanity_importance"] = fn.sanity
     r["iou_at_top1_threshold"] = ious[:, M.threshold_index(thresholds, s.top1_threshold)].tolist()
     return r
 
@@ -216,7 +221,12 @@ def markdown_table(results: dict) -> str:
                          + " |" * (len(COLUMNS) - 2))
             continue
         cells = [fmt.format(r[k]) if r.get(k) is not None else "-" for _, k, fmt in COLUMNS]
+        if r.get("sanity_importance") == "importance kept":
+            cells[-2] += " †"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(r.get("sanity_importance") == "importance kept" for r in results["methods"].values()):
+        lines += ["", "† the trained model's importance kept on the randomised copy: only the "
+                      "map step is checked (re-distil it for the whole method: --sanity-data)."]
     return "\n".join(lines) + "\n"
 
 

@@ -119,12 +119,12 @@ BOX_COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
 
 
 def chip_maps(imp: chip_fast.Importance, layers: list[str], suffix: str = "",
-              refined: str = "Refined CHIP") -> dict[str, Any]:
+              refined: str = "Refined CHIP", redistill: Any = None) -> dict[str, Any]:
     """Evaluation methods for ``imp``: Refined CHIP and each layer's CHIP map, named with
-    ``suffix``."""
-    methods = {f"{refined}{suffix}": chip_method(imp, None)}
+    ``suffix``; ``redistill``: the sanity check's (``chip_method``)."""
+    methods = {f"{refined}{suffix}": chip_method(imp, None, redistill=redistill)}
     for layer in layers:
-        methods[f"CHIP @ {layer}{suffix}"] = chip_method(imp, [layer])
+        methods[f"CHIP @ {layer}{suffix}"] = chip_method(imp, [layer], redistill=redistill)
     return methods
 
 

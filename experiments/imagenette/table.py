@@ -18,7 +18,9 @@ experiments/imagenette/search.py) and on the confirmation half (odd): box metric
 deletion/insertion AUC on the first ``--faithfulness`` photos of a half and the
 model-randomisation sanity check (Spearman rho of each map before and after the top 4 blocks
 are re-initialised; lower means the map depends more on the weights) on the first
-``--sanity``. Also written: the held-out R^2 of the sparse linear model per class and layer,
+``--sanity``: CHIP's maps of the randomised copy come from an importance distilled again from
+it, on the same photos with the same settings (the method's whole path, as a gradient peer
+runs its whole path on the copy). Also written: the held-out R^2 of the sparse linear model per class and layer,
 and, with --seeds 2, how many of a class's top-10 channels a second seed finds again.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 import chip_fast
 from chip_fast.evaluation import EvalSettings, evaluate
 from chip_fast.evaluation.peers import peer
+from chip_fast.evaluation.sanity import Redistill
 
 from experiments.imagenette.common import (ARCHS, BOX_COLUMNS, RESULTS, TAGS, TRAIN,
                                            arch_setup, chip_maps, distill_cached, halves,
@@ -46,8 +49,9 @@ COLUMNS = BOX_COLUMNS[:2] + (("MaxBoxAccV2", "max_box_acc_v2"),) + BOX_COLUMNS[2
 LAST = {"mobilenet_v2": "features.18", "efficientnet_lite0": "features.8"}
 
 
-def methods_for(imp: chip_fast.Importance, layers: list[str], last: str = LAST[ARCHS[0]]) -> dict:
-    methods = chip_maps(imp, layers, refined="Refined CHIP (defaults)")
+def methods_for(imp: chip_fast.Importance, layers: list[str], last: str = LAST[ARCHS[0]],
+                redistill: Redistill | None = None) -> dict:
+    methods = chip_maps(imp, layers, refined="Refined CHIP (defaults)", redistill=redistill)
     peers = peers_at(list(dict.fromkeys([last] + layers)), last)
     names = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
              "layercam": "Layer-CAM"}
@@ -93,7 +97,10 @@ def main() -> None:
     distill_s = time.perf_counter() - t0
     results, t1 = {}, time.perf_counter()
     wanted = [h.strip() for h in args.halves.split(",") if h.strip()]
-    methods = methods_for(imps[0], layers, LAST[args.arch])
+    # the sanity check distils the randomised copy again, from the same photos, as imps[0] was
+    redistill = (Redistill(imps[0], chip_fast.ImageFolderSource(TRAIN, preprocess=preprocess))
+                 if args.sanity else None)
+    methods = methods_for(imps[0], layers, LAST[args.arch], redistill)
     for name, half in ((n, h) for n, h in halves(val).items() if n in wanted):
         results[name] = evaluate(model, methods, half, out / name,
                                  EvalSettings(faithfulness_limit=args.faithfulness,

@@ -81,6 +81,12 @@ def test_bad_method_requests_are_one_line(two_class_file, tmp_path, capsys):
             ["--importance", str(two_class_file), "--methods", "chip", "--layers", "features.16"],
         "multiply the maps of two or more layers; --layers gives 1 (features.18)":
             ["--methods", "layercam-refined", "--layers", "features.18"],
+        "--sanity-data re-distils CHIP's importance, so it needs --importance":
+            ["--sanity-data", str(tmp_path)],
+        f"--sanity-data {tmp_path / 'nowhere'}: no such folder":
+            ["--importance", str(two_class_file), "--sanity-data", str(tmp_path / "nowhere")],
+        "records no alpha, fill, p_keep, response, samples_per_class, seed":   # a stand-in file
+            ["--importance", str(two_class_file), "--sanity-data", str(tmp_path)],
     }
     for expected, extra in cases.items():
         rc = main(evaluate_args(tmp_path, "--limit", "2", *extra))
