@@ -7,7 +7,10 @@ of its 10 largest weights, between the seeds and against the layer's limit: the 
 where the tail is affine (its closed form), else a long independent-mask run. The wall time of
 each distillation is divided by the mean of the plain passes timed just before and after it
 (PIL decode, Resize 256, CenterCrop 224, float32, channels-last, batches of 64 per class, the
-whole forward), so a neighbour's load moves both sides alike.
+whole forward). A neighbour's load slows the two sides unequally (the plain pass far more), so
+each ratio is also given in CPU seconds (user + system, every thread of the process), which a
+neighbour barely moves: the wall ratio is the user's, the CPU ratio the one to compare between
+runs made in different machine states.
 
     python -m benchmarks.jobs stability                  # MobileNetV2, imagenette
     python -m benchmarks.jobs stability --arch efficientnet_lite0 --samples 2048
@@ -41,22 +44,34 @@ CONFIGS = {
 }
 
 
+class Clock:
+    """Wall and CPU seconds (user + system over all threads of the process) of a block."""
+
+    def __enter__(self) -> "Clock":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
 def plain_pass(model: torch.nn.Module, source: chip_fast.ImageFolderSource, batch: int = 64
-               ) -> float:
-    """Seconds for one pass a user would write: decode, resize, crop, normalise, forward."""
+               ) -> Clock:
+    """Wall and CPU seconds of one pass a user would write: decode, resize, crop, normalise,
+    forward."""
     from PIL import Image
     from torchvision import transforms as T
     prep = source.preprocess
     tf = T.Compose([T.Resize(prep.resize), T.CenterCrop(prep.size), T.ToTensor(),
                     T.Normalize(prep.mean, prep.std)])
-    start = time.perf_counter()
-    with torch.inference_mode():
+    with Clock() as clock, torch.inference_mode():
         for c in source.classes:
             files = source.files[c]
             for i in range(0, len(files), batch):
                 x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
                 model(x.contiguous(memory_format=torch.channels_last))
-    return time.perf_counter() - start
+    return clock
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor, classes: list[int]) -> dict[str, float]:
@@ -72,10 +87,10 @@ def agreement(a: torch.Tensor, b: torch.Tensor, classes: list[int]) -> dict[str,
 
 
 def distill(model, source, n: int, seed: int, config: dict, layers=None) -> tuple:
-    start = time.perf_counter()
-    imp = chip_fast.distill_all_classes(model, source, layers, samples_per_class=n, seed=seed,
-                                        progress=False, **config)
-    return imp, time.perf_counter() - start
+    with Clock() as clock:
+        imp = chip_fast.distill_all_classes(model, source, layers, samples_per_class=n,
+                                            seed=seed, progress=False, **config)
+    return imp, clock
 
 
 def references(model, source, reference: int, cache: Path | None
@@ -87,10 +102,10 @@ def references(model, source, reference: int, cache: Path | None
     if cache is not None and (cache / key).is_file():
         long = chip_fast.load_importance(cache / key)
         return dict(long.weights), {"estimators": long.settings["estimators"], "cached": True}
-    long, seconds = distill(model, source, reference, 99, {"masks": "independent"})
+    long, clock = distill(model, source, reference, 99, {"masks": "independent"})
     if cache is not None:
         long.save(cache / key)
-    return dict(long.weights), {"estimators": long.settings["estimators"], "seconds": seconds}
+    return dict(long.weights), {"estimators": long.settings["estimators"], "seconds": clock.wall}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -105,14 +120,18 @@ def run(args: argparse.Namespace) -> dict:
         for n in args.samples:
             runs = []
             for seed in args.seeds:
-                imp, seconds = distill(model, source, n, seed, CONFIGS[name])
+                imp, clock = distill(model, source, n, seed, CONFIGS[name])
                 plain = plain_pass(model, source)
-                runs.append((imp, seconds, (last_plain + plain) / 2))
+                runs.append((imp, clock, ((last_plain.wall + plain.wall) / 2,
+                                          (last_plain.cpu + plain.cpu) / 2)))
                 last_plain = plain
             (a, ta, pa), (b, tb, pb) = runs[:2]
             rows.append({
-                "config": name, "samples_per_class": n, "seconds": [ta, tb],
-                "plain_pass_seconds": [pa, pb], "cost_in_plain_passes": (ta / pa + tb / pb) / 2,
+                "config": name, "samples_per_class": n, "seconds": [ta.wall, tb.wall],
+                "plain_pass_seconds": [pa[0], pb[0]],
+                "cost_in_plain_passes": (ta.wall / pa[0] + tb.wall / pb[0]) / 2,
+                "cpu_seconds": [ta.cpu, tb.cpu], "plain_pass_cpu_seconds": [pa[1], pb[1]],
+                "cpu_cost_in_plain_passes": (ta.cpu / pa[1] + tb.cpu / pb[1]) / 2,
                 "layers": {l: {"estimator": a.settings["estimators"][l],
                                "seeds": agreement(a.weights[l], b.weights[l], a.classes),
                                "limit": agreement(a.weights[l], refs[l], a.classes)}
@@ -134,7 +153,7 @@ def run(args: argparse.Namespace) -> dict:
 def markdown(result: dict) -> str:
     layers = list(result["rows"][0]["layers"])
     head = " | ".join(f"{l}: seeds r / top-10, vs limit r" for l in layers)
-    lines = [f"| estimator | samples per class | {head} | cost (plain passes) |",
+    lines = [f"| estimator | samples per class | {head} | cost (plain passes): wall, CPU |",
              "|---" * (3 + len(layers)) + "|"]
     for row in result["rows"]:
         cells = []
@@ -147,8 +166,10 @@ def markdown(result: dict) -> str:
         if "samples_reached" in row:
             r = row["samples_reached"]
             n = f"cap {n}: median {r['median']:,.0f} ({r['min']:,}-{r['max']:,})"
+        cpu = row.get("cpu_cost_in_plain_passes")   # absent from results made before
         lines.append(f"| {row['config']} | {n} | {' | '.join(cells)} "
-                     f"| {row['cost_in_plain_passes']:.2f} |")
+                     f"| {row['cost_in_plain_passes']:.2f}, "
+                     f"{'-' if cpu is None else f'{cpu:.2f}'} |")
     return "\n".join(lines) + "\n"
 
 
