@@ -114,7 +114,7 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
         "settings": asdict(s), "sanity_randomized_blocks": rnd_blocks,
         "faithfulness_images": n_faith, "sanity_images": n_sanity,
         "fraction": None if fraction is None else fraction.tolist(),
-        "image_ids": ids,
+        "image_ids": ids, "top1_correct": correct_arr.tolist(),   # per photo, for compare.py
         "methods": {name: _summarise(name, fn, acc[name], correct_arr, thresholds, fraction, s)
                     for name, fn in methods.items()},
     }

@@ -37,6 +37,7 @@ from chip_fast.evaluation import EvalSettings, evaluate
 from chip_fast.evaluation.peers import peer
 from chip_fast.evaluation.sanity import Redistill
 
+from experiments.imagenette.compare import write_comparisons
 from experiments.imagenette.common import (ARCHS, BOX_COLUMNS, RESULTS, TAGS, TRAIN,
                                            arch_setup, chip_maps, distill_cached, halves,
                                            library_defaults, peers_at, table,
@@ -120,6 +121,7 @@ def main() -> None:
             "classes": imps[0].classes, "device": f"CPU, {torch.get_num_threads()} threads"}
     (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
     (out / "table.md").write_text(table(results, COLUMNS))
+    write_comparisons(out, results)
     print(json.dumps({k: meta[k] for k in ("layers", "distill_s", "evaluate_s", "total_s")}))
     print((out / "table.md").read_text())
 
