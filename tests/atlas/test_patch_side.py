@@ -10,6 +10,7 @@ import torch
 import chip_fast
 from chip_fast.atlas.collect import LEGACY_SCALE, ChannelAtlas, denormalizer
 from chip_fast.atlas.receptive_field import ERF_VIEWS, layer_maps, measure_erf
+from chip_fast.atlas.report import patch_note
 from chip_fast.models.split import split_model
 
 
@@ -118,3 +119,14 @@ def test_distillation_records_the_measured_side_in_its_file(tiny_net, tiny_data,
     assert _sides(atlas, "features.2") == {min(16, round(atlas.sides["features.2"] * stride))}
     back = chip_fast.load_importance(imp.save(tmp_path / "m.chip")).atlas
     assert back.sides == atlas.sides and back.measured_on == atlas.measured_on
+
+
+def test_the_page_says_what_area_the_patches_show():
+    keys, views, acts = _batch()
+    measured = ChannelAtlas(k=3, patch_px=8, patch_scale=None, sides={"l": 5.75})
+    measured.observe(keys, views, {"l": acts}, denormalizer(None))
+    assert "l 5.8" in patch_note(measured) and "measured" in patch_note(measured)
+    fixed = ChannelAtlas(k=3, patch_px=8, patch_scale=3.0)
+    fixed.observe(keys, views, {"l": acts}, denormalizer(None))
+    assert "l 3.0" in patch_note(fixed) and "fixed" in patch_note(fixed)
+    assert patch_note(ChannelAtlas(k=3, patch_px=8, patch_scale=None)) == ""
