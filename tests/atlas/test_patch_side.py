@@ -11,7 +11,7 @@ import chip_fast
 from chip_fast.atlas.collect import LEGACY_SCALE, ChannelAtlas, denormalizer
 from chip_fast.atlas.receptive_field import ERF_VIEWS, layer_maps, measure_erf
 from chip_fast.atlas.report import patch_note
-from chip_fast.models.split import split_model
+from chip_fast.models.split import HookedModel, split_model
 
 
 def _batch(n: int = 6, seed: int = 0, size: int = 32, grid: int = 4):
@@ -67,6 +67,9 @@ def test_observer_measures_the_erf_on_its_first_views(tiny_net):
         assert atlas.sides[layer] == want[layer].side_strides > 0
         stride = want[layer].stride
         assert _sides(atlas, layer) == {min(16, round(atlas.sides[layer] * stride))}
+    hooked = ChannelAtlas(patch_scale=None)      # a model fx cannot trace measures alike
+    hooked.measure(HookedModel(tiny_net, layers), [(1, 0)], batches[0])
+    assert hooked.sides == atlas.sides
 
 
 def test_recorded_side_survives_its_tensors_and_legacy_tensors_read_as_three_strides():
