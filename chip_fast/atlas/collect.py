@@ -187,6 +187,11 @@ class ChannelAtlas:
     measured_on: tuple[int, int] | None = None
     _seen: set[tuple[int, int]] = field(default_factory=set, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.patch_scale is not None and not self.patch_scale > 0:
+            raise ValueError(f"patch_scale must be > 0 strides, or None (the measured "
+                             f"receptive field), got {self.patch_scale!r}")
+
     @classmethod
     def empty(cls, channels: dict[str, int], k: int = TOP_K, patch_px: int = PATCH_PX,
               patch_scale: float | None = PATCH_SCALE) -> "ChannelAtlas":
@@ -284,10 +289,10 @@ class ChannelAtlas:
 
     def to_tensors(self, prefix: str = "atlas/") -> dict[str, torch.Tensor]:
         """``{prefix}{field}/{layer}`` for value, key, where and patch, ``{prefix}side/{layer}``
-        (strides, NaN while unmeasured), ``{prefix}patch_scale`` (NaN: measured) and
+        (strides, 0 while unmeasured), ``{prefix}patch_scale`` (0: measured) and
         ``{prefix}measured_on`` ((-1, -1): not yet): everything ``from_tensors`` needs (k and
         the patch size are the tensors' shapes); the same names in every process of a job."""
-        scale = float("nan") if self.patch_scale is None else self.patch_scale
+        scale = 0.0 if self.patch_scale is None else self.patch_scale
         out = {f"{prefix}patch_scale": torch.tensor([scale], dtype=torch.float64),
                f"{prefix}measured_on": torch.tensor(self.measured_on or (-1, -1))}
         for layer in dict.fromkeys(list(self.layers) + list(self.sides)):
@@ -323,9 +328,9 @@ class ChannelAtlas:
         scale = LEGACY_SCALE if scale is None else float(scale[0])
         on = tensors.get(f"{prefix}measured_on")
         sides = {k[len(prefix) + len("side/"):]: float(t[0]) for k, t in tensors.items()
-                 if k.startswith(f"{prefix}side/") and t[0] == t[0]}
-        return cls(first.value.shape[1], first.patch.shape[2], None if scale != scale else scale,
-                   layers, sides or ({l: scale for l in layers} if scale == scale else {}),
+                 if k.startswith(f"{prefix}side/") and t[0] > 0}
+        return cls(first.value.shape[1], first.patch.shape[2], scale or None, layers,
+                   sides or ({l: scale for l in layers} if scale else {}),
                    tuple(on.tolist()) if on is not None and on[0] >= 0 else None)
 
     def observer(self, split: SplitModel | HookedModel, denormalize: Denormalize) -> Callable:

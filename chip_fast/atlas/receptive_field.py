@@ -148,9 +148,13 @@ def measure_erf(maps: LayerMaps, views: torch.Tensor, layers: Sequence[str],
     N x channels_per_view rows, with the activations kept for the backward."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
-    grads = gradient_rows(maps, views, layers, per_view=channels_per_view)
-    with torch.inference_mode(False), torch.no_grad():
-        grids = {l: tuple(a.shape[-2:]) for l, a in maps(views[:1].clone()).items()}
+    grids: dict[str, tuple[int, int]] = {}
+
+    def recorded(x: torch.Tensor) -> dict[str, torch.Tensor]:   # the grids, from the same pass
+        out = maps(x)
+        grids.update({l: tuple(a.shape[-2:]) for l, a in out.items()})
+        return out
+    grads = gradient_rows(recorded, views, layers, per_view=channels_per_view)
     size = (views.shape[-2], views.shape[-1])
     out = {}
     for layer in layers:

@@ -97,6 +97,8 @@ def test_merge_refuses_different_cuts_and_keeps_the_first_measurement_in_any_ord
     fixed = ChannelAtlas(k=3, patch_px=8, patch_scale=3.0)
     other = ChannelAtlas(k=3, patch_px=8, patch_scale=2.0)
     measured = ChannelAtlas(k=3, patch_px=8, patch_scale=None)
+    with pytest.raises(ValueError, match="patch_scale must be > 0"):
+        ChannelAtlas(patch_scale=0.0)
     for a, b in ((fixed, other), (fixed, measured), (measured, fixed)):
         with pytest.raises(ValueError, match="cut to .* with one cut to"):
             a.merge(b)
