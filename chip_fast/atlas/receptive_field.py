@@ -17,7 +17,8 @@ MobileNetV2 and EfficientNet-Lite0 at their default layers, 224 px): 50% is the 
 only (3.2-4.2 strides); 90% reaches 198-209 px of the 224 px view at the 7x7 layers (6.2-6.5
 strides), a patch that is nearly the whole photo and says little of where the channel looks;
 ``ERF_SHARE = 0.8`` (5.4-6.7 strides) holds most of what moves the cell without the tails: what
-an atlas patch should show of a channel's input.
+an atlas patch should show of a channel's input. The mass's centroid is 1-8 px off the cell's
+centre there (``Erf.offset``), so patches stay centred on the cell.
 
 Owns the ERF and theoretical-RF measurements; the atlas that cuts its patches to the measured
 side is ``chip_fast.atlas.collect``'s.
