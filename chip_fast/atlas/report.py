@@ -87,6 +87,18 @@ def class_rows(atlas: ChannelAtlas, importance: Importance, cls: int, out_dir: P
     return rows
 
 
+def patch_note(atlas: ChannelAtlas) -> str:
+    """An HTML line saying what area each layer's patches show: the side recorded with the atlas
+    (the measured effective receptive field, or a fixed number of strides)."""
+    how = "fixed" if atlas.patch_scale is not None else "the layer's measured effective " \
+        "receptive field (80% of a cell's input gradient)"
+    sides = ", ".join(f"{html.escape(l)} {s:.1f}" for l, s in atlas.sides.items()
+                      if l in atlas.layers)
+    if not sides:
+        return ""
+    return f'<p class="muted">Patch sides, in strides of the layer: {sides} ({how}).</p>'
+
+
 def _short(name: str) -> str:
     return name.split(",")[0]
 

@@ -34,7 +34,7 @@ def configure(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atlas.collect import channel_maps
-    from ..atlas.report import ATLAS_CSS, class_rows, rows_html
+    from ..atlas.report import ATLAS_CSS, class_rows, patch_note, rows_html
     from ..data.classes import imagenet_classes
     from ..importance.core import load_importance
     from ..report.page import CSS, class_label, page
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                               channel_heat=heat)
             sections.append(f"<h2>{label} on {html.escape(name)}</h2>{rows_html(rows)}")
     atomic_write_text(out / "atlas.html",
-                      page("CHIP channel atlas", "", "".join(sections), CSS + ATLAS_CSS))
+                      page("CHIP channel atlas", patch_note(atlas), "".join(sections),
+                           CSS + ATLAS_CSS))
     print(f"open {out / 'atlas.html'}")
     return 0
 

@@ -29,7 +29,7 @@ def _brute_top(acts: torch.Tensor, k: int) -> torch.Tensor:
 
 def test_streamed_top_k_is_the_exact_top_k_despite_batches_and_repeats():
     keys, views, acts = _views(40)
-    atlas = ChannelAtlas(k=6, patch_px=8)
+    atlas = ChannelAtlas(k=6, patch_px=8, patch_scale=3.0)
     stretch = denormalizer(None)
     order = torch.randperm(40, generator=torch.Generator().manual_seed(3)).tolist()
     for lo in range(0, 40, 7):                   # odd batch sizes, random order
@@ -50,7 +50,7 @@ def test_streamed_top_k_is_the_exact_top_k_despite_batches_and_repeats():
 def test_merge_equals_one_atlas_of_all_views_and_is_symmetric():
     keys, views, acts = _views(30)
     stretch = denormalizer(None)
-    whole, left, right = (ChannelAtlas(k=4, patch_px=8) for _ in range(3))
+    whole, left, right = (ChannelAtlas(k=4, patch_px=8, patch_scale=3.0) for _ in range(3))
     whole.observe(keys, views, {"l": acts}, stretch)
     left.observe(keys[:18], views[:18], {"l": acts[:18]}, stretch)
     right.observe(keys[12:], views[12:], {"l": acts[12:]}, stretch)   # overlap 12..17
