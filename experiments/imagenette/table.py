@@ -37,7 +37,7 @@ from chip_fast.evaluation import EvalSettings, evaluate
 from chip_fast.evaluation.peers import peer
 from chip_fast.evaluation.sanity import Redistill
 
-from experiments.imagenette.compare import write_comparisons
+from experiments.imagenette.compare import REFERENCE, write_comparisons
 from experiments.imagenette.common import (ARCHS, BOX_COLUMNS, RESULTS, TAGS, TRAIN,
                                            arch_setup, chip_maps, distill_cached, halves,
                                            library_defaults, peers_at, table,
@@ -52,7 +52,7 @@ LAST = {"mobilenet_v2": "features.18", "efficientnet_lite0": "features.8"}
 
 def methods_for(imp: chip_fast.Importance, layers: list[str], last: str = LAST[ARCHS[0]],
                 redistill: Redistill | None = None) -> dict:
-    methods = chip_maps(imp, layers, refined="Refined CHIP (defaults)", redistill=redistill)
+    methods = chip_maps(imp, layers, refined=REFERENCE, redistill=redistill)
     peers = peers_at(list(dict.fromkeys([last] + layers)), last)
     names = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
              "layercam": "Layer-CAM"}
@@ -76,6 +76,8 @@ def parse_args() -> argparse.Namespace:
                                                                  "deletion/insertion")
     ap.add_argument("--sanity", type=int, default=0, help="photos per half with the "
                                                           "model-randomisation sanity check")
+    ap.add_argument("--only", help="score only the methods whose names start with one of "
+                                   "these (comma list, e.g. 'CHIP,Refined CHIP'; default all)")
     ap.add_argument("--halves", default="selection,confirmation",
                     help="which halves of val-dev to score (comma list)")
     return ap.parse_args()
@@ -102,6 +104,11 @@ def main() -> None:
     redistill = (Redistill(imps[0], chip_fast.ImageFolderSource(TRAIN, preprocess=preprocess))
                  if args.sanity else None)
     methods = methods_for(imps[0], layers, LAST[args.arch], redistill)
+    if args.only:
+        keep = tuple(p.strip() for p in args.only.split(",") if p.strip())
+        methods = {k: v for k, v in methods.items() if k.startswith(keep)}
+        if not methods:
+            raise SystemExit(f"--only {args.only}: no method's name starts so")
     for name, half in ((n, h) for n, h in halves(val).items() if n in wanted):
         results[name] = evaluate(model, methods, half, out / name,
                                  EvalSettings(faithfulness_limit=args.faithfulness,
@@ -121,7 +128,8 @@ def main() -> None:
             "classes": imps[0].classes, "device": f"CPU, {torch.get_num_threads()} threads"}
     (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
     (out / "table.md").write_text(table(results, COLUMNS))
-    write_comparisons(out, results)
+    if REFERENCE in methods:
+        write_comparisons(out, results)
     print(json.dumps({k: meta[k] for k in ("layers", "distill_s", "evaluate_s", "total_s")}))
     print((out / "table.md").read_text())
 
