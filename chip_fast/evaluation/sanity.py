@@ -17,6 +17,7 @@ import torch
 
 from ..distill.settings import DistillSettings
 from ..importance.core import Importance
+from ..models.fingerprint import model_fingerprint
 
 # Settings a file records that are read back, not chosen: the rerun derives them again.
 _DERIVED = ("atlas",)
@@ -39,8 +40,9 @@ def replay_settings(importance: Importance) -> dict[str, Any]:
 class Redistill:
     """``Redistill(importance, data)(randomised_model)`` -> the Importance of that model,
     distilled from ``data`` (anything ``distill_all_classes`` reads) at the same layers and
-    classes with the same settings. One distillation per model, shared by every CHIP map
-    function that holds this object."""
+    classes with the same settings. One distillation per model weights (by fingerprint: the
+    check makes a new copy per ``evaluate`` call, with the same weights for the same seed),
+    shared by every CHIP map function that holds this object."""
 
     def __init__(self, importance: Importance, data: Any, *,
                  distill: Callable[..., Importance] | None = None, **options: Any) -> None:
@@ -48,15 +50,14 @@ class Redistill:
         self.layers, self.classes = list(importance.layers), list(importance.classes)
         self.data, self.options = data, {"progress": False, **options}
         self._distill = distill
-        self._done: tuple[torch.nn.Module, Importance] | None = None
+        self._done: dict[str, Importance] = {}
 
     def __call__(self, model: torch.nn.Module) -> Importance:
-        if self._done is not None and self._done[0] is model:
-            return self._done[1]
-        distill = self._distill
-        if distill is None:
-            from ..distill.run import distill_all_classes as distill
-        imp = distill(model, self.data, self.layers, classes=self.classes,
-                      **self.settings, **self.options)
-        self._done = (model, imp)   # the model is held, so its id cannot be reused meanwhile
-        return imp
+        key = model_fingerprint(model)["sha256"]
+        if key not in self._done:
+            distill = self._distill
+            if distill is None:
+                from ..distill.run import distill_all_classes as distill
+            self._done[key] = distill(model, self.data, self.layers, classes=self.classes,
+                                      **self.settings, **self.options)
+        return self._done[key]

@@ -42,6 +42,8 @@ def test_redistill_is_the_distillation_of_the_randomised_model(tiny_net, tiny_da
     assert torch.equal(got.weights[LAYER], want.weights[LAYER])
     assert not torch.equal(got.weights[LAYER], trained.weights[LAYER])
     assert redistill(rnd) is got   # one distillation per model, shared by the map functions
+    again, _ = randomized_copy(tiny_net, ["classifier"], seed=5)
+    assert redistill(again) is got   # a new copy with the same weights: the same importance
 
 
 def test_evaluate_reports_the_re_distilled_sanity_check(tiny_net, tiny_data, trained, tmp_path):
