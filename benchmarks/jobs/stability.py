@@ -187,12 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path,
                    default=Path(tempfile.gettempdir()) / "chip_fast_stability",
                    help="where the long reference run is kept between runs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on both sides (default: torch's); 1 takes the spinning "
+                        "of idle worker threads out of the CPU seconds when other jobs share "
+                        "the machine")
     p.add_argument("--name", default=None, help="results name (default: <arch>)")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",")]
     args.samples = [int(s) for s in args.samples.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.weights is None and args.arch == "mobilenet_v2":
         args.weights = DATA / "weights" / "mobilenet_v2_imagenet1k.pth"
     result = run(args)
