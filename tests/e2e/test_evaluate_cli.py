@@ -136,3 +136,23 @@ def test_refinecam_over_two_layers_with_max_box_acc_v2(tmp_path, capsys):
     assert row["layer"] == "features.14.conv.0+features.18"
     assert 0 <= row["max_box_acc_v2"] <= 1 and "max_box_acc_v2@0.7" in row
     assert "| layercam-refined | features.14.conv.0+features.18 |" in std.out
+
+
+@pytest.mark.slow   # two exact distillations of features.18 (one per model) and 2 photos
+def test_sanity_data_redistils_the_randomised_copy(mobilenet_v2, tmp_path, capsys):
+    """``--sanity-data``: CHIP's sanity check distils the randomised copy again from the
+    folder, with the file's settings, and the row says so."""
+    from tests.helpers import SAMPLE_TRAIN
+    if not VAL_DEV.is_dir() or not SAMPLE_TRAIN.is_dir():
+        pytest.skip(f"real test data not found at {DATA}")
+    imp = chip_fast.distill_all_classes(mobilenet_v2, SAMPLE_TRAIN, ["features.18"],
+                                        classes=FIRST_TWO, progress=False)
+    path = imp.save(tmp_path / "two.chip")
+    rc = main(evaluate_args(tmp_path, "--importance", str(path), "--limit", "4",
+                            "--only-distilled", "--methods", "chip", "--sanity-limit", "2",
+                            "--sanity-data", str(SAMPLE_TRAIN)))
+    std = capsys.readouterr()
+    assert rc == 0, std.err
+    row = json.loads((tmp_path / "out" / "results.json").read_text())["methods"]["chip@features.18"]
+    assert row["sanity_importance"] == "re-distilled" and row["sanity_spearman"] < 0.999
+    assert "†" not in std.out
