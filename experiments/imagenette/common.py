@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 import chip_fast
 from chip_fast.evaluation import LocDataset, chip_method, load_val_dir
 from chip_fast.evaluation.peers import peer
-from chip_fast.models import load_model
+from chip_fast.models import load_model, preprocess_of
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,21 +56,23 @@ def halves(base: LocDataset | None = None) -> dict[str, Half]:
     return {"selection": Half(base, 0), "confirmation": Half(base, 1)}
 
 
-ARCHS = ("mobilenet_v2", "efficientnet_lite0")
-TAGS = {"mobilenet_v2": "mnv2", "efficientnet_lite0": "lite0"}
+ARCHS = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+TAGS = {"mobilenet_v2": "mnv2", "efficientnet_lite0": "lite0", "efficientnet_lite1": "lite1",
+        "efficientnet_lite2": "lite2"}
 
 
 def arch_setup(arch: str) -> tuple[torch.nn.Module, LocDataset, Any]:
     """The model with real weights, val-dev read as the model was trained to see it, and the
     preprocessing its distillation reads imagenette/train with (None: the library's default
-    for MobileNetV2). Lite0: its pip package's weights and its own [-1, 1] preprocessing."""
+    for MobileNetV2). EfficientNet-Lite0/1/2: their pip packages' weights and their own [-1, 1]
+    preprocessing at their own size (224, 240, 260 px; val-dev resized to it, boxes with it)."""
     if arch == "mobilenet_v2":
         return mobilenet_v2(), load_val_dir(VAL), None
-    if arch != "efficientnet_lite0":
+    if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; use one of {ARCHS}")
-    from chip_fast.models.efficientnet_lite import lite_preprocess
-    return (load_model(arch), load_val_dir(VAL, preprocess=lite_preprocess(mode="resize")),
-            lite_preprocess())
+    model = load_model(arch)
+    prep = preprocess_of(model)
+    return model, load_val_dir(VAL, preprocess=replace(prep, mode="resize")), prep
 
 
 def photo_subset(per_class: int, where: Path) -> Path:

@@ -1,12 +1,13 @@
 """The paper's setting: CHIP distilled from 300 photos per class (imagenette/train) against the
 peers, on both halves of imagenette/val-dev, in one command.
 
-    python -m experiments.imagenette.table [--arch mobilenet_v2|efficientnet_lite0]
+    python -m experiments.imagenette.table [--arch mobilenet_v2|efficientnet_lite0|1|2]
         [--out experiments/imagenette/results/table] [--samples N] [--seeds N]
         [--faithfulness N] [--sanity N] [--halves selection,confirmation]
 
-MobileNetV2 (../shared/data) or EfficientNet-Lite0 (its pip package's real weights; the photos,
-train and val-dev, read with its own [-1, 1] preprocessing), CHIP exactly as
+MobileNetV2 (../shared/data) or EfficientNet-Lite0, 1 or 2 (their pip packages' real weights;
+the photos, train and val-dev, read with their own [-1, 1] preprocessing at their own size),
+CHIP exactly as
 ``distill_all_classes`` + ``explain`` give it with their defaults (default layers, Refined CHIP,
 every DistillSettings default), seed 0, on imagenette/train; each layer's CHIP map beside it.
 Peers (CAM, and pytorch-grad-cam's Grad-CAM, Grad-CAM++, Layer-CAM) at the last layer
@@ -47,7 +48,8 @@ COLUMNS = BOX_COLUMNS[:2] + (("MaxBoxAccV2", "max_box_acc_v2"),) + BOX_COLUMNS[2
     ("deletion ↓", "deletion_auc"), ("insertion ↑", "insertion_auc"),
     ("sanity ρ ↓", "sanity_spearman"), ("ms/image", "ms_per_image"))
 # The layer feeding the global pooling: CAM's layer, and the last-layer peers'.
-LAST = {"mobilenet_v2": "features.18", "efficientnet_lite0": "features.8"}
+LAST = {"mobilenet_v2": "features.18", "efficientnet_lite0": "features.8",
+        "efficientnet_lite1": "features.8", "efficientnet_lite2": "features.8"}
 
 
 def methods_for(imp: chip_fast.Importance, layers: list[str], last: str = LAST[ARCHS[0]],
