@@ -41,6 +41,9 @@ def per_photo(results: Mapping, name: str) -> dict[str, np.ndarray]:
     """The per-photo outcomes of method ``name`` in ``evaluate``'s results (``METRICS``; the
     top-1 one only where the results hold the model's per-photo correctness)."""
     r = results["methods"][name]
+    if results["settings"].get("top1_threshold", 0.2) != 0.2:   # the per-photo IoUs' threshold
+        raise ValueError(f"the results keep per-photo IoUs at threshold "
+                         f"{results['settings']['top1_threshold']}, not GT-known@0.2's 0.2")
     if "error" in r:
         raise ValueError(f"method {name!r} has no scores: {r['error']}")
     hit = np.asarray(r["iou_at_top1_threshold"], np.float64) >= results["settings"]["iou_threshold"]

@@ -19,7 +19,7 @@ from ..distill.settings import DistillSettings
 from ..importance.core import Importance
 from ..models.fingerprint import model_fingerprint
 
-# Settings a file records that are read back, not chosen: the rerun derives them again.
+# Recorded settings the rerun leaves out: the atlas changes no weight, only costs time.
 _DERIVED = ("atlas",)
 
 

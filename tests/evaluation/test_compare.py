@@ -64,3 +64,6 @@ def test_per_photo_outcomes_and_the_table():
     assert set(compare_to(res, "chip", draws=10)["cam"]) == {"gt_known@0.2"}
     with pytest.raises(ValueError, match="no scores"):
         per_photo(res, "broken")
+    res["settings"]["top1_threshold"] = 0.15
+    with pytest.raises(ValueError, match="at threshold 0.15, not GT-known@0.2"):
+        per_photo(res, "chip")
