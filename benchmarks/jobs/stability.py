@@ -41,6 +41,8 @@ CONFIGS = {
     "sampled-independent": {"estimator": "sampled", "masks": "independent"},   # before
     # distil until stable: the samples are a cap, each class stops at predicted r 0.95
     "until-stable-0.95": {"until_stable": 0.95},
+    # the default with float32 tails, where "auto" picks bfloat16 (CPUs with native bf16)
+    "float32-tails": {"tail_dtype": "float32"},
 }
 
 
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     plain_pass(model, source)   # warm-up: file cache, thread pools, kernels
     refs, ref_info = references(model, source, args.reference, args.cache)
     rows, last_plain = [], plain_pass(model, source)
+    first: dict[int, chip_fast.Importance] = {}   # samples -> the first config's first seed
     for name in args.configs:
         for n in args.samples:
             runs = []
@@ -126,15 +129,20 @@ def run(args: argparse.Namespace) -> dict:
                                           (last_plain.cpu + plain.cpu) / 2)))
                 last_plain = plain
             (a, ta, pa), (b, tb, pb) = runs[:2]
+            base = first.setdefault(n, a)
             rows.append({
-                "config": name, "samples_per_class": n, "seconds": [ta.wall, tb.wall],
+                "config": name, "samples_per_class": n, "tail_dtype": a.settings["tail_dtype"],
+                "seconds": [ta.wall, tb.wall],
                 "plain_pass_seconds": [pa[0], pb[0]],
                 "cost_in_plain_passes": (ta.wall / pa[0] + tb.wall / pb[0]) / 2,
                 "cpu_seconds": [ta.cpu, tb.cpu], "plain_pass_cpu_seconds": [pa[1], pb[1]],
                 "cpu_cost_in_plain_passes": (ta.cpu / pa[1] + tb.cpu / pb[1]) / 2,
                 "layers": {l: {"estimator": a.settings["estimators"][l],
                                "seeds": agreement(a.weights[l], b.weights[l], a.classes),
-                               "limit": agreement(a.weights[l], refs[l], a.classes)}
+                               "limit": agreement(a.weights[l], refs[l], a.classes),
+                               # same seed, the first configuration: do both give one answer?
+                               "first_config": agreement(a.weights[l], base.weights[l],
+                                                         a.classes)}
                            for l in layers}})
             if "samples_reached" in a.settings:
                 reached = a.settings["samples_reached"] + b.settings["samples_reached"]
@@ -153,8 +161,8 @@ def run(args: argparse.Namespace) -> dict:
 def markdown(result: dict) -> str:
     layers = list(result["rows"][0]["layers"])
     head = " | ".join(f"{l}: seeds r / top-10, vs limit r" for l in layers)
-    lines = [f"| estimator | samples per class | {head} | cost (plain passes): wall, CPU |",
-             "|---" * (3 + len(layers)) + "|"]
+    lines = [f"| estimator | samples per class | {head} | cost (plain passes): wall, CPU "
+             "| same seed as the first row, r per layer |", "|---" * (4 + len(layers)) + "|"]
     for row in result["rows"]:
         cells = []
         for l in layers:
@@ -167,9 +175,12 @@ def markdown(result: dict) -> str:
             r = row["samples_reached"]
             n = f"cap {n}: median {r['median']:,.0f} ({r['min']:,}-{r['max']:,})"
         cpu = row.get("cpu_cost_in_plain_passes")   # absent from results made before
-        lines.append(f"| {row['config']} | {n} | {' | '.join(cells)} "
+        dtype = f" ({row['tail_dtype']} tails)" if "tail_dtype" in row else ""
+        same = " / ".join(f"{row['layers'][l]['first_config']['median_r']:.4f}"
+                          for l in layers if "first_config" in row["layers"][l]) or "-"
+        lines.append(f"| {row['config']}{dtype} | {n} | {' | '.join(cells)} "
                      f"| {row['cost_in_plain_passes']:.2f}, "
-                     f"{'-' if cpu is None else f'{cpu:.2f}'} |")
+                     f"{'-' if cpu is None else f'{cpu:.2f}'} | {same} |")
     return "\n".join(lines) + "\n"
 
 

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--weights", str(WEIGHTS), "--data", str(data), "--layers", args.layer,
                 "--samples-per-class", str(args.samples), "--device", "cpu",
                 "--fill", "noise", "--baseline", "none",   # the plain loop's work, no more
+                "--tail-dtype", "float32",   # the plain loop's dtype, on any CPU
                 "--out", str(chip_out)]
         plain = [sys.executable, "-m", "benchmarks.jobs", "plain_loop", "--data", str(data),
                  "--layer", args.layer, "--samples", str(args.samples), "--out", str(plain_out)]

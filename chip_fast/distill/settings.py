@@ -52,7 +52,9 @@ class DistillSettings:
     # samples it did not see: Importance.refit, held-out R^2.
     folds: int = 4
     # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
-    # "auto" means bfloat16 on CUDA and float32 elsewhere. Responses are always float32.
+    # "auto" means bfloat16 on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or
+    # AMX), float32 elsewhere (emulated bf16 is no faster). Responses are always float32; the
+    # prefix, whose activations are the data, always runs in the model's dtype.
     tail_dtype: str = "auto"
     # "auto": a layer whose tail is affine in its spatial mean (global pooling + Linear) takes
     # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never
@@ -157,9 +159,22 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
     memory budget chooses the batch sizes instead through :func:`plan_memory`."""
     cuda = device.type == "cuda"
     tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
-        "bfloat16" if cuda else "float32")
+        "bfloat16" if cuda or (device.type == "cpu" and cpu_has_native_bf16()) else "float32")
     batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
     return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): there a tail in
+    bfloat16 is faster than in float32 and its weights agree with float32's far inside the
+    sampling error (docs/stability.md); elsewhere oneDNN emulates bf16. ``tail_dtype``
+    overrides the choice (the file records the one made)."""
+    checks = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(check() for check in checks if check is not None)
+    except RuntimeError:   # a torch built without these probes
+        return False
 
 
 def resolve_masks(settings: DistillSettings, nonlinear_sampled: bool) -> DistillSettings:
