@@ -46,6 +46,16 @@ def activations(model, source, classes, photos):
     return split.tails[LAYER].module, acts
 
 
+def first_views(model, source, views: int):
+    """(class, tail, activations) of the first ``views`` photos of the first class."""
+    c = source.classes[0]
+    split = SplitModel(model, [LAYER])
+    with torch.inference_mode():
+        a = split.activation(split.run_prefix(
+            torch.stack([source.load(c, j) for j in range(views)])), LAYER)
+    return c, split.tails[LAYER].module, a.clone()
+
+
 def per_view(tail, acts, c):
     """The unperturbed response y0 of each view and the gradient of the class's logit with
     respect to the mask at the mean-masked activation (zero fill): g_vk = <dy/dA~_k, A_k>."""

@@ -111,6 +111,16 @@ def baselines(tail, acts, c):
         return torch.cat([tail(a[i:i + 64])[:, c] for i in range(0, len(a), 64)]).double()
 
 
+def class_setup(n_classes: int, photos: int):
+    """The first ``n_classes`` imagenette classes, the layer's tail, each class's activations,
+    the channel count and each view's unperturbed response."""
+    model, source = model_and_source()
+    classes = source.classes[:n_classes]
+    tail, acts = activations(model, source, classes, photos)
+    return classes, tail, acts, acts[classes[0]].shape[1], {
+        c: baselines(tail, acts, c) for c in classes}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classes", type=int, default=5)
@@ -120,12 +130,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs=2, default=[1, 2])
     p.add_argument("--name", default="designs", help="results/<name>.json and .md")
     args = p.parse_args(argv)
-    model, source = model_and_source()
-    classes = source.classes[:args.classes]
     start = time.perf_counter()
-    tail, acts = activations(model, source, classes, args.photos)
-    k = acts[classes[0]].shape[1]
-    y0 = {c: baselines(tail, acts, c) for c in classes}
+    classes, tail, acts, k, y0 = class_setup(args.classes, args.photos)
     rows = []
     for name in args.designs:
         design, weights, predicted = DESIGNS[name], [], []

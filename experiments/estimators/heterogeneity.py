@@ -11,9 +11,7 @@ import json
 
 import torch
 
-from chip_fast.models.split import SplitModel
-
-from .__main__ import LAYER, RESULTS, model_and_source
+from .__main__ import LAYER, RESULTS, first_views, model_and_source
 
 
 def main(argv=None):
@@ -21,13 +19,7 @@ def main(argv=None):
     p.add_argument("--views", type=int, default=6)
     p.add_argument("--samples", type=int, default=2048)
     args = p.parse_args(argv)
-    model, source = model_and_source()
-    c = source.classes[0]
-    split = SplitModel(model, [LAYER])
-    tail = split.tails[LAYER].module
-    with torch.inference_mode():
-        a = split.activation(split.run_prefix(
-            torch.stack([source.load(c, j) for j in range(args.views)])), LAYER)
+    c, tail, a = first_views(*model_and_source(), args.views)
     gen = torch.Generator().manual_seed(0)
     betas, r2 = [], []
     for v in range(args.views):

@@ -19,8 +19,7 @@ import json
 
 import torch
 
-from chip_fast.models.split import SplitModel
-from experiments.estimators.__main__ import LAYER, P, RESULTS, model_and_source
+from experiments.estimators.__main__ import LAYER, P, RESULTS, first_views, model_and_source
 from experiments.estimators.designs import orthogonal_masks
 from experiments.estimators.trapezoid import mask_gradients
 
@@ -54,14 +53,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--grads", type=int, default=32)
     args = p.parse_args(argv)
-    model, source = model_and_source()
-    c = source.classes[0]
-    split = SplitModel(model, [LAYER])
-    tail = split.tails[LAYER].module
-    with torch.inference_mode():
-        a = split.activation(split.run_prefix(
-            torch.stack([source.load(c, j) for j in range(args.views)])), LAYER)
-    a = a.clone()
+    c, tail, a = first_views(*model_and_source(), args.views)
     k = a.shape[1]
     halves = []
     for h in range(2):

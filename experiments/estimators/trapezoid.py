@@ -27,10 +27,9 @@ import time
 
 import torch
 
-from experiments.estimators.__main__ import (LAYER, P, RESULTS, activations, agreement,
-                                             estimate, model_and_source)
 from chip_fast.solve.fit import solve_layer
-from experiments.estimators.designs import FOLDS, baselines, engine_masks, responses
+from experiments.estimators.__main__ import LAYER, P, RESULTS, agreement, estimate
+from experiments.estimators.designs import FOLDS, class_setup, engine_masks, responses
 
 
 def mask_gradients(tail, a, c, m: int, seed: int) -> torch.Tensor:
@@ -85,12 +84,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs=2, default=[1, 2])
     p.add_argument("--name", default="trapezoid")
     args = p.parse_args(argv)
-    model, source = model_and_source()
-    classes = source.classes[:args.classes]
     start = time.perf_counter()
-    tail, acts = activations(model, source, classes, args.photos)
-    k = acts[classes[0]].shape[1]
-    y0 = {c: baselines(tail, acts, c) for c in classes}
+    classes, tail, acts, k, y0 = class_setup(args.classes, args.photos)
     mid = {c: midpoint_gradients(tail, acts[c], c) for c in classes}
     variants = [("none", None, None), ("midpoint, fitted", "mid", "fit")]
     variants += [(f"{m} random masks, coefficient 1", m, 1.0) for m in args.grads]
