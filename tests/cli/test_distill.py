@@ -1,5 +1,6 @@
 """``chip-fast distill``'s options (``chip_fast.cli.distill``): the memory budget, the
-distributed timeout and the checkpoint interval, with their defaults."""
+distributed timeout, the checkpoint interval, until-stable and the tail dtype, with their
+defaults."""
 from __future__ import annotations
 
 from chip_fast.cli import build_parser
@@ -23,8 +24,10 @@ def test_until_stable_reaches_the_library(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "distill_all_classes", lambda model, data, **kw: seen.update(kw))
     from chip_fast.cli import main
     assert main(["distill", "--arch", "resnet18", "--data", "d", "--out", str(tmp_path / "o"),
-                 "--until-stable", "0.95", "--samples-per-class", "32768"]) == 0
-    assert (seen["until_stable"], seen["samples_per_class"]) == (0.95, 32768)
+                 "--until-stable", "0.95", "--samples-per-class", "32768",
+                 "--tail-dtype", "float32"]) == 0
+    assert (seen["until_stable"], seen["samples_per_class"], seen["tail_dtype"]) == (
+        0.95, 32768, "float32")
     args = build_parser().parse_args(["distill", "--arch", "resnet18", "--data", "d", "--out",
                                       "o"])
-    assert args.until_stable is None
+    assert (args.until_stable, args.tail_dtype) == (None, "auto")
