@@ -63,11 +63,12 @@ def _plain_rate(ctx: Context, model_name: str, layer: str, batch: int) -> dict:
     other CPUs), channels-last, the logit minus half the view's unperturbed one,
     float64 sums of z*y, y and y^2. Microseconds per perturbed network, warm."""
     import copy
-    from chip_fast.distill.settings import cpu_has_native_bf16
+    from chip_fast.distill.settings import DistillSettings, resolve_settings
     from chip_fast.models.split import SplitModel
-    dev, cuda = ctx.device, ctx.cuda
+    dev = ctx.device
     split = SplitModel(ctx.model(model_name), [layer])
-    dtype = torch.bfloat16 if cuda or cpu_has_native_bf16() else torch.float32
+    dtype_name = resolve_settings(DistillSettings(), dev).tail_dtype   # the engine's choice
+    dtype = getattr(torch, dtype_name)
     # A copy: the split's tail shares its modules with the model the other parts run.
     tail = copy.deepcopy(split.tails[layer].module).to(dtype=dtype,
                                                         memory_format=torch.channels_last)
@@ -92,20 +93,19 @@ def _plain_rate(ctx: Context, model_name: str, layer: str, batch: int) -> dict:
             sy.index_add_(0, cls, y)
         repeats = 3 if ctx.quick else 20
         seconds = _rate(one_batch, dev, repeats)
-    return {"us_per_network": seconds / batch * 1e6, "batch": batch}
+    return {"us_per_network": seconds / batch * 1e6, "batch": batch, "dtype": dtype_name}
 
 
 def plain(ctx: Context) -> dict:
     """The plain loop at MobileNetV2 features.14.conv.0 and VGG16 features.29, at batch 256
     and 1,024 on a GPU (64 on a CPU); the faster batch counts."""
-    from chip_fast.distill.settings import cpu_has_native_bf16
     batches = (64,) if ctx.quick else (256, 1024)
     out = {}
     for key, model, layer in (("mobilenet_v2", "mobilenet_v2", "features.14.conv.0"),
                               ("vgg16", "vgg16", "features.29")):
         runs = [_plain_rate(ctx, model, layer, b) for b in batches]
         out[key] = min(runs, key=lambda r: r["us_per_network"]) | {"layer": layer, "runs": runs}
-    dtype = "bf16" if ctx.cuda or cpu_has_native_bf16() else "float32"
+    dtype = {"bfloat16": "bf16"}.get(out["mobilenet_v2"]["dtype"], "float32")
     return {"status": "ok", "summary": f"plain {dtype} channels-last loop: MobileNetV2 "
             f"features.14.conv.0 {out['mobilenet_v2']['us_per_network']:.2f} us per network, "
             f"VGG16 features.29 {out['vgg16']['us_per_network']:.2f} us (batch "

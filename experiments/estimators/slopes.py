@@ -19,15 +19,9 @@ import json
 
 import torch
 
-from experiments.estimators.__main__ import LAYER, P, RESULTS, first_views, model_and_source
+from experiments.estimators.__main__ import LAYER, RESULTS, first_views, model_and_source
 from experiments.estimators.designs import orthogonal_masks
-from experiments.estimators.trapezoid import mask_gradients
-
-
-def gradient_at(tail, a, c, level: float) -> torch.Tensor:
-    z = torch.full((len(a), a.shape[1], 1, 1), level, requires_grad=True)
-    tail((a.clone() * z).contiguous(memory_format=torch.channels_last))[:, c].sum().backward()
-    return z.grad[:, :, 0, 0].double()
+from experiments.estimators.trapezoid import gradients_at, mask_gradients, midpoint_gradients
 
 
 def view_fit(tail, a, c, z) -> torch.Tensor:
@@ -66,8 +60,9 @@ def main(argv=None):
                          / float(pooled @ pooled) for v in range(args.views)])
     grads = mask_gradients(tail, a, c, args.grads, 11)
     candidates = {"scale of the pooled coefficients (oracle)": scale,
-                  "gradient at the unperturbed view": gradient_at(tail, a, c, 1.0),
-                  "gradient at the half-scaled view": gradient_at(tail, a, c, P)}
+                  "gradient at the unperturbed view": gradients_at(tail, a, c,
+                                                                   torch.ones(a.shape[:2])),
+                  "gradient at the half-scaled view": midpoint_gradients(tail, a, c)}
     for m in sorted({1, 4, args.grads // 4, args.grads}):
         candidates[f"mean gradient at {m} random masks"] = grads[:m].mean(0)
     result = {"layer": LAYER, "class": c, "views": args.views, "samples_per_view": args.samples,

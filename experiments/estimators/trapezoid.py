@@ -32,30 +32,27 @@ from experiments.estimators.__main__ import LAYER, P, RESULTS, agreement, estima
 from experiments.estimators.designs import FOLDS, class_setup, engine_masks, responses
 
 
+def gradients_at(tail, a, c, z: torch.Tensor) -> torch.Tensor:
+    """(V, K) gradients of class c's logit with respect to the keep mask, view v at the mask
+    values z[v] (zero fill), in batches of 32 views."""
+    rows = []
+    for i in range(0, len(a), 32):
+        zi = z[i:i + 32, :, None, None].clone().requires_grad_(True)
+        tail((a[i:i + 32].clone() * zi).contiguous(memory_format=torch.channels_last))[:, c].sum().backward()
+        rows.append(zi.grad[:, :, 0, 0].detach().clone())
+    return torch.cat(rows).double()
+
+
 def mask_gradients(tail, a, c, m: int, seed: int) -> torch.Tensor:
-    """(m, V, K) gradients of class c's logit with respect to the keep mask, each view at m
-    random Bernoulli(p) masks (zero fill)."""
+    """(m, V, K) mask gradients, each view at m random Bernoulli(p) masks."""
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(m):
-        z = (torch.rand(a.shape[0], a.shape[1], generator=gen) < P).float()
-        rows = []
-        for i in range(0, len(a), 32):
-            zi = z[i:i + 32, :, None, None].clone().requires_grad_(True)
-            tail((a[i:i + 32].clone() * zi).contiguous(memory_format=torch.channels_last))[:, c].sum().backward()
-            rows.append(zi.grad[:, :, 0, 0].detach().clone())
-        out.append(torch.cat(rows))
-    return torch.stack(out).double()
+    return torch.stack([gradients_at(tail, a, c, (torch.rand(
+        a.shape[0], a.shape[1], generator=gen) < P).float()) for _ in range(m)])
 
 
 def midpoint_gradients(tail, a, c) -> torch.Tensor:
     """(V, K) the earlier control variate's slopes: the gradient at the half-scaled activation."""
-    rows = []
-    for i in range(0, len(a), 32):
-        zi = torch.full((min(32, len(a) - i), a.shape[1], 1, 1), P, requires_grad=True)
-        tail((a[i:i + 32].clone() * zi).contiguous(memory_format=torch.channels_last))[:, c].sum().backward()
-        rows.append(zi.grad[:, :, 0, 0].detach().clone())
-    return torch.cat(rows).double()
+    return gradients_at(tail, a, c, torch.full(a.shape[:2], P))
 
 
 def controlled(z, y, view, y0, g, cv):
