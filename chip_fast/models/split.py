@@ -29,10 +29,12 @@ from typing import Iterator, Sequence
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .fingerprint import weight_versions
 from .layers import LayerError, check_layers
 from .layouts import MAPS, Layout, conv_grids, infer_layout
+from .row_chunks import peak_row_bytes, rows_per_chunk, run_in_chunks
 from .tracing import trace
 
 
@@ -181,6 +183,7 @@ class SplitModel:
         # Known after the first batch (a layout needs shapes); (N, C, H, W) maps until then,
         # whose tails need no change.
         self.layouts: dict[str, Layout] = {}
+        self._chunk_rows: dict[tuple, int] = {}   # (row shape, dtype) -> rows per CPU chunk
 
     @staticmethod
     def _cut_node(nodes: list[fx.Node], layer: str, modules: dict[str, nn.Module]) -> fx.Node:
@@ -240,15 +243,26 @@ class SplitModel:
         made them, keyed by node name."""
         if len(self.layouts) < len(self.layers):
             with conv_grids(self.prefix) as resolutions:
-                out = dict(zip(self._prefix_names, self.prefix(x)))
+                out = dict(zip(self._prefix_names, self._run(x)))
             self._bind(out, resolutions, len(x))
         else:
-            out = dict(zip(self._prefix_names, self.prefix(x)))
+            out = dict(zip(self._prefix_names, self._run(x)))
         for layer, layout in self.layouts.items():
             if layout.kind != MAPS:
                 node = self._layer_node[layer]
                 out[self._key(layer)] = layout.channels_first(out[node])
         return out
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The prefix on ``x``; on a CPU in chunks of rows (``row_chunks``), unless a module
+        that mixes rows (a batch norm in training mode) makes the result depend on the batch."""
+        if x.device.type != "cpu" or len(x) == 1 or any(
+                m.training for m in self.prefix.modules() if isinstance(m, _BatchNorm)):
+            return tuple(self.prefix(x))
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._chunk_rows:
+            self._chunk_rows[key] = rows_per_chunk(peak_row_bytes(self.prefix, x))
+        return run_in_chunks(self.prefix, x, self._chunk_rows[key])
 
     def _key(self, layer: str) -> str:
         """Where a layer's channels-first activation is kept: under its node's name, unless a
