@@ -22,6 +22,7 @@ from chip_fast.models import load_model
 from chip_fast.util.cpus import usable_cpus
 
 from benchmarks.jobs.record import RESULTS, write_result
+from benchmarks.jobs.stability import chunk_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
@@ -54,11 +55,20 @@ def main(argv: list[str] | None = None) -> None:
                                         samples_per_class=256, progress=False)
     batches = list(zip(images.split(args.batch), torch.tensor(labels).split(args.batch)))
     chip_fast.explain(model, imp, *batches[0])          # trace and fingerprint check, once
+    rows = chunk_rows(model, images.shape[-1])
+
+    def chunked(x: torch.Tensor) -> None:
+        for i in range(0, len(x), rows):
+            model(x[i:i + rows])
     with torch.inference_mode():
         forward = per_image_ms(lambda x, c: model(x), batches)
+        forward_chunked = per_image_ms(lambda x, c: chunked(x), batches)
     results = {"explain_ms_per_image": per_image_ms(
         lambda x, c: chip_fast.explain(model, imp, x, c), batches),
-        "forward_ms_per_image": forward, "photos": len(images), "batch": args.batch,
+        "forward_ms_per_image": forward,
+        # the same forward in the chunks of rows chip_fast runs a CPU prefix in
+        "forward_in_chunks_ms_per_image": forward_chunked, "chunk_rows": rows,
+        "photos": len(images), "batch": args.batch,
         "layers": imp.layers, "threads": torch.get_num_threads(), "cpus": usable_cpus(),
         "command": f"python -m benchmarks.jobs explain_speed --photos {args.photos} "
                    f"--batch {args.batch}"}

@@ -40,16 +40,30 @@ class _PeakBytes(fx.Interpreter):
 
 def peak_row_bytes(module: fx.GraphModule, x: torch.Tensor) -> int:
     """Bytes of the largest tensor ``module`` makes for one row of ``x``."""
-    interp = _PeakBytes(module)
-    with torch.inference_mode():
-        interp.run(x[:1])
-    return interp.peak
+    return _probe(module, x)[0]
 
 
 def rows_per_chunk(peak_bytes: int, budget: int | None = None) -> int:
     """Rows whose largest tensor stays within ``budget`` bytes (default ``CHUNK_BYTES``), at
     least one."""
     return max(1, (CHUNK_BYTES if budget is None else budget) // max(1, peak_bytes))
+
+
+def chunk_rows(module: fx.GraphModule, x: torch.Tensor) -> int | None:
+    """Rows per chunk for ``module`` on inputs shaped like ``x``; None where an output is not a
+    batch-first tensor (one row in, size 1 along its first axis out), which chunks could not be
+    concatenated back into."""
+    peak, outputs = _probe(module, x)
+    if not all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 for t in outputs):
+        return None
+    return rows_per_chunk(peak)
+
+
+def _probe(module: fx.GraphModule, x: torch.Tensor) -> tuple[int, tuple]:
+    interp = _PeakBytes(module)
+    with torch.inference_mode():
+        out = interp.run(x[:1])
+    return interp.peak, tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def run_in_chunks(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], x: torch.Tensor,

@@ -34,7 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .fingerprint import weight_versions
 from .layers import LayerError, check_layers
 from .layouts import MAPS, Layout, conv_grids, infer_layout
-from .row_chunks import peak_row_bytes, rows_per_chunk, run_in_chunks
+from .row_chunks import chunk_rows, run_in_chunks
 from .tracing import trace
 
 
@@ -260,9 +260,10 @@ class SplitModel:
                 m.training for m in self.prefix.modules() if isinstance(m, _BatchNorm)):
             return tuple(self.prefix(x))
         key = (tuple(x.shape[1:]), x.dtype)
-        if key not in self._chunk_rows:
-            self._chunk_rows[key] = rows_per_chunk(peak_row_bytes(self.prefix, x))
-        return run_in_chunks(self.prefix, x, self._chunk_rows[key])
+        if key not in self._chunk_rows:   # 0: outputs that are not batch-first, never chunked
+            self._chunk_rows[key] = chunk_rows(self.prefix, x) or 0
+        rows = self._chunk_rows[key]
+        return run_in_chunks(self.prefix, x, rows) if rows else tuple(self.prefix(x))
 
     def _key(self, layer: str) -> str:
         """Where a layer's channels-first activation is kept: under its node's name, unless a

@@ -99,3 +99,22 @@ def test_batch_norm_in_training_mode_is_never_chunked(monkeypatch):
     with torch.no_grad():
         split.run_prefix(torch.randn(6, 3, 12, 12))
     assert seen == [6]
+
+
+class NotBatchFirst(nn.Module):
+    """A prefix whose output puts the batch second, as a sequence-first transformer would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x), self.conv(x).flatten(2).permute(2, 0, 1)   # (H*W, N, C)
+
+
+def test_outputs_that_are_not_batch_first_are_never_chunked(monkeypatch):
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 1)
+    gm = fx.symbolic_trace(NotBatchFirst().eval())
+    x = torch.randn(6, 3, 5, 5)
+    assert row_chunks.chunk_rows(gm, x) is None
+    assert row_chunks.chunk_rows(fx.symbolic_trace(_net()), x) == 1
