@@ -61,8 +61,8 @@ def chunk_rows(module: fx.GraphModule, x: torch.Tensor) -> int | None:
 
 def _probe(module: fx.GraphModule, x: torch.Tensor) -> tuple[int, tuple]:
     interp = _PeakBytes(module)
-    with torch.inference_mode():
-        out = interp.run(x[:1])
+    with torch.inference_mode():   # a copy: a model may write into its input in place
+        out = interp.run(x[:1].clone())
     return interp.peak, tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
