@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                                         samples_per_class=256, progress=False)
     batches = list(zip(images.split(args.batch), torch.tensor(labels).split(args.batch)))
     chip_fast.explain(model, imp, *batches[0])          # trace and fingerprint check, once
-    rows = chunk_rows(model, images.shape[-1])
+    rows = chunk_rows(model, images.shape[-1]) or len(images)
 
     def chunked(x: torch.Tensor) -> None:
         for i in range(0, len(x), rows):
