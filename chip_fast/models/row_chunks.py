@@ -38,11 +38,6 @@ class _PeakBytes(fx.Interpreter):
         return out
 
 
-def peak_row_bytes(module: fx.GraphModule, x: torch.Tensor) -> int:
-    """Bytes of the largest tensor ``module`` makes for one row of ``x``."""
-    return _probe(module, x)[0]
-
-
 def rows_per_chunk(peak_bytes: int, budget: int | None = None) -> int:
     """Rows whose largest tensor stays within ``budget`` bytes (default ``CHUNK_BYTES``), at
     least one."""
@@ -60,6 +55,7 @@ def chunk_rows(module: fx.GraphModule, x: torch.Tensor) -> int | None:
 
 
 def _probe(module: fx.GraphModule, x: torch.Tensor) -> tuple[int, tuple]:
+    """(bytes of the largest tensor ``module`` makes for one row of ``x``, its outputs)."""
     interp = _PeakBytes(module)
     with torch.inference_mode():   # a copy: a model may write into its input in place
         out = interp.run(x[:1].clone())

@@ -10,7 +10,7 @@ import torch.fx as fx
 from torch import nn
 
 from chip_fast.models import row_chunks
-from chip_fast.models.row_chunks import peak_row_bytes, rows_per_chunk, run_in_chunks
+from chip_fast.models.row_chunks import chunk_rows, rows_per_chunk, run_in_chunks
 from chip_fast.models.split import SplitModel
 
 
@@ -36,11 +36,15 @@ def _net() -> Net:
     return net.eval()
 
 
-def test_peak_row_bytes_is_the_largest_tensor_of_one_row():
+def test_chunks_are_sized_by_the_largest_tensor_of_one_row(monkeypatch):
     gm = fx.symbolic_trace(_net())
     x = torch.randn(7, 3, 12, 12)
     # conv1's (1, 16, 12, 12) float32 output is the largest tensor any node makes
-    assert peak_row_bytes(gm, x) == 16 * 12 * 12 * 4
+    peak = 16 * 12 * 12 * 4
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 3 * peak)
+    assert chunk_rows(gm, x) == 3
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 3 * peak - 1)
+    assert chunk_rows(gm, x) == 2
 
 
 @pytest.mark.parametrize("peak, budget, rows", [(4 << 20, 24 << 20, 6), (5 << 20, 24 << 20, 4),
@@ -116,5 +120,5 @@ def test_outputs_that_are_not_batch_first_are_never_chunked(monkeypatch):
     monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 1)
     gm = fx.symbolic_trace(NotBatchFirst().eval())
     x = torch.randn(6, 3, 5, 5)
-    assert row_chunks.chunk_rows(gm, x) is None
-    assert row_chunks.chunk_rows(fx.symbolic_trace(_net()), x) == 1
+    assert chunk_rows(gm, x) is None
+    assert chunk_rows(fx.symbolic_trace(_net()), x) == 1
