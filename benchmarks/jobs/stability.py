@@ -9,10 +9,10 @@ each distillation is divided by the mean of the plain passes timed just before a
 (PIL decode, Resize 256, CenterCrop 224, float32, channels-last, batches of 64 per class, the
 whole forward), and by the same plain pass with its forward in the chunks of rows chip_fast
 runs a prefix in on a CPU (chip_fast.models.row_chunks): the same trick on the user's side,
-so the table shows how much of the ratio is that trick. A neighbour's load slows the two sides unequally (the plain pass far more), so
-each ratio is also given in CPU seconds (user + system, every thread of the process), which a
-neighbour barely moves: the wall ratio is the user's, the CPU ratio the one to compare between
-runs made in different machine states.
+so the table shows how much of the ratio is that trick. A neighbour's load slows the two
+sides unequally (the plain pass far more), so each ratio is also given in CPU seconds (user +
+system, every thread of the process), which a neighbour barely moves: the wall ratio is the
+user's, the CPU ratio the one to compare between runs made in different machine states.
 
     python -m benchmarks.jobs stability                  # MobileNetV2, imagenette
     python -m benchmarks.jobs stability --arch efficientnet_lite0 --samples 2048
@@ -76,8 +76,9 @@ def plain_pass(model: torch.nn.Module, source: chip_fast.ImageFolderSource, batc
             for i in range(0, len(files), batch):
                 x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
                 x = x.contiguous(memory_format=torch.channels_last)
-                for j in range(0, len(x), chunk or len(x)):
-                    model(x[j:j + (chunk or len(x))])
+                step = chunk or len(x)
+                for j in range(0, len(x), step):
+                    model(x[j:j + step])
     return clock
 
 
