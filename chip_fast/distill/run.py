@@ -258,7 +258,9 @@ def stability_summary(imp: Importance, target: float = 0.95) -> str:
         lines.append(f"chip_fast: {layer}: predicted seed agreement median r {a.nanmedian():.3f} "
                      f"(lowest {a.nan_to_num(2.0).min():.3f}); for r {target} give "
                      f"--samples-per-class {_rounded(m.nanmedian())} (median class), "
-                     f"{_rounded(m.nan_to_num(0.0).max())} (every class)")
+                     f"{_rounded(m.nan_to_num(0.0).max())} (every class)"
+                     + ("" if until is not None else
+                        f", or --until-stable {target} to give each class what it needs"))
     return "\n".join(lines)
 
 

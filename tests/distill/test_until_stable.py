@@ -43,6 +43,7 @@ def test_stable_classes_stop_early_and_the_file_says_where(stable, tmp_path):
     torch.testing.assert_close(again.agreement[SAMPLED], a)
     summary = stability_summary(stable)
     assert f"{counts.count(2048)} of 8 classes stopped early" in summary, summary
+    assert "or --until-stable" not in summary   # it already was
 
 
 def test_a_class_stopped_after_the_first_stage_is_a_plain_run_of_that_size(stable):

@@ -106,3 +106,4 @@ def test_the_run_summary_says_how_many_samples_reach_the_target(runs):
     text = stability_summary(runs[0])
     assert "feat: predicted seed agreement median r" in text and "--samples-per-class" in text
     assert "deep: exact" in text
+    assert "or --until-stable 0.95" in text   # the other way to reach it
