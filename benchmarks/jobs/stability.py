@@ -45,6 +45,8 @@ CONFIGS = {
     "until-stable-0.95": {"until_stable": 0.95},
     # the default with float32 tails, where "auto" picks bfloat16 (CPUs with native bf16)
     "float32-tails": {"tail_dtype": "float32"},
+    # another estimand: a milder perturbation (pairs and designs need p_keep 0.5: independent)
+    "p-keep-0.75": {"p_keep": 0.75},
 }
 
 
