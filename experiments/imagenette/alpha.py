@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
-import torch
-
+from benchmarks.jobs.stability import agreement
 from chip_fast.evaluation import load_val_dir
 
 from experiments.imagenette.common import DEEP, MID, VAL, Half, mobilenet_v2
@@ -24,12 +22,11 @@ from experiments.imagenette.third_layer import KEYS, OUT, chip_scores, importanc
 
 
 def seed_agreement(a, b, layer: str) -> dict:
-    wa, wb = a.weights[layer][a.classes].float(), b.weights[layer][b.classes].float()
-    r = [float(torch.corrcoef(torch.stack([x, y]))[0, 1]) for x, y in zip(wa, wb)]
-    top = [len(set(x.topk(10).indices.tolist()) & set(y.topk(10).indices.tolist())) / 10
-           for x, y in zip(wa, wb)]
-    return {"median_r": statistics.median(r), "top10": sum(top) / len(top),
-            "nonzero": float((wa != 0).float().sum(1).mean())}
+    """The stability benchmark's measure (median r, top-10 overlap by |W|) and the mean number
+    of non-zero weights per class."""
+    wa = a.weights[layer]
+    return agreement(wa, b.weights[layer], a.classes) | {
+        "nonzero": float((wa[a.classes] != 0).float().sum(1).mean())}
 
 
 def main() -> None:
