@@ -15,8 +15,8 @@ Patch geometry: a square centred on the cell of the maximum and shifted to lie i
 (clamped to it), resampled to ``patch_px`` pixels. Its side is, per layer, the cell's measured
 *effective* receptive field (``patch_scale=None``, the default): the side of the centred square
 holding 80% of the gradient of a cell w.r.t. the input (``receptive_field``), measured by the
-observer on its first 8 views (one forward and backward pass over 8 x 4 rows, a one-off: ~10 s
-on two CPU cores, 7-9 prefix passes of the same views). A float ``patch_scale`` cuts that many
+observer on its first 8 views (8 x 4 rows, a forward and backward pass per 8 rows, a one-off;
+docs/design.md says what it costs). A float ``patch_scale`` cuts that many
 strides (input pixels per activation cell) instead. The side used is recorded per layer
 (``sides``, in strides; each patch's in ``where``) and travels in the atlas tensors. Per layer,
 not per channel: a channel's own side is within about +-20% of its layer's (below), and each
@@ -48,6 +48,7 @@ import torch
 from ..data.preprocess import Preprocess
 from ..models.split import HookedModel, SplitModel, split_model
 from ..ops.class_maps import upsample_normalize_reference
+from .patches import cut_patches
 from .receptive_field import ERF_VIEWS, layer_maps, measure_erf
 
 if TYPE_CHECKING:
@@ -146,27 +147,6 @@ def _gather(t: torch.Tensor, index: torch.Tensor, fill) -> torch.Tensor:
     g = t.gather(1, safe.view(*index.shape, *([1] * (t.dim() - 2))).expand(shape))
     mask = (index < 0).view(*index.shape, *([1] * (t.dim() - 2)))
     return g.masked_fill(mask, fill)
-
-
-def cut_patches(rgb: torch.Tensor, view: torch.Tensor, cell: torch.Tensor,
-                grid: tuple[int, int], patch_px: int, scale: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches (N, P, P, 3) uint8 of the [0, 1] views ``rgb`` (B, 3, H, W) around cells
-    (N, 2) = (row, col) of a layer grid (h, w), and their (y0, x0, side) in view pixels."""
-    from torchvision.ops import roi_align
-    height, width = rgb.shape[-2:]
-    stride = height / grid[0]
-    side = int(min(height, width, round(scale * stride)))
-    cy = (cell[:, 0].double() + 0.5) * height / grid[0]
-    cx = (cell[:, 1].double() + 0.5) * width / grid[1]
-    y0 = (cy - side / 2).round().clamp(0, height - side)
-    x0 = (cx - side / 2).round().clamp(0, width - side)
-    boxes = torch.stack([view.double(), x0, y0, x0 + side, y0 + side], 1).to(rgb)
-    crops = roi_align(rgb, boxes, output_size=patch_px, spatial_scale=1.0,
-                      sampling_ratio=max(1, round(side / patch_px)), aligned=True)
-    patches = (crops.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    where = torch.stack([y0, x0, torch.full_like(y0, side)], 1).to(torch.int32)
-    return patches.cpu(), where.cpu()
 
 
 @dataclass
