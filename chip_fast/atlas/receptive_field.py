@@ -36,6 +36,10 @@ from ..models.split import HookedModel, SplitModel
 ERF_SHARE = 0.8     # share of the gradient mass the ERF square holds (module docstring)
 ERF_VIEWS = 8       # views the atlas measures the ERF on (its first batch's first views)
 ERF_CHANNELS = 4    # channels probed per view: rows = views x channels, one backward per layer
+# Rows per forward/backward pass: the backward of all rows at once makes tensors large enough
+# that their fresh pages fault on every call (as a CPU prefix's did: docs/stability.md, "A CPU
+# prefix in chunks of rows"), which cost more than the passes themselves.
+ERF_ROW_CHUNK = 8
 
 LayerMaps = Callable[[torch.Tensor], dict[str, torch.Tensor]]   # input -> layer -> (N, C, h, w)
 
@@ -70,7 +74,7 @@ def layer_maps(split: SplitModel | HookedModel) -> LayerMaps:
 def side_of_share(mass: torch.Tensor, centre: tuple[float, float], share: float) -> int:
     """The side (pixels) of the smallest square centred at ``centre`` = (y, x) in pixel units
     (pixel i spans [i, i + 1)) that holds ``share`` of the (H, W) ``mass``; the square's corner
-    is rounded as ``collect.cut_patches`` rounds a patch's. Mass outside the image is none."""
+    is rounded as ``patches.cut_patches`` rounds a patch's. Mass outside the image is none."""
     height, width = mass.shape
     m = mass.double()
     total = float(m.sum())
@@ -108,20 +112,37 @@ def gradient_rows(maps: LayerMaps, views: torch.Tensor, layers: Sequence[str],
                   per_view: int = ERF_CHANNELS) -> dict[str, torch.Tensor]:
     """Per layer, (R, H, W) ``|grad|`` summed over colour of row r's channel at the central
     cell, w.r.t. view ``r % len(views)``. The channels are ``channels[layer]`` (R each), or
-    without them ``per_view`` live ones of each view (``live_channels``). One forward pass, one
-    backward pass per layer."""
-    n = len(views)
-    rows = len(next(iter(channels.values()))) if channels else per_view * n
+    without them ``per_view`` live ones of each view (``live_channels``, from one forward pass
+    without gradients). Then one forward pass and one backward pass per layer for every
+    ERF_ROW_CHUNK rows: each row's gradient is its own, whatever rows share its pass."""
+    if channels is None:
+        with torch.inference_mode():
+            out = maps(views)
+        channels = {l: live_channels(_centre(out[l]), per_view) for l in layers}
+    rows = len(next(iter(channels.values())))
+    parts = [_gradient_chunk(maps, views, layers, channels,
+                             torch.arange(i, min(rows, i + ERF_ROW_CHUNK)))
+             for i in range(0, rows, ERF_ROW_CHUNK)]
+    return {layer: torch.cat([p[layer] for p in parts]) for layer in layers}
+
+
+def _centre(a: torch.Tensor) -> torch.Tensor:
+    """(N, C): each channel's value at the layer's central cell (h // 2, w // 2)."""
+    return a[:, :, a.shape[-2] // 2, a.shape[-1] // 2]
+
+
+def _gradient_chunk(maps: LayerMaps, views: torch.Tensor, layers: Sequence[str],
+                    channels: dict[str, torch.Tensor], rows: torch.Tensor
+                    ) -> dict[str, torch.Tensor]:
+    """``gradient_rows`` for the rows ``rows`` (clones: the arguments may be inference tensors)."""
     with torch.inference_mode(False), torch.enable_grad():
-        x = views.clone().repeat(-(-rows // n), 1, 1, 1)[:rows].requires_grad_(True)
+        x = views[rows % len(views)].clone().requires_grad_(True)
         out = maps(x)
         grads = {}
         for i, layer in enumerate(layers):
             a = out[layer]
-            cy, cx = a.shape[-2] // 2, a.shape[-1] // 2
-            chosen = (channels[layer].clone().to(a.device) if channels   # clone: no inference
-                      else live_channels(a[:n, :, cy, cx].detach(), per_view))   # tensor
-            cells = a[torch.arange(rows, device=a.device), chosen, cy, cx]
+            chosen = channels[layer][rows].clone().to(a.device)
+            cells = _centre(a)[torch.arange(len(rows), device=a.device), chosen]
             g, = torch.autograd.grad(cells.sum(), x, retain_graph=i + 1 < len(layers))
             grads[layer] = g.abs().sum(1).float().cpu()
     return grads
