@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..models.row_chunks import model_rows, run_in_chunks
+
 # Choe et al. (CVPR 2020) search the CAM threshold on a fine grid; 0.01 steps contain 0.15 and 0.2.
 DEFAULT_THRESHOLDS = np.round(np.arange(0, 101) / 100, 2)
 
@@ -169,6 +171,8 @@ def deletion_insertion_curves(model: torch.nn.Module, images: torch.Tensor, maps
     base = substrate_of(images, substrate)
     cls = torch.as_tensor(list(classes), device=dev)
     out: dict[str, np.ndarray] = {"fraction": frac}
+    # on a CPU, the forward in chunks whose tensors stay out of freshly faulted pages
+    rows = model_rows(model, images[:1]) or batch_size
     s = n_steps + 1
     # Pairs (image, step) flattened into one index space, forwarded in chunks of batch_size.
     pair_img = torch.arange(b, device=dev).repeat_interleave(s)
@@ -182,7 +186,7 @@ def deletion_insertion_curves(model: torch.nn.Module, images: torch.Tensor, maps
             sel = (ranks[ii] < counts[ss][:, None]).view(-1, 1, h, w)   # pixels taken so far
             x, sub = images[ii], base[ii]
             batch = torch.where(sel, sub, x) if mode == "deletion" else torch.where(sel, x, sub)
-            p = torch.softmax(model(batch).float(), dim=1)
+            p = torch.softmax(run_in_chunks(lambda t: (model(t),), batch, rows)[0].float(), dim=1)
             probs[lo:lo + batch_size] = p.gather(1, cls[ii][:, None])[:, 0]
         out[mode] = probs.view(b, s).cpu().numpy()
     return out

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..ops.class_maps import upsample_normalize_reference
+from ..models.row_chunks import model_rows
 from ..models.split import split_model
 
 MapFn = Callable[[torch.nn.Module, torch.Tensor, Sequence[int]], np.ndarray]
@@ -41,13 +42,24 @@ def name_of_module(model: torch.nn.Module, module: torch.nn.Module) -> str:
     raise KeyError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
 
 
+def peer_batch(model: torch.nn.Module, images: torch.Tensor, batch_size: int | None) -> int:
+    """Images per call of a gradient method: ``batch_size``, or (None) on a CPU as many as keep
+    every tensor of the model's forward and backward out of freshly faulted pages, as
+    chip_fast's own CPU forward does (``chip_fast.models.row_chunks``; a whole batch of 32
+    costs such a method several times its time per image), and 32 elsewhere."""
+    if batch_size is not None:
+        return batch_size
+    return model_rows(model, images[:1]) or 32
+
+
 def _labelled(fn: MapFn, method: str, layer: str) -> MapFn:
     fn.method, fn.layer = method, layer   # the runner reports these
     return fn
 
 
-def grad_cam_family(method: str, layer: str, batch_size: int = 32) -> MapFn:
-    """pytorch-grad-cam's GradCAM / GradCAMPlusPlus / LayerCAM at the module named ``layer``."""
+def grad_cam_family(method: str, layer: str, batch_size: int | None = None) -> MapFn:
+    """pytorch-grad-cam's GradCAM / GradCAMPlusPlus / LayerCAM at the module named ``layer``,
+    ``batch_size`` images per call (None: ``peer_batch``'s choice)."""
     cls_name = GRADCAM_METHODS.get(method.lower())
     if cls_name is None:
         raise ValueError(f"unknown Grad-CAM method {method!r}; one of {sorted(GRADCAM_METHODS)}")
@@ -55,11 +67,11 @@ def grad_cam_family(method: str, layer: str, batch_size: int = 32) -> MapFn:
 
     def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-        out = []
+        out, n = [], peer_batch(model, images, batch_size)
         with cam_cls(model=model, target_layers=[module_by_name(model, layer)]) as cam:
-            for lo in range(0, len(images), batch_size):
-                targets = [ClassifierOutputTarget(int(c)) for c in classes[lo:lo + batch_size]]
-                out.append(cam(input_tensor=images[lo:lo + batch_size], targets=targets))
+            for lo in range(0, len(images), n):
+                targets = [ClassifierOutputTarget(int(c)) for c in classes[lo:lo + n]]
+                out.append(cam(input_tensor=images[lo:lo + n], targets=targets))
         return np.concatenate(out).astype(np.float32)
 
     return _labelled(fn, method.lower(), layer)
@@ -69,7 +81,7 @@ def grad_cam_family(method: str, layer: str, batch_size: int = 32) -> MapFn:
 REFINED_PEERS = {"gradcam++-refined": "gradcam++", "layercam-refined": "layercam"}
 
 
-def refine_cam(base: str, layers: Sequence[str], batch_size: int = 32) -> MapFn:
+def refine_cam(base: str, layers: Sequence[str], batch_size: int | None = None) -> MapFn:
     """pytorch-grad-cam's RefineCAM with ``base`` (``gradcam++`` or ``layercam``) at ``layers``:
     each layer's base CAM min-max normalised at the input size, multiplied, min-max normalised:
     the rule of Refined CHIP, so the two compare the maps and not the combination."""
@@ -84,11 +96,11 @@ def refine_cam(base: str, layers: Sequence[str], batch_size: int = 32) -> MapFn:
     def fn(model: torch.nn.Module, images: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         cam = gc.RefineCAM(model, [module_by_name(model, l) for l in layers], base_method=base_cls)
-        out = []
+        out, n = [], peer_batch(model, images, batch_size)
         try:
-            for lo in range(0, len(images), batch_size):
-                targets = [ClassifierOutputTarget(int(c)) for c in classes[lo:lo + batch_size]]
-                out.append(cam(input_tensor=images[lo:lo + batch_size], targets=targets))
+            for lo in range(0, len(images), n):
+                targets = [ClassifierOutputTarget(int(c)) for c in classes[lo:lo + n]]
+                out.append(cam(input_tensor=images[lo:lo + n], targets=targets))
         finally:
             # RefineCAM is no context manager: its per-layer CAMs' hooks would stay on the
             # model (and slow every later forward) until garbage collection

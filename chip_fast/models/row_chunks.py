@@ -13,10 +13,14 @@ Owns the chunk size and the chunked call; the prefix itself is ``chip_fast.model
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Sequence
 
 import torch
 import torch.fx as fx
+from torch import nn
+
+from .tracing import trace
 
 # Largest tensor a chunk may make: below glibc's largest mmap threshold (32 MiB) with room for
 # the allocator's own headers and a neighbour's buffers.
@@ -52,6 +56,29 @@ def chunk_rows(module: fx.GraphModule, x: torch.Tensor) -> int | None:
     if not all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 for t in outputs):
         return None
     return rows_per_chunk(peak)
+
+
+# model -> {(row shape, dtype): rows or None}: tracing and probing a model costs a forward pass
+_MODEL_ROWS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def model_rows(model: nn.Module, x: torch.Tensor) -> int | None:
+    """Rows per chunk for the whole ``model`` (its forward, or a forward and backward, whose
+    gradients are the activations' size) on inputs shaped like ``x``; None on a GPU, for a
+    model in training mode (probing it would move its batch norms' statistics, and chunks would
+    change what they normalise over), where the model cannot be traced, or where an output is
+    not batch-first. Remembered per model and input shape."""
+    if x.device.type != "cpu" or model.training:
+        return None
+    key = (tuple(x.shape[1:]), x.dtype)
+    known = _MODEL_ROWS.setdefault(model, {})
+    if key not in known:
+        try:
+            module = fx.GraphModule(model, trace(model))
+        except Exception:  # noqa: BLE001 - fx raises many types for untraceable Python
+            module = None
+        known[key] = None if module is None else chunk_rows(module, x)
+    return known[key]
 
 
 def _probe(module: fx.GraphModule, x: torch.Tensor) -> tuple[int, tuple]:

@@ -127,6 +127,29 @@ def test_deletion_auc_of_perfect_map_below_reversed_map():
     assert np.allclose(c["deletion"][:, 0], c["insertion"][:, -1])   # both: the intact image
 
 
+def test_deletion_curves_on_a_cpu_run_in_row_chunks_with_the_same_probabilities(monkeypatch):
+    """The forward of each batch of (image, step) pairs runs in the rows chip_fast's own CPU
+    forward takes (chip_fast.models.row_chunks), with the whole batch's probabilities."""
+    from chip_fast.models import row_chunks
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    maps = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    seen = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda t: seen.append(len(t)) or real(t))
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 1)          # one row per chunk
+    chunked = M.deletion_insertion_curves(model, x, maps, [0, 1, 2], n_steps=4, batch_size=8)
+    assert set(seen) == {1}
+    monkeypatch.setattr(M, "model_rows", lambda model, x: None)   # whole batches of 8
+    whole = M.deletion_insertion_curves(model, x, maps, [0, 1, 2], n_steps=4, batch_size=8)
+    assert 8 in seen
+    for mode in ("deletion", "insertion"):
+        np.testing.assert_allclose(chunked[mode], whole[mode], rtol=1e-5, atol=1e-6)
+
+
 def test_spearman_and_randomized_copy():
     a = np.arange(20, dtype=float).reshape(2, 10)
     assert np.allclose(M.spearman_rows(a, a), 1)

@@ -110,3 +110,28 @@ def test_build_methods_runs_each_refined_peer_once_over_all_layers(tiny_net):
                             ["features.1", "features.2"], log=lambda s: None)
     assert list(methods) == ["layercam@features.1", "layercam@features.2", "layercam-refined"]
     assert methods["layercam-refined"].layer == "features.1+features.2"
+
+
+def test_gradient_peers_on_a_cpu_run_in_row_chunks_with_the_same_maps(tiny_net, monkeypatch):
+    """Without a batch size, a gradient peer on a CPU takes the rows chip_fast's own CPU forward
+    takes (chip_fast.models.row_chunks), and its maps are those of the whole batch."""
+    pytest.importorskip("pytorch_grad_cam")
+    from chip_fast.evaluation import peers
+    from chip_fast.models import row_chunks
+    x = torch.randn(7, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    classes = [0, 1, 2, 3, 4, 5, 0]
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 1)          # one row per chunk
+    assert peers.peer_batch(tiny_net, x, None) == 1 and peers.peer_batch(tiny_net, x, 4) == 4
+    calls = []
+    for name, at in (("layercam", "features.2"), ("layercam-refined", ["features.1", "features.2"])):
+        fn = peers.peer(name, at)
+        real = tiny_net.forward
+        monkeypatch.setattr(tiny_net, "forward", lambda t: calls.append(len(t)) or real(t))
+        chunked = fn(tiny_net, x, classes)
+        monkeypatch.undo()
+        monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 1)
+        whole = (peers.grad_cam_family(name, at, batch_size=32) if isinstance(at, str)
+                 else peers.refine_cam("layercam", at, batch_size=32))(tiny_net, x, classes)
+        assert set(calls) == {1}, calls
+        assert np.abs(chunked - whole).max() < 1e-5
+        calls.clear()

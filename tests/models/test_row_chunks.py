@@ -122,3 +122,28 @@ def test_outputs_that_are_not_batch_first_are_never_chunked(monkeypatch):
     x = torch.randn(6, 3, 5, 5)
     assert chunk_rows(gm, x) is None
     assert chunk_rows(fx.symbolic_trace(_net()), x) == 1
+
+
+def test_a_whole_model_is_sized_like_its_trace_and_remembered(monkeypatch):
+    net, x = _net(), torch.randn(7, 3, 12, 12)
+    peak = 16 * 12 * 12 * 4                      # conv1's output, as above
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 3 * peak)
+    assert row_chunks.model_rows(net, x) == 3
+    monkeypatch.setattr(row_chunks, "CHUNK_BYTES", 10 * peak)
+    assert row_chunks.model_rows(net, x) == 3      # per model and input shape, once
+    assert row_chunks.model_rows(net, torch.randn(7, 3, 6, 6)) == 40   # a new shape
+
+
+class Untraceable(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x        # data-dependent control flow: fx cannot trace
+
+
+def test_whole_models_that_cannot_be_chunked_run_whole():
+    x = torch.randn(4, 3, 12, 12)
+    assert row_chunks.model_rows(Untraceable(), x) is None
+    assert row_chunks.model_rows(_net().train(), x) is None   # batch norm would move and change
+    net = _net()
+    stats = net.bn1.running_mean.clone()
+    assert row_chunks.model_rows(net, x) is not None
+    assert torch.equal(net.bn1.running_mean, stats)            # probing an eval model moves nothing
