@@ -1,5 +1,9 @@
 """Milliseconds per image of ``chip_fast.explain`` (Refined CHIP, the API as a user calls it) next
-to the model's plain forward pass on the same photos, in one run.
+to the model's plain forward pass and to the gradient peers of the evaluation
+(pytorch-grad-cam's Grad-CAM, Layer-CAM and RefineCAM at CHIP's layers) on the same photos, in
+one run. Each peer runs twice: in the batches the evaluation now gives it on a CPU (the rows of
+``chip_fast.models.row_chunks``) and in whole batches of --batch, as it ran before; the largest
+difference between the two runs' maps is recorded.
 
     python -m benchmarks.jobs explain_speed [--photos 64] [--batch 32]
 
@@ -40,12 +44,42 @@ def per_image_ms(fn, batches: list[tuple[torch.Tensor, torch.Tensor]], repeats: 
     return 1000 * best / sum(len(x) for x, _ in batches)
 
 
+PEERS = {"gradcam@features.18": ("gradcam", "features.18"),
+         "layercam@features.14.conv.0": ("layercam", "features.14.conv.0"),
+         "layercam-refined@features.14.conv.0+features.18":
+             ("layercam-refined", ["features.14.conv.0", "features.18"])}
+
+
+def peer_speeds(model, batches, whole: int) -> dict:
+    """Per peer: ms per image in the evaluation's CPU batches and in whole batches of ``whole``,
+    and the largest difference between the two runs' maps."""
+    import numpy as np
+    from chip_fast.evaluation.peers import grad_cam_family, peer_batch, refine_cam
+    out = {}
+    for name, (method, at) in PEERS.items():
+        def make(batch_size):
+            return (refine_cam(method.split("-")[0], at, batch_size) if isinstance(at, list)
+                    else grad_cam_family(method, at, batch_size))
+        chunked, full = make(None), make(whole)
+        x, c = batches[0]
+        diff = float(np.abs(chunked(model, x, c.tolist()) - full(model, x, c.tolist())).max())
+        out[name] = {"ms_per_image": per_image_ms(lambda x, c: chunked(model, x, c.tolist()),
+                                                  batches, repeats=1),
+                     "batch": peer_batch(model, x, None),
+                     "whole_batch_ms_per_image": per_image_ms(
+                         lambda x, c: full(model, x, c.tolist()), batches, repeats=1),
+                     "max_map_difference": diff}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", default=str(RESULTS), help="folder of the result file")
+    ap.add_argument("--no-peers", dest="peers", action="store_false",
+                    help="skip the gradient peers (they need chip-fast[eval])")
     args = ap.parse_args(argv)
     model = load_model("mobilenet_v2", DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     ds = load_val_dir(DATA / "imagenet-val-dev", limit=args.photos)
@@ -63,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         forward = per_image_ms(lambda x, c: model(x), batches)
         forward_chunked = per_image_ms(lambda x, c: chunked(x), batches)
+    peers = peer_speeds(model, batches, args.batch) if args.peers else {}
     results = {"explain_ms_per_image": per_image_ms(
         lambda x, c: chip_fast.explain(model, imp, x, c), batches),
         "forward_ms_per_image": forward,
         # the same forward in the chunks of rows chip_fast runs a CPU prefix in
         "forward_in_chunks_ms_per_image": forward_chunked, "chunk_rows": rows,
-        "photos": len(images), "batch": args.batch,
+        "peers": peers, "photos": len(images), "batch": args.batch,
         "layers": imp.layers, "threads": torch.get_num_threads(), "cpus": usable_cpus(),
         "command": f"python -m benchmarks.jobs explain_speed --photos {args.photos} "
                    f"--batch {args.batch}"}
