@@ -136,6 +136,7 @@ def test_each_view_s_prefix_runs_once_however_many_stages(monkeypatch):
     imp = run(until_stable=0.9999, fill_stats_views=1)   # never stops: both stages run
     assert imp.settings["samples_reached"] == [4096] * 8
     # after the job's probe and the fill statistics pass (a view each; the atlas measures its
-    # patch side on that first view, 4 channels: 4 rows, once): each class's chunk of its 3
-    # views once, though both stages use every view
-    assert rows == [1, 1, 4] + [3] * 8
+    # patch side on that first view, once: a pass without gradients picks 4 live channels, a
+    # pass with them takes the 4 rows): each class's chunk of its 3 views once, though both
+    # stages use every view
+    assert rows == [1, 1, 1, 4] + [3] * 8
