@@ -23,6 +23,7 @@ import torch
 import chip_fast
 from chip_fast.evaluation import load_val_dir
 from chip_fast.models import load_model
+from chip_fast.models.row_chunks import run_in_chunks
 from chip_fast.util.cpus import usable_cpus
 
 from benchmarks.jobs.record import RESULTS, write_result
@@ -90,13 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     batches = list(zip(images.split(args.batch), torch.tensor(labels).split(args.batch)))
     chip_fast.explain(model, imp, *batches[0])          # trace and fingerprint check, once
     rows = chunk_rows(model, images.shape[-1]) or len(images)
-
-    def chunked(x: torch.Tensor) -> None:
-        for i in range(0, len(x), rows):
-            model(x[i:i + rows])
     with torch.inference_mode():
         forward = per_image_ms(lambda x, c: model(x), batches)
-        forward_chunked = per_image_ms(lambda x, c: chunked(x), batches)
+        forward_chunked = per_image_ms(lambda x, c: run_in_chunks(lambda t: (model(t),), x, rows),
+                                       batches)
     peers = peer_speeds(model, batches, args.batch) if args.peers else {}
     results = {"explain_ms_per_image": per_image_ms(
         lambda x, c: chip_fast.explain(model, imp, x, c), batches),

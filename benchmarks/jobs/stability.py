@@ -85,11 +85,10 @@ def plain_pass(model: torch.nn.Module, source: chip_fast.ImageFolderSource, batc
 
 
 def chunk_rows(model: torch.nn.Module, size: int) -> int | None:
-    """The rows per chunk chip_fast's rule gives the whole model on ``size`` x ``size`` photos."""
-    import torch.fx as fx
-    from chip_fast.models import row_chunks
-    x = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
-    return row_chunks.chunk_rows(fx.symbolic_trace(model), x)   # None: whole batches
+    """The rows per chunk chip_fast's rule gives the whole model on ``size`` x ``size`` photos
+    (None: whole batches)."""
+    from chip_fast.models.row_chunks import model_rows
+    return model_rows(model, torch.zeros(1, 3, size, size))
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor, classes: list[int]) -> dict[str, float]:
