@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                                                         f"--samples {args.samples}",
                                                         f"--photos {args.photos}"])}
     stem = f"{args.layer.replace('.', '_')}_{args.samples}"
-    md = (f"| process | best wall s | user s | sys s |\n|---|---|---|---|\n" + "".join(
+    md = ("| process | best wall s | user s | sys s |\n|---|---|---|---|\n" + "".join(
         f"| {n} | {best[n]:.1f} | {min(r['user_s'] for r in rs):.1f} | "
         f"{min(r['sys_s'] for r in rs):.1f} |\n" for n, rs in runs.items()) +
         f"\nspeed-up of chip-fast over the plain loop: **{result['speedup']:.1f}x** "
