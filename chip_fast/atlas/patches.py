@@ -39,15 +39,16 @@ def _as_patches(crops: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, side: i
 
 
 def cut_patches(rgb: torch.Tensor, view: torch.Tensor, cell: torch.Tensor,
-                grid: tuple[int, int], patch_px: int, scale: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                grid: tuple[int, int], patch_px: int, scale: float,
+                max_span: float = MAX_SPAN) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches (N, P, P, 3) uint8 of the [0, 1] views ``rgb`` (B, 3, H, W) around cells
-    (N, 2) = (row, col) of a layer grid (h, w), and their (y0, x0, side) in view pixels."""
+    (N, 2) = (row, col) of a layer grid (h, w), and their (y0, x0, side) in view pixels; the
+    views shrunk until a patch pixel spans at most ``max_span`` of their pixels."""
     from torchvision.ops import roi_align
     height, width = rgb.shape[-2:]
     side = patch_side(height, width, grid, scale)
     y0, x0 = _squares(height, width, cell, grid, side)
-    shrink = min(1.0, MAX_SPAN * patch_px / side)
+    shrink = min(1.0, max_span * patch_px / side)
     src, sy, sx = rgb, 1.0, 1.0
     if shrink < 1.0:
         size = (max(1, round(height * shrink)), max(1, round(width * shrink)))
@@ -66,11 +67,4 @@ def cut_patches_reference(rgb: torch.Tensor, view: torch.Tensor, cell: torch.Ten
     """:func:`cut_patches` without shrinking: every patch pixel averaged over its whole
     footprint in the full-size view (how patches were cut before; the tests' and the
     benchmark's reference)."""
-    from torchvision.ops import roi_align
-    height, width = rgb.shape[-2:]
-    side = patch_side(height, width, grid, scale)
-    y0, x0 = _squares(height, width, cell, grid, side)
-    boxes = torch.stack([view.double(), x0, y0, x0 + side, y0 + side], 1).to(rgb)
-    crops = roi_align(rgb, boxes, output_size=patch_px, spatial_scale=1.0,
-                      sampling_ratio=max(1, round(side / patch_px)), aligned=True)
-    return _as_patches(crops, y0, x0, side)
+    return cut_patches(rgb, view, cell, grid, patch_px, scale, max_span=float("inf"))
