@@ -30,6 +30,7 @@ import torch
 
 import chip_fast
 from chip_fast.models.fingerprint import model_fingerprint
+from chip_fast.models.row_chunks import run_in_chunks
 
 from .record import write_result
 
@@ -78,9 +79,7 @@ def plain_pass(model: torch.nn.Module, source: chip_fast.ImageFolderSource, batc
             for i in range(0, len(files), batch):
                 x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files[i:i + batch]])
                 x = x.contiguous(memory_format=torch.channels_last)
-                step = chunk or len(x)
-                for j in range(0, len(x), step):
-                    model(x[j:j + step])
+                run_in_chunks(lambda t: (model(t),), x, chunk or len(x))
     return clock
 
 
