@@ -8,8 +8,9 @@ Per class, every view gets ``pairs`` antithetic mask pairs; the response is the 
 logit minus p_keep times the view's unperturbed logit y0); the pooled least-squares fit on all
 samples is removed, and each view's residual RMS s_v is what its samples add to the weights'
 noise. With n_v proportional to s_v the variance falls by mean(s^2) / mean(s)^2 at the same
-number of samples (with n_v proportional to a proxy q_v: mean(s^2) / (mean(q) mean(s^2 / q))); the report gives that factor and how well cheap proxies (|y0|, the view's
-mean activation) predict s_v, since an allocation must be chosen before the samples.
+number of samples (with n_v proportional to a proxy q_v: mean(s^2) / (mean(q) mean(s^2 / q)));
+the report gives that factor and how well cheap proxies (|y0|, the view's mean activation)
+predict s_v, since an allocation must be chosen before the samples.
 """
 from __future__ import annotations
 
