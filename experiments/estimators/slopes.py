@@ -63,6 +63,12 @@ def main(argv=None):
                   "gradient at the unperturbed view": gradients_at(tail, a, c,
                                                                    torch.ones(a.shape[:2])),
                   "gradient at the half-scaled view": midpoint_gradients(tail, a, c)}
+    # Free covariates: the pooled coefficients scaled per channel by how active the channel is on
+    # the view (dropping a channel the view barely uses can cost it little).
+    act = a.double().mean((2, 3))
+    rel = torch.where(act.mean(0) > 0, act / act.mean(0).clamp_min(1e-12), torch.zeros_like(act))
+    for gamma in (0.5, 1.0):
+        candidates[f"pooled x (view's channel mean / its mean)^{gamma}"] = pooled * rel ** gamma
     for m in sorted({1, 4, args.grads // 4, args.grads}):
         candidates[f"mean gradient at {m} random masks"] = grads[:m].mean(0)
     result = {"layer": LAYER, "class": c, "views": args.views, "samples_per_view": args.samples,
