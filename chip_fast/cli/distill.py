@@ -48,6 +48,11 @@ def configure(sub) -> None:
     d.add_argument("--estimator", choices=["auto", "sampled"], default=DistillSettings.estimator,
                    help="auto: the exact importance where a layer's tail is affine and the "
                         "response is the logit (no sampling there); sampled: sample every layer")
+    d.add_argument("--control", choices=["auto", "view_slopes", "none"],
+                   default=DistillSettings.control,
+                   help="view_slopes: each view's mask gradient (one backward pass per view) as "
+                        "a control variate at layers sampled through their tail; none: plain; "
+                        "auto: view_slopes on a CPU, none on the GPU kernel path")
     d.add_argument("--alpha", type=float, default=DistillSettings.alpha,
                    help="penalty as a fraction of lambda_max")
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 samples_per_class=args.samples_per_class, seed=args.seed, p_keep=args.p_keep,
                 fill=args.fill, atlas=args.atlas, baseline=args.baseline, masks=args.masks,
                 estimator=args.estimator, until_stable=args.until_stable,
-                response=args.response, alpha=args.alpha, nonneg=args.nonneg,
+                control=args.control, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
                 augment=args.augment, batch_size=args.batch_size, tail_dtype=args.tail_dtype)
         except (KeyboardInterrupt, SystemExit):
             if any(checkpoint.glob(CHECKPOINT_GLOB)):

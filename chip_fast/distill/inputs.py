@@ -56,6 +56,15 @@ class JobInputs:
         exact = settings.estimator == "auto" and settings.response == "logit"
         return {l: "exact" if exact and l in self.affine else "sampled" for l in self.layers}
 
+    def controls(self, settings: DistillSettings) -> dict[str, str]:
+        """"view_slopes" where ``settings.control`` asks for it and the layer is sampled through
+        a tail run on its perturbed activations that reads no other prefix value, else
+        "none": part of what a file means (settings["controls"])."""
+        estimators = self.estimators(settings)
+        on = settings.control in ("auto", "view_slopes")
+        return {l: "view_slopes" if on and estimators[l] == "sampled" and l in self.tails
+                and not self.split.tails[l].extras else "none" for l in self.layers}
+
     def nonlinear_sampled(self, settings: DistillSettings) -> bool:
         """Whether some layer is sampled through a response that is not linear in its mask
         (an elementwise tail, or an affine one read through softmax): where paired designs

@@ -57,6 +57,7 @@ class DistillPlan:
         # "affine" or "elementwise" per layer (chip_fast.distill.tails): part of what a file means.
         self.paths = inputs.paths
         self.estimators = inputs.estimators(settings)
+        self.controls = inputs.controls(settings)
         self.design = settings.masks   # made concrete by settings.resolve_masks
         self.fingerprint = inputs.fingerprint
         self.max_memory = max_memory           # the budget that chose the batch sizes, if any
@@ -131,9 +132,12 @@ class DistillPlan:
         settings = dataclasses.asdict(self.settings)
         if settings["until_stable"] is None:   # as before it existed: older checkpoints resume
             del settings["until_stable"]
+        if all(c == "none" for c in self.controls.values()):   # the same
+            del settings["control"]
         key: dict[str, Any] = {
             "settings": settings, "layers": self.layers,
             "classes": self.classes, "model": self.fingerprint["sha256"], "paths": self.paths,
             "estimators": self.estimators,
+            **({"controls": self.controls} if "control" in settings else {}),
             "views": {str(c): v for c, v in self.views.views.items()}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

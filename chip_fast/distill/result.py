@@ -15,6 +15,7 @@ from ..solve.fit import class_rows, layer_covariances, solve_layer
 from ..solve.stability import with_stability
 from ..version import __version__
 from .plan import DistillPlan
+from .slopes import layer_sums
 from .state import DistillState
 
 
@@ -26,13 +27,17 @@ def fit_importance(plan: DistillPlan, state: DistillState,
     1e-6 of max |r|, below float32's resolution of such sums."""
     st = plan.settings
     counts = state.sample_counts()
-    weights, grams, rs = {}, {}, {}
+    weights, grams, rs, control_b = {}, {}, {}, {}
+    sums = {layer: layer_sums(plan, state, layer, counts) for layer in plan.layers}
     for layer in plan.layers:
         w = torch.empty(len(plan.classes), plan.channels[layer], dtype=torch.float64)
         r_all = torch.empty_like(w)
+        szy, sy, _, b = sums[layer]
+        if b is not None:
+            control_b[layer] = b.tolist()
         for rows, gram, r in layer_covariances(
-                dataclasses.asdict(st), counts, state.sum_zy[layer], state.sum_y[layer],
-                plan.estimators[layer] == "exact", device):
+                dataclasses.asdict(st), counts, szy, sy, plan.estimators[layer] == "exact",
+                device):
             w[rows] = solve_layer(gram, r, st.alpha, nonneg=st.nonneg, tol=st.tol,
                                   max_iter=st.max_iter, where=f" at layer {layer}").cpu()
             r_all[rows] = r.cpu()
@@ -44,6 +49,9 @@ def fit_importance(plan: DistillPlan, state: DistillState,
     settings["views_per_class"] = {str(c): v for c, v in plan.views.views.items()}
     settings["paths"] = dict(plan.paths)
     settings["estimators"] = dict(plan.estimators)
+    if control_b:
+        settings["controls"] = dict(plan.controls)
+        settings["control_coefficients"] = control_b
     if st.until_stable is not None:
         settings["samples_reached"] = counts.tolist()
     if plan.max_memory is not None:
@@ -54,8 +62,9 @@ def fit_importance(plan: DistillPlan, state: DistillState,
                       class_ids=complete(plan.class_ids),
                       class_names=complete(plan.class_names),
                       gram=grams, r=rs,
-                      sum_zy=dict(state.sum_zy), sum_y=dict(state.sum_y),
-                      sum_yy=dict(state.sum_yy),
+                      sum_zy={l: s[0] for l, s in sums.items()},
+                      sum_y={l: s[1] for l, s in sums.items()},
+                      sum_yy={l: s[2] for l, s in sums.items()},
                       fill_mean={l: m.cpu() for l, m in state.mu.items()},
                       fill_std={l: m.cpu() for l, m in state.sigma.items()},
                       atlas=state.atlas))

@@ -101,7 +101,8 @@ def distill_all_classes(
         tol: float = DistillSettings.tol, max_iter: int = DistillSettings.max_iter,
         folds: int = 4, tail_dtype: str = "auto", tail_path: str = "auto",
         masks: str = DistillSettings.masks, estimator: str = DistillSettings.estimator,
-        until_stable: float | None = None) -> Importance | None:
+        until_stable: float | None = None,
+        control: str = DistillSettings.control) -> Importance | None:
     """Distil the channel importance of every class at ``layers`` (METHOD.md, Stage 1).
 
     ``data``: an ImageFolderSource, a folder in the ``train/<wnid>/`` layout, an
@@ -142,7 +143,7 @@ def distill_all_classes(
         samples_per_unit=samples_per_unit or DistillSettings.samples_per_unit,
         fill_stats_views=fill_stats_views, tol=tol, max_iter=max_iter, folds=folds,
         tail_dtype=tail_dtype, tail_path=tail_path, atlas=atlas, baseline=baseline, masks=masks,
-        estimator=estimator,
+        estimator=estimator, control=control,
         until_stable=None if until_stable is None else float(until_stable))
     options = JobOptions(out=out, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          keep_checkpoint=keep_checkpoint, progress=progress,

@@ -11,14 +11,13 @@ z * y, y and y^2 per (class, fold) in float64:
   layout the tail consumes (on CUDA straight into the tail's CUDA graph input), and the tail
   runs on the batch (``tails.TailRunner``).
 
-On CUDA nothing between a unit's first and last batch reads the device: indices (with the
-response sums' sort and bucket bounds) are built on the host once per unit (``rows``), the
-kernels skip their range checks, and a batch is the perturbation kernel, the tail's CUDA-graph
+On CUDA nothing between a unit's first and last batch reads the device: indices are built on
+the host once per unit (``rows``), and a batch is the perturbation kernel, the tail's CUDA-graph
 replay and the response sums kernel (which gathers each row's logit, subtracts the baseline and
-adds into the unit's sums). A unit's sums are copied into pinned memory behind an event, so
-``collect`` waits for that unit alone while the next one runs; a non-finite response shows in
-them (a float64 sum of float32 values is finite exactly when all of them are) and is found
-again only then.
+adds into the unit's sums). ``collect`` waits for one unit's pinned copy of its sums while the
+next one runs; a non-finite response shows in them (a float64 sum of float32 values is finite
+exactly when all of them are) and is found again only then. With the view-slope control
+variate (``slopes``) a unit also takes each view's mask gradient, once.
 
 Owns the prefix and tail passes and the fill statistics pass; the views are ``views``', the
 rows ``rows``'; the model's sizes and tails come resolved (``inputs``); it reads the plan and
@@ -39,6 +38,7 @@ from .inputs import JobInputs
 from .plan import DistillPlan, Unit
 from .rows import Rows, make_rows
 from .settings import DistillSettings
+from .slopes import ControlBatches
 from .stage_prefixes import StagePrefixes
 from .state import Partial
 from .linear_head import LinearHead
@@ -73,7 +73,7 @@ class Launched:
     rows: Rows
     inputs: dict[str, torch.Tensor]
     prefix_out: dict[str, torch.Tensor] | None
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    sums: dict[str, tuple[torch.Tensor, ...]]
     ready: torch.cuda.Event | None = None
 
 
@@ -247,7 +247,8 @@ class UnitRunner:
                             on_batch(len(rows))
                         continue
                     sums[layer] = self._layer_sums(layer, inputs[layer], prefix_out, rows,
-                                                   n_rows, mu, sigma, on_batch)
+                                                   n_rows, mu, sigma, on_batch,
+                                                   plan.controls[layer] != "none")
             ready = None
             if self.device.type == "cuda":
                 sums, ready = _copy_out(sums, self.device)
@@ -255,9 +256,8 @@ class UnitRunner:
 
     def collect(self, job: "Launched", mu: dict[str, torch.Tensor],
                 sigma: dict[str, torch.Tensor]) -> Partial:
-        """Partial sums (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of a launched unit's
-        G classes in F folds, per layer: on CUDA it waits for this unit's copies alone, not for
-        the units queued after it."""
+        """Partial sums (``state.Partial``) of a launched unit's G classes in F folds, per layer:
+        on CUDA it waits for this unit's copies alone, not for the units queued after it."""
         plan = job.plan
         n_classes, folds = len(plan.unit_classes(job.unit)), plan.settings.folds
         if job.ready is not None:
@@ -266,9 +266,8 @@ class UnitRunner:
                         .all()) for l in plan.layers if plan.estimators[l] != "exact"):
             with torch.inference_mode():
                 raise_non_finite(self, plan, job.inputs, job.prefix_out, job.rows, mu, sigma)
-        return {layer: (szy.view(n_classes, folds, -1), sy.view(n_classes, folds),
-                        syy.view(n_classes, folds))
-                for layer, (szy, sy, syy) in job.sums.items()}
+        return {layer: tuple(t.view(n_classes, folds, *t.shape[1:]) for t in parts)
+                for layer, parts in job.sums.items()}
 
     def _responses(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows, mu: dict,
                    sigma: dict):
@@ -306,22 +305,25 @@ class UnitRunner:
 
     def _layer_sums(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows,
                     n_rows: int, mu: dict, sigma: dict,
-                    on_batch: Callable[[int], None] | None):
-        """(sum z*y, sum y, sum y^2) per sum row of one layer."""
+                    on_batch: Callable[[int], None] | None, control: bool = False):
+        """(sum z*y, sum y, sum y^2) per sum row of one layer, then with ``control`` the control
+        variate's sums (``slopes.ControlBatches``)."""
         st = self.settings
         batch = self._batch(layer)
         sums = UnitSums(n_rows, acts.shape[1], self.device, seed=st.seed, p_keep=st.p_keep,
                         design=st.masks, folds=st.folds, batch=batch,
                         plan=rows.plans.get(batch),
                         batches=[(c, v, r) for v, c, _, r in rows.batches(batch)])
-        base = (self._baseline(layer, acts, prefix_out, rows) if st.baseline == "view"
-                else None)
+        base = self._baseline(layer, acts, prefix_out, rows) if st.baseline == "view" else None
+        adders = [sums] + ([ControlBatches(self.split.tails[layer], st, acts, rows, n_rows,
+                                           mu.get(layer), batch)] if control else [])
         for b, (size, responses, masks) in enumerate(
                 self._responses(layer, acts, prefix_out, rows, mu, sigma)):
-            sums.add(b, responses, base, masks)
+            for adder in adders:
+                adder.add(b, responses, base, masks)
             if on_batch is not None:
                 on_batch(size)
-        return sums.result()
+        return sum((adder.result() for adder in adders), ())
 
     def _exact_sums(self, layer: str, means: torch.Tensor, rows: Rows, n_rows: int,
                     mu: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ import torch
 
 from .. import rng
 from ..data.sources import views_per_image
+from ..ops.backend import use_triton_on
 from ..ops.perturb import FILLS
 from ..solve.lasso import DEFAULT_MAX_ITER, DEFAULT_TOL
 
@@ -19,6 +20,7 @@ TAIL_PATHS = ("auto", "elementwise")
 BASELINES = ("none", "view")
 MASK_DESIGNS = ("auto",) + rng.MASK_DESIGNS
 ESTIMATORS = ("auto", "sampled")
+CONTROLS = ("auto", "none", "view_slopes")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,14 @@ class DistillSettings:
     # the cap; every stage spreads a class's views evenly, so a class stopped there weighs its
     # photos as a full run does). None: every class gets samples_per_class.
     until_stable: float | None = None
+    # "view_slopes": at a sampled layer whose tail runs on perturbed activations, each view's
+    # mask gradient at its mean-masked activation (one backward pass per view) is a control
+    # variate for the way the views' own coefficients differ, the largest part of the seed noise
+    # there (chip_fast.solve.control; the estimand is unchanged). "none": the plain regression.
+    # "auto": view_slopes where the batches run the PyTorch ops (CPUs), none on the fused kernel
+    # path (GPUs), where its per-batch sums are not fused and not yet measured. The file
+    # records each layer's choice (settings["controls"]).
+    control: str = "auto"
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -134,6 +144,8 @@ class DistillSettings:
         need(self.until_stable is None or self.folds >= 2,
              "until_stable needs folds >= 2: a class's stability is predicted from halves of "
              "its folds")
+        need(self.control in CONTROLS,
+             f"control must be one of {CONTROLS}, got {self.control!r}")
         need(self.tail_path in TAIL_PATHS,
              f"tail_path must be one of {TAIL_PATHS}, got {self.tail_path!r}")
 
@@ -161,7 +173,10 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
     tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
         "bfloat16" if cuda or (device.type == "cpu" and cpu_has_native_bf16()) else "float32")
     batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
-    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
+    control = settings.control if settings.control != "auto" else (
+        "none" if use_triton_on(device) else "view_slopes")
+    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size,
+                               control=control)
 
 
 def cpu_has_native_bf16() -> bool:

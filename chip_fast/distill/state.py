@@ -13,10 +13,12 @@ import dataclasses
 import torch
 
 from ..atlas.collect import ChannelAtlas
+from ..solve.control import CONTROL_SUMS
 from .plan import DistillPlan, Unit
 
-# layer -> (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of a unit's G classes, F folds
-Partial = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# layer -> (sum z*y (G, F, K), sum y (G, F), sum y^2 (G, F)) of a unit's G classes, F folds,
+# then, at a layer with the view-slope control variate, its sums (CONTROL_SUMS, same rows)
+Partial = dict[str, tuple[torch.Tensor, ...]]
 
 
 class DistillState:
@@ -34,6 +36,11 @@ class DistillState:
                        for l in plan.layers}
         self.sum_y = {l: torch.zeros(n, f, dtype=torch.float64) for l in plan.layers}
         self.sum_yy = {l: torch.zeros(n, f, dtype=torch.float64) for l in plan.layers}
+        # The control variate's streamed sums (chip_fast.solve.control), at the layers with one.
+        self.control = {l: {name: torch.zeros((n, f, plan.channels[l]) if name in ("zu", "q")
+                                              else (n, f), dtype=torch.float64)
+                            for name in CONTROL_SUMS}
+                        for l in plan.layers if plan.controls[l] != "none"}
         self.done_blocks = [0] * len(plan.groups)
         # Per class, the samples it stopped at (distil until stable); 0 while it runs.
         self.stopped = torch.zeros(n, dtype=torch.int64)
@@ -51,10 +58,12 @@ class DistillState:
             raise RuntimeError(f"unit {unit} added out of order (group {unit.group} has "
                                f"{self.done_blocks[unit.group]} blocks done)")
         rows = self.plan.class_rows(self.plan.unit_classes(unit))
-        for layer, (szy, sy, syy) in partial.items():
+        for layer, (szy, sy, syy, *control) in partial.items():
             self.sum_zy[layer][rows] += szy
             self.sum_y[layer][rows] += sy
             self.sum_yy[layer][rows] += syy
+            for name, part in zip(CONTROL_SUMS, control):
+                self.control[layer][name][rows] += part
         self.done_blocks[unit.group] = unit.block + 1
 
     def active(self, g: int) -> tuple[int, ...] | None:
@@ -96,15 +105,20 @@ class DistillState:
     def group_size(self, g: int) -> int:
         """Length of :meth:`group_vector` for group ``g``."""
         n, f = len(self.plan.groups[g]), self.plan.settings.folds
-        return sum(n * f * (self.plan.channels[l] + 2) for l in self.plan.layers) + n + 1
+        return (sum(n * f * (self.plan.channels[l] + 2) for l in self.plan.layers)
+                + sum(n * f * (2 * self.plan.channels[l] + 3) for l in self.control) + n + 1)
+
+    def _tables(self, layer: str) -> list[dict[str, torch.Tensor]]:
+        """A layer's sum tables in the order group vectors hold them."""
+        return [self.sum_zy, self.sum_y, self.sum_yy] + (
+            [{layer: t} for t in self.control[layer].values()] if layer in self.control else [])
 
     def group_vector(self, g: int) -> torch.Tensor:
         """Group ``g``'s rows of every layer and its blocks done, flattened."""
         rows = self.plan.group_rows(g)
         parts = []
         for layer in self.plan.layers:
-            parts += [self.sum_zy[layer][rows].flatten(), self.sum_y[layer][rows].flatten(),
-                      self.sum_yy[layer][rows].flatten()]
+            parts += [table[layer][rows].flatten() for table in self._tables(layer)]
         parts.append(self.stopped[rows].to(torch.float64))
         parts.append(torch.tensor([float(self.done_blocks[g])], dtype=torch.float64))
         return torch.cat(parts)
@@ -112,13 +126,12 @@ class DistillState:
     def set_group_vector(self, g: int, flat: torch.Tensor) -> None:
         """The inverse of :meth:`group_vector`: replace group ``g``'s rows and progress."""
         rows = self.plan.group_rows(g)
-        at, n, f = 0, len(rows), self.plan.settings.folds
+        at, n = 0, len(rows)
         for layer in self.plan.layers:
-            k = self.plan.channels[layer]
-            for table, width in ((self.sum_zy, k), (self.sum_y, 1), (self.sum_yy, 1)):
-                size = n * f * width
-                table[layer][rows] = flat[at:at + size].view(table[layer][rows].shape)
-                at += size
+            for table in self._tables(layer):
+                shape = table[layer][rows].shape
+                table[layer][rows] = flat[at:at + shape.numel()].view(shape)
+                at += shape.numel()
         self.stopped[rows] = flat[at:at + n].to(torch.int64)
         self.done_blocks[g] = int(flat[at + n])
 
@@ -128,6 +141,8 @@ class DistillState:
         out = {f"sum_zy/{l}": self.sum_zy[l] for l in self.plan.layers}
         out.update({f"sum_y/{l}": self.sum_y[l] for l in self.plan.layers})
         out.update({f"sum_yy/{l}": self.sum_yy[l] for l in self.plan.layers})
+        out.update({f"control_{name}/{l}": t for l, sums in self.control.items()
+                    for name, t in sums.items()})
         out.update({f"mu/{l}": self.mu[l].cpu() for l in self.mu})
         out.update({f"sigma/{l}": self.sigma[l].cpu() for l in self.sigma})
         out["stopped"] = self.stopped
@@ -150,11 +165,14 @@ class DistillState:
         """Take ``groups``' rows from a saved state (``get(name)`` returns its tensors, whose
         names are ``names``), with ``done[g]`` blocks done."""
         for layer in self.plan.layers if groups else []:
-            saved = {name: get(f"{name}/{layer}") for name in ("sum_zy", "sum_y", "sum_yy")}
+            saved = {name: (getattr(self, name)[layer], get(f"{name}/{layer}"))
+                     for name in ("sum_zy", "sum_y", "sum_yy")}
+            saved.update({f"control_{name}": (t, get(f"control_{name}/{layer}"))
+                          for name, t in self.control.get(layer, {}).items()})
             for g in groups:
                 rows = self.plan.group_rows(g)
-                for name, t in saved.items():
-                    getattr(self, name)[layer][rows] = t[rows]
+                for mine, theirs in saved.values():
+                    mine[rows] = theirs[rows]
         stopped = get("stopped") if groups and "stopped" in names else None
         for g in groups:
             self.done_blocks[g] = done[g]

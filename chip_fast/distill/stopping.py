@@ -14,6 +14,7 @@ import torch
 
 from ..solve.stability import split_stability
 from .plan import DistillPlan, Unit
+from .slopes import layer_sums
 from .state import DistillState
 
 
@@ -29,9 +30,8 @@ def classes_to_stop(plan: DistillPlan, state: DistillState, unit: Unit) -> list[
     for layer in plan.layers:
         if plan.estimators[layer] == "exact":
             continue
-        agreement, _ = split_stability(settings, n, state.sum_zy[layer][rows],
-                                       state.sum_y[layer][rows], st.alpha,
-                                       standard_errors=False)
+        szy, sy, _, _ = layer_sums(plan, state, layer, torch.full((len(rows),), n), rows)
+        agreement, _ = split_stability(settings, n, szy, sy, st.alpha, standard_errors=False)
         stable &= agreement >= st.until_stable   # NaN (a constant response) never stops
     return [c for c, ok in zip(classes, stable.tolist()) if ok]
 
