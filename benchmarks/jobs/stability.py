@@ -46,6 +46,7 @@ CONFIGS = {
     "until-stable-0.95": {"until_stable": 0.95},
     # the default with float32 tails, where "auto" picks bfloat16 (CPUs with native bf16)
     "float32-tails": {"tail_dtype": "float32"},
+    "no-control": {"control": "none"},              # the default before the view slopes
     # another estimand: a milder perturbation (pairs and designs need p_keep 0.5: independent)
     "p-keep-0.75": {"p_keep": 0.75},
 }
@@ -118,7 +119,8 @@ def references(model, source, reference: int, cache: Path | None
     if cache is not None and (cache / key).is_file():
         long = chip_fast.load_importance(cache / key)
         return dict(long.weights), {"estimators": long.settings["estimators"], "cached": True}
-    long, clock = distill(model, source, reference, 99, {"masks": "independent"})
+    long, clock = distill(model, source, reference, 99,
+                          {"masks": "independent", "control": "none"})
     if cache is not None:
         long.save(cache / key)
     return dict(long.weights), {"estimators": long.settings["estimators"], "seconds": clock.wall}

@@ -114,7 +114,7 @@ def library_defaults() -> dict[str, Any]:
     defaults = chip_fast.DistillSettings()
     return {k: getattr(defaults, k) for k in ("samples_per_class", "p_keep", "fill", "response",
                                               "alpha", "nonneg", "augment", "baseline", "masks",
-                                              "estimator")}
+                                              "estimator", "control")}
 
 
 BOX_COLUMNS = (("GT-known@0.2", "gt_known@0.2"), ("MaxBoxAcc", "max_box_acc"),
