@@ -2,7 +2,8 @@
 
 A file holds the tensors ``weights/<layer>`` (num_classes, K) float32, ``gram/<layer>`` (K, K)
 and ``r/<layer>`` (len(classes), K) float64, the per-fold sums ``sum_zy``/``sum_y``/``sum_yy``
-``/<layer>`` float64, the fill statistics ``fill_mean``/``fill_std/<layer>`` (K,) float32, the
+``/<layer>`` float64 (of the response less its control variate where ``settings["controls"]``
+names one, ``chip_fast.solve.control``), the fill statistics ``fill_mean``/``fill_std/<layer>`` (K,) float32, the
 channel atlas when it was kept (``atlas/value|key|where|patch/<layer>``, ``chip_fast.atlas.collect``)
 and one metadata entry, ``chip_fast``: JSON with the format name and version, the model's
 fingerprint, layers, channel counts, classes, class ids and names, every distillation setting,
