@@ -48,11 +48,10 @@ def configure(sub) -> None:
     d.add_argument("--estimator", choices=["auto", "sampled"], default=DistillSettings.estimator,
                    help="auto: the exact importance where a layer's tail is affine and the "
                         "response is the logit (no sampling there); sampled: sample every layer")
-    d.add_argument("--control", choices=["auto", "view_slopes", "none"],
-                   default=DistillSettings.control,
+    d.add_argument("--control", choices=["none", "view_slopes"], default=DistillSettings.control,
                    help="view_slopes: each view's mask gradient (one backward pass per view) as "
-                        "a control variate at layers sampled through their tail; none: plain; "
-                        "auto: view_slopes on a CPU, none on the GPU kernel path")
+                        "a control variate at layers sampled through their tail (the same "
+                        "importance, less seed noise, more time: docs/stability.md); none: plain")
     d.add_argument("--alpha", type=float, default=DistillSettings.alpha,
                    help="penalty as a fraction of lambda_max")
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")

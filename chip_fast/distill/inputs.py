@@ -61,7 +61,7 @@ class JobInputs:
         a tail run on its perturbed activations that reads no other prefix value, else
         "none": part of what a file means (settings["controls"])."""
         estimators = self.estimators(settings)
-        on = settings.control in ("auto", "view_slopes")
+        on = settings.control == "view_slopes"
         return {l: "view_slopes" if on and estimators[l] == "sampled" and l in self.tails
                 and not self.split.tails[l].extras else "none" for l in self.layers}
 

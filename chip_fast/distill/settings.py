@@ -11,7 +11,6 @@ import torch
 
 from .. import rng
 from ..data.sources import views_per_image
-from ..ops.backend import use_triton_on
 from ..ops.perturb import FILLS
 from ..solve.lasso import DEFAULT_MAX_ITER, DEFAULT_TOL
 
@@ -20,7 +19,7 @@ TAIL_PATHS = ("auto", "elementwise")
 BASELINES = ("none", "view")
 MASK_DESIGNS = ("auto",) + rng.MASK_DESIGNS
 ESTIMATORS = ("auto", "sampled")
-CONTROLS = ("auto", "none", "view_slopes")
+CONTROLS = ("none", "view_slopes")
 
 
 @dataclass(frozen=True)
@@ -102,12 +101,13 @@ class DistillSettings:
     until_stable: float | None = None
     # "view_slopes": at a sampled layer whose tail runs on perturbed activations, each view's
     # mask gradient at its mean-masked activation (one backward pass per view) is a control
-    # variate for the way the views' own coefficients differ, the largest part of the seed noise
-    # there (chip_fast.solve.control; the estimand is unchanged). "none": the plain regression.
-    # "auto": view_slopes where the batches run the PyTorch ops (CPUs), none on the fused kernel
-    # path (GPUs), where its per-batch sums are not fused and not yet measured. The file
-    # records each layer's choice (settings["controls"]).
-    control: str = "auto"
+    # variate for the way the views' own coefficients differ, a large part of the seed noise
+    # there (chip_fast.solve.control; the estimand is unchanged). Measured, it is worth it on
+    # some models and not on others (MobileNetV2: the noise of 1.54x the samples for 1.19x the
+    # time; EfficientNet-Lite0: 1.11x for 1.32x; docs/stability.md), so it is asked for, not
+    # the default. "none": the plain regression. The file records each layer's choice
+    # (settings["controls"]).
+    control: str = "none"
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -173,10 +173,7 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
     tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
         "bfloat16" if cuda or (device.type == "cpu" and cpu_has_native_bf16()) else "float32")
     batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
-    control = settings.control if settings.control != "auto" else (
-        "none" if use_triton_on(device) else "view_slopes")
-    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size,
-                               control=control)
+    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -31,7 +31,8 @@ def centred(p: float, count: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
             sums: Mapping[str, torch.Tensor], sum_zy: torch.Tensor, sum_y: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum z h (C, F, K), sum h, sum h^2, sum h y (C, F)) of the centred term, from the streamed
-    sums (C, F, ...) and the folds' mask moments: ``count`` (F,), ``s1`` (F, K), ``s2`` (F, K, K)."""
+    sums (C, F, ...) and the folds' mask moments: ``count`` (F,), ``s1`` (F, K), ``s2``
+    (F, K, K)."""
     n = count.to(torch.float64).clamp_min(1)                          # (F,)
     qbar = sums["q"] / n[None, :, None]                               # (C, F, K)
     s1, s2 = s1.to(torch.float64), s2.to(torch.float64)

@@ -7,8 +7,8 @@ better maps?
 
 ``--until-stable SEEDS`` adds, per seed, MobileNetV2 distilled with every library default but
 ``until_stable=0.95`` and a cap of 16,384 samples per class; ``--defaults SEEDS`` adds it
-distilled with every library default (both cached in the results folder, the defaults' files
-named by their control variate).
+distilled with every library default, or with ``--control`` besides (both cached in the results
+folder, the defaults' files named by their control variate).
 
 Writes ``results/score_files/NAME_<half>.json``: per file its settings and GT-known@0.2,
 MaxBoxAcc, MaxBoxAccV2, top-1 loc err.
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("files", nargs="*", type=Path)
     ap.add_argument("--until-stable", default="", help="seeds to distil until stable, e.g. 0,1")
     ap.add_argument("--defaults", default="", help="seeds to distil with every default, e.g. 0,1")
+    ap.add_argument("--control", choices=["none", "view_slopes"],
+                    help="--defaults with this control variate (default: the library's)")
     ap.add_argument("--half", default="selection", choices=["selection", "confirmation"])
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -45,9 +47,10 @@ def main() -> None:
         distill_cached(model, path, TRAIN, None, **(library_defaults() | {
             "samples_per_class": 16384}), until_stable=0.95, seed=seed)
         args.files.append(path)
+    defaults = library_defaults() | ({"control": args.control} if args.control else {})
     for seed in (int(x) for x in args.defaults.split(",") if x):
-        path = OUT / f"mnv2_defaults_{library_defaults()['control']}_seed{seed}.chip"
-        distill_cached(model, path, TRAIN, None, **library_defaults(), seed=seed)
+        path = OUT / f"mnv2_defaults_{defaults['control']}_seed{seed}.chip"
+        distill_cached(model, path, TRAIN, None, **defaults, seed=seed)
         args.files.append(path)
     imps = {f: chip_fast.load_importance(f) for f in args.files}
     layers = [MID, DEEP]  # the default layers; a file may hold more (third_layer's)

@@ -74,9 +74,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", default=str(RESULTS / "table"))
     ap.add_argument("--samples", type=int, help="samples per class (default: the library's)")
     ap.add_argument("--seeds", type=int, default=2, help="distillations for the stability check")
-    ap.add_argument("--control", choices=["auto", "none", "view_slopes"],
-                    help="the distillation's control variate (default: the library's; the "
-                         "tables made before the view slopes were the default: none)")
+    ap.add_argument("--control", choices=["none", "view_slopes"],
+                    help="the distillation's control variate (default: the library's, none)")
     ap.add_argument("--faithfulness", type=int, default=32, help="photos per half with "
                                                                  "deletion/insertion")
     ap.add_argument("--sanity", type=int, default=0, help="photos per half with the "

@@ -97,9 +97,7 @@ def test_head_path_gives_the_elementwise_importance(fill, baseline, masks):
     torch.manual_seed(0)
     net = VggLike().eval()
     head = distill(net, "auto", fill=fill, baseline=baseline, masks=masks)
-    # the head path has no view-slope control variate: compare it with the plain estimator
-    plain = distill(net, "elementwise", fill=fill, baseline=baseline, masks=masks,
-                    control="none")
+    plain = distill(net, "elementwise", fill=fill, baseline=baseline, masks=masks)
     assert head.settings["paths"] == {"conv": "linear_head"}
     assert plain.settings["paths"] == {"conv": "elementwise"}
     w_head, w_plain = head.weights["conv"], plain.weights["conv"]

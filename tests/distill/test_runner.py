@@ -34,13 +34,13 @@ def test_host_ops_per_batch_on_the_pytorch_path(monkeypatch):
     """The CPU path draws the masks in PyTorch and sums with the reference. Antithetic masks
     ran PyTorch's Philox per batch (~140 of its ops; 174 aten ops per batch with the sums,
     torch 2.14); the orthogonal design (the default here) keeps its per-block tables, made by
-    Philox, across batches: 77. The view-slope control variate (the default on this path) adds
-    its per-batch sums: 110 (a few microseconds each against a tail batch of milliseconds)."""
+    Philox, across batches: 77. The view-slope control variate adds its per-batch sums: 110 (a
+    few microseconds each against a tail batch of milliseconds)."""
     monkeypatch.setenv("CHIP_FAST_BACKEND", "torch")
-    counts = per_batch("cpu", sizes=(16, 32), control="none")
+    counts = per_batch("cpu", sizes=(16, 32))
     assert counts["tail_calls"] == 1 and counts["triton_launches"] == 0
     assert counts["aten_ops"] <= 80
-    with_control = per_batch("cpu", sizes=(16, 32))
+    with_control = per_batch("cpu", sizes=(16, 32), control="view_slopes")
     assert with_control["tail_calls"] == 1 and with_control["aten_ops"] <= 115
 
 

@@ -6,25 +6,11 @@ regression estimates, with less seed noise, and the file says which layers used 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import chip_fast
 from chip_fast.distill.slopes import view_slopes
 from chip_fast.models.split import SplitModel
-
-
-class Net(nn.Module):
-    """conv -> ReLU ("feat") -> conv -> ReLU -> pool -> linear: "feat"'s tail is not linear."""
-
-    def __init__(self, classes: int = 3, k: int = 6) -> None:
-        super().__init__()
-        self.feat = nn.Sequential(nn.Conv2d(3, k, 3, padding=1), nn.ReLU())
-        self.deep = nn.Sequential(nn.Conv2d(k, k, 3, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(k, classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.deep(self.feat(x))), 1))
+from tests.distill.test_estimators import Net   # "feat": non-linear tail, "deep": affine
 
 
 def data(n: int = 24, seed: int = 4):

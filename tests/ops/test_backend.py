@@ -44,9 +44,8 @@ class Pooled(nn.Module):
 
 
 def both_backends(monkeypatch, model, layer, **kw):
-    """The same job on both backends. The view-slope control variate is asked for explicitly
-    ("auto" takes it on the PyTorch path only), so that the kernel path's per-batch masks for
-    it are checked too."""
+    """The same job on both backends, with the view-slope control variate, so that the kernel
+    path's per-batch masks for it are checked too."""
     kw = {"control": "view_slopes", **kw}
     data = (torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
             torch.arange(6) % 3)

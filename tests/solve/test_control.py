@@ -79,7 +79,8 @@ def test_constant_slopes_change_nothing():
     zy, sy, syy, b = adjusted(ST, torch.tensor([n]), s["zy"], s["y"], s["yy"],
                               {k: s[k] for k in CONTROL_SUMS})
     assert float(b[0]) == 0.0
-    assert torch.allclose(zy, s["zy"]) and torch.allclose(sy, s["y"]) and torch.allclose(syy, s["yy"])
+    assert torch.allclose(zy, s["zy"]) and torch.allclose(sy, s["y"])
+    assert torch.allclose(syy, s["yy"])
 
 
 def test_same_coefficients_less_noise():
