@@ -29,14 +29,9 @@ def use_triton(t: torch.Tensor) -> bool:
     CHIP_FAST_BACKEND=triton forces the kernels on every device, so that the whole engine's
     kernel path runs on a CPU under Triton's interpreter (TRITON_INTERPRET=1) in the tests.
     """
-    return use_triton_on(t.device)
-
-
-def use_triton_on(device: torch.device) -> bool:
-    """``use_triton`` of a tensor on ``device``, asked before any tensor exists there."""
     backend = os.environ.get("CHIP_FAST_BACKEND", "auto")
     if backend == "torch":
         return False
     if backend == "triton":
         return triton_available()
-    return device.type == "cuda" and triton_available()
+    return t.is_cuda and triton_available()
