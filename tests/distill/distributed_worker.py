@@ -24,9 +24,10 @@ SETTINGS = dict(samples_per_class=48, seed=3, classes_per_unit=2, samples_per_un
                 batch_size=16, fill="noise",   # the fill statistics travel too
                 atlas=2)                       # and the channel atlas is gathered
 # Distil until stable: stages of 2,048 and 4,096 samples in blocks of 512 (4 groups x 8 blocks);
-# at r 0.95 about half the classes stop after the first stage.
+# at r 0.95 about half the classes stop after the first stage. With the view-slope control
+# variate, whose sums travel with the group vectors and decide the stops.
 UNTIL_STABLE = {**SETTINGS, "samples_per_class": 4096, "samples_per_unit": 512,
-                "batch_size": 256, "until_stable": 0.95}
+                "batch_size": 256, "until_stable": 0.95, "control": "view_slopes"}
 
 
 class TinyNet(nn.Module):

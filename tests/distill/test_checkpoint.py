@@ -12,10 +12,14 @@ from chip_fast.distill.runner import UnitRunner
 from tests.distill.distributed_worker import LAYERS, SETTINGS, make_data, make_model
 
 
-def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("control", ["none", "view_slopes"])
+def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_path, monkeypatch,
+                                                    control):
     kwargs = dict(layers=["features.1", "features.2"], samples_per_class=48, seed=2,
-                  progress=False, samples_per_unit=16, classes_per_unit=2)
+                  progress=False, samples_per_unit=16, classes_per_unit=2, control=control)
     whole = chip_fast.distill_all_classes(tiny_net, tiny_data, **kwargs)
+    if control != "none":
+        assert "view_slopes" in whole.settings["controls"].values()
     ckpt = tmp_path / "job.ckpt"
     real = UnitRunner.launch
     calls = {"n": 0}
@@ -34,6 +38,7 @@ def test_killed_job_resumes_to_the_identical_result(tiny_net, tiny_data, tmp_pat
     resumed = chip_fast.distill_all_classes(tiny_net, tiny_data, checkpoint=ckpt, **kwargs)
     for layer in whole.layers:
         assert torch.equal(whole.weights[layer], resumed.weights[layer])
+        assert torch.equal(whole.sum_zy[layer], resumed.sum_zy[layer])
     # A checkpoint of a different job is refused.
     with pytest.raises(ValueError, match="another job"):
         chip_fast.distill_all_classes(tiny_net, tiny_data, checkpoint=ckpt,
