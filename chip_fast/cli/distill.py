@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..distill.settings import MASK_DESIGNS, DistillSettings
+from ..distill.settings import CONTROLS, MASK_DESIGNS, DistillSettings
 from .args import add_command, add_model_args, device_of, model_of, parse_classes, parse_layers
 
 
@@ -48,7 +48,7 @@ def configure(sub) -> None:
     d.add_argument("--estimator", choices=["auto", "sampled"], default=DistillSettings.estimator,
                    help="auto: the exact importance where a layer's tail is affine and the "
                         "response is the logit (no sampling there); sampled: sample every layer")
-    d.add_argument("--control", choices=["none", "view_slopes"], default=DistillSettings.control,
+    d.add_argument("--control", choices=list(CONTROLS), default=DistillSettings.control,
                    help="view_slopes: each view's mask gradient (one backward pass per view) as "
                         "a control variate at layers sampled through their tail (the same "
                         "importance, less seed noise, more time: docs/stability.md); none: plain")

@@ -74,8 +74,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--out", default=str(RESULTS / "table"))
     ap.add_argument("--samples", type=int, help="samples per class (default: the library's)")
     ap.add_argument("--seeds", type=int, default=2, help="distillations for the stability check")
-    ap.add_argument("--control", choices=["none", "view_slopes"],
-                    help="the distillation's control variate (default: the library's, none)")
     ap.add_argument("--faithfulness", type=int, default=32, help="photos per half with "
                                                                  "deletion/insertion")
     ap.add_argument("--sanity", type=int, default=0, help="photos per half with the "
@@ -97,8 +95,6 @@ def main() -> None:
     extra = library_defaults()
     if args.samples is not None:
         extra["samples_per_class"] = args.samples
-    if args.control is not None:
-        extra["control"] = args.control
     t0 = time.perf_counter()
     imps = [distill_cached(model, out / f"{TAGS[args.arch]}_seed{s}.chip", TRAIN, None,
                            preprocess=preprocess, **{**extra, "seed": s})
