@@ -22,7 +22,7 @@ def raise_non_finite(runner: "UnitRunner", plan: DistillPlan, inputs, prefix_out
     for layer in plan.layers:
         if plan.estimators[layer] == "exact":
             continue
-        base = (runner._baseline(layer, inputs[layer], prefix_out, rows)
+        base = (runner.terms.baseline(layer, inputs[layer], prefix_out, rows.key_cls)
                 if st.baseline == "view" else None)
         batches = rows.batches(runner._batch(layer))
         for (view, cls, sample, _), (_, responses, _) in zip(

@@ -17,7 +17,8 @@ replay and the response sums kernel (which gathers each row's logit, subtracts t
 adds into the unit's sums). ``collect`` waits for one unit's pinned copy of its sums while the
 next one runs; a non-finite response shows in them (a float64 sum of float32 values is finite
 exactly when all of them are) and is found again only then. With the view-slope control
-variate (``slopes``) a unit also takes each view's mask gradient, once.
+variate (``slopes``) a unit also takes each view's mask gradient, once; a distil-until-stable
+job takes it, and the baseline, once per view for all its stages (``view_terms``).
 
 Owns the prefix and tail passes and the fill statistics pass; the views are ``views``', the
 rows ``rows``'; the model's sizes and tails come resolved (``inputs``); it reads the plan and
@@ -43,7 +44,8 @@ from .stage_prefixes import StagePrefixes
 from .state import Partial
 from .linear_head import LinearHead
 from .non_finite import raise_non_finite
-from .tails import AffineTail, TailRunner, no_sync_checks, response_matrix, response_of
+from .tails import AffineTail, TailRunner, no_sync_checks, response_matrix
+from .view_terms import ViewTerms, tail_input
 from .views import ViewLoader
 
 # Called after every prefix pass with the (class, view) keys of the batch, the views themselves
@@ -94,6 +96,7 @@ class UnitRunner:
         # (class, view) -> what the units need of it per layer, from the fill statistics pass
         self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.stage: StagePrefixes | None = None   # a distil-until-stable job's kept views
+        self.terms = ViewTerms(inputs, settings)
         # Whether the batches run the Triton kernels (the ops ask the same per call).
         self.kernels = use_triton(torch.empty(0, device=device))
 
@@ -198,35 +201,41 @@ class UnitRunner:
             self.stage = StagePrefixes(self.settings.batch_size, STAGE_CACHE_BYTES)
         return self.stage
 
-    def _inputs(self, plan: DistillPlan, rows: Rows, pending, group: int):
+    def _inputs(self, plan: DistillPlan, rows: Rows, pending, group: int, mu: dict):
         """(the units' input of every layer for the rows' views, in their order; the prefix
         outputs of the views computed now, or None when every view came from the cache or
-        the stage's kept views)."""
+        the stage's kept views; the views' kept terms (``view_terms``), or {})."""
         stage = self._stage_prefixes(plan)
         if stage is not None:
-            return self._stage_inputs(plan, rows, pending, stage, group), None
+            return self._stage_inputs(plan, rows, pending, stage, group, mu)
         todo = [k for k in rows.keys if k not in self.cache]
         if not todo:
             return {l: torch.stack([self.cache[k][l] for k in rows.keys])
-                    for l in plan.layers}, None
+                    for l in plan.layers}, None, {}
         prefix_out = self.prefix(self.load_views(todo, pending), todo)
         fresh = {l: self._unit_input(l, self.split.activation(prefix_out, l))
                  for l in plan.layers}
         if len(todo) == len(rows.keys):    # the usual case at scale: no copy
-            return fresh, prefix_out
+            return fresh, prefix_out, {}
         at = {k: i for i, k in enumerate(todo)}
         return {l: torch.stack([self.cache[k][l] if k in self.cache else fresh[l][at[k]]
-                                for k in rows.keys]) for l in plan.layers}, prefix_out
+                                for k in rows.keys]) for l in plan.layers}, prefix_out, {}
 
     def _stage_inputs(self, plan: DistillPlan, rows: Rows, pending, stage: StagePrefixes,
-                      group: int) -> dict[str, torch.Tensor]:
-        """The rows' inputs from the group's kept views, computing the missing chunks."""
+                      group: int, mu: dict):
+        """The rows' inputs and terms from the group's kept views, computing what is missing."""
         def compute(views: torch.Tensor, chunk: list) -> dict[str, torch.Tensor]:
             out = self.prefix(views, chunk)
             return {l: self._unit_input(l, self.split.activation(out, l)) for l in plan.layers}
+
+        def derive(acts: dict[str, torch.Tensor], keys: list) -> dict[str, torch.Tensor]:
+            cls = torch.tensor([c for c, _ in keys], device=self.device)
+            return self.terms.of(plan, acts, cls, mu)
         stage.start_group(group)
-        return stage.inputs(rows.keys, plan.views.views, self.cache, pending, self.load_views,
-                            compute)
+        inputs, terms = stage.inputs(rows.keys, plan.views.views, self.cache, pending,
+                                     self.load_views, compute,
+                                     derive if self.terms.needed(plan) else None)
+        return inputs, None, terms
 
     def launch(self, plan: DistillPlan, unit: Unit, mu: dict[str, torch.Tensor],
                sigma: dict[str, torch.Tensor], prepared: tuple[Rows, object] | None = None,
@@ -237,7 +246,7 @@ class UnitRunner:
         rows, pending = prepared if prepared is not None else self.prepare(plan, unit)
         n_rows = len(plan.unit_classes(unit)) * plan.settings.folds
         with torch.inference_mode():
-            inputs, prefix_out = self._inputs(plan, rows, pending, unit.group)
+            inputs, prefix_out, terms = self._inputs(plan, rows, pending, unit.group, mu)
             sums = {}
             with no_sync_checks(self.device):
                 for layer in plan.layers:
@@ -248,7 +257,7 @@ class UnitRunner:
                         continue
                     sums[layer] = self._layer_sums(layer, inputs[layer], prefix_out, rows,
                                                    n_rows, mu, sigma, on_batch,
-                                                   plan.controls[layer] != "none")
+                                                   plan.controls[layer] != "none", terms)
             ready = None
             if self.device.type == "cuda":
                 sums, ready = _copy_out(sums, self.device)
@@ -297,7 +306,7 @@ class UnitRunner:
                 yield len(m), response_matrix(out, st.response), m
             return
         tail = self.tails[layer]
-        acts = self._tail_input(acts)
+        acts = tail_input(acts)
         for view, cls, sample, _ in rows.batches(st.batch_size):
             pert, masks = perturb(acts, view, cls, sample,
                                   out=tail.buffer((len(view), *acts.shape[1:])), **kw)
@@ -305,18 +314,29 @@ class UnitRunner:
 
     def _layer_sums(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows,
                     n_rows: int, mu: dict, sigma: dict,
-                    on_batch: Callable[[int], None] | None, control: bool = False):
+                    on_batch: Callable[[int], None] | None, control: bool = False,
+                    terms: dict[str, torch.Tensor] | None = None):
         """(sum z*y, sum y, sum y^2) per sum row of one layer, then with ``control`` the control
-        variate's sums (``slopes.ControlBatches``)."""
+        variate's sums (``slopes.ControlBatches``); the views' baselines and slopes from
+        ``terms`` where it has them (``view_terms``)."""
         st = self.settings
         batch = self._batch(layer)
         sums = UnitSums(n_rows, acts.shape[1], self.device, seed=st.seed, p_keep=st.p_keep,
                         design=st.masks, folds=st.folds, batch=batch,
                         plan=rows.plans.get(batch),
                         batches=[(c, v, r) for v, c, _, r in rows.batches(batch)])
-        base = self._baseline(layer, acts, prefix_out, rows) if st.baseline == "view" else None
-        adders = [sums] + ([ControlBatches(self.split.tails[layer], st, acts, rows, n_rows,
-                                           mu.get(layer), batch)] if control else [])
+        terms, cls = terms or {}, rows.key_cls
+        base = None
+        if st.baseline == "view":
+            base = terms.get(f"base/{layer}")
+            if base is None:
+                base = self.terms.baseline(layer, acts, prefix_out, cls)
+        adders: list = [sums]
+        if control:
+            slopes = terms.get(f"slopes/{layer}")
+            if slopes is None:
+                slopes = self.terms.slopes(layer, acts, cls, mu.get(layer))
+            adders.append(ControlBatches(st, slopes, rows, n_rows, batch))
         for b, (size, responses, masks) in enumerate(
                 self._responses(layer, acts, prefix_out, rows, mu, sigma)):
             for adder in adders:
@@ -350,38 +370,6 @@ class UnitRunner:
         sy.index_add_(0, rows.sum_row, torch.ones_like(beta[:, 0]))
         syy.index_add_(0, rows.sum_row, (beta * beta).sum(1))
         return szy, sy, syy
-
-    def _baseline(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows) -> torch.Tensor:
-        """(V,) the unperturbed response of each of the rows' views for its own class
-        (``baseline="view"``): the same tail on the layer's own activation."""
-        cls, kind = rows.key_cls, self.settings.response
-        affine = self.affine.get(layer)
-        if affine is not None:
-            return (affine.class_logits(acts.float(), cls) if kind == "logit"
-                    else response_of(affine.logits(acts.float()), cls, kind))
-        head = self.heads.get(layer)
-        if head is not None:
-            step = self.settings.batch_size
-            return torch.cat([response_of(head.plain_logits(acts[i:i + step]), cls[i:i + step],
-                                          kind) for i in range(0, len(cls), step)])
-        tail, out = self.tails[layer], []
-        # A tail that writes into its input (an in-place ReLU after the cut) gets a copy: the
-        # slice is the unit's activations, which every perturbed batch reads afterwards.
-        mutates = self.split.tails[layer].mutates_input
-        for i in range(0, len(cls), self.settings.batch_size):
-            idx = torch.arange(i, min(i + self.settings.batch_size, len(cls)), device=self.device)
-            x = self._tail_input(acts[i:i + len(idx)])
-            out.append(response_of(tail(x.clone() if mutates else x, prefix_out, idx),
-                                   cls[i:i + len(idx)], kind))
-        return torch.cat(out)
-
-    def _tail_input(self, acts: torch.Tensor) -> torch.Tensor:
-        """The unit's activations once in the layout the tail runs fastest in (channels-last
-        for convolutions, on CPUs and tensor cores alike), so each perturbed batch copies rows
-        of it without reordering."""
-        if acts.dim() == 4:
-            acts = acts.contiguous(memory_format=torch.channels_last)
-        return acts
 
     def close(self) -> None:
         """Stop the decoding threads."""

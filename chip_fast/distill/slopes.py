@@ -38,7 +38,8 @@ def view_slopes(tail: Tail, acts: torch.Tensor, classes: torch.Tensor, p_keep: f
             d = a if fill_mean is None else a - fill_mean.float().view(1, -1, *[1] * (a.dim() - 2))
             x = (a - (1 - p_keep) * d).requires_grad_(True)
             logits = tail.module(x.clone() if tail.mutates_input else x)
-            y = response_of(logits, classes[i:i + batch], response).sum()
+            # (a clone: classes made in inference mode cannot be saved for the backward)
+            y = response_of(logits, classes[i:i + batch].clone(), response).sum()
             (grad,) = torch.autograd.grad(y, x)
             out.append((grad * d).flatten(2).sum(2).double())
     return torch.cat(out)
@@ -62,16 +63,13 @@ def control_sums(masks: torch.Tensor, y: torch.Tensor, slopes: torch.Tensor,
 
 class ControlBatches:
     """The control variate's sums of one layer over one unit's batches (rows ``rows``, batches
-    of ``batch``): the slopes of the unit's views once, then ``control_sums`` per batch, with
-    the responses and masks the response sums get."""
+    of ``batch``): ``control_sums`` per batch, with the responses and masks the response sums
+    get and ``slopes`` (V, K), those of the unit's views (``view_slopes``)."""
 
-    def __init__(self, tail: Tail, st: DistillSettings, acts: torch.Tensor, rows: Rows,
-                 n_rows: int, fill_mean: torch.Tensor | None, batch: int) -> None:
+    def __init__(self, st: DistillSettings, slopes: torch.Tensor, rows: Rows, n_rows: int,
+                 batch: int) -> None:
         self.st, self.rows, self.n_rows, self.batch = st, rows, n_rows, batch
-        self.channels = acts.shape[1]
-        self.slopes = view_slopes(tail, acts, rows.key_cls, st.p_keep,
-                                  None if st.fill == "zero" else fill_mean, st.response,
-                                  st.batch_size)
+        self.slopes, self.channels = slopes, slopes.shape[1]
         self.sums: tuple[torch.Tensor, ...] | None = None
 
     def add(self, b: int, responses: torch.Tensor, base: torch.Tensor | None,

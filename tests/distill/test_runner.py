@@ -69,10 +69,10 @@ def test_the_baseline_pass_leaves_the_units_activations_alone():
     runner = job.runner
     rows, pending = runner.prepare(job.plan, job.plan.units[0])
     with torch.inference_mode():
-        inputs, prefix_out = runner._inputs(job.plan, rows, pending, 0)
+        inputs, prefix_out, _ = runner._inputs(job.plan, rows, pending, 0, {})
         acts = inputs["conv"]
         before = acts.clone()
-        base = runner._baseline("conv", acts, prefix_out, rows)
+        base = runner.terms.baseline("conv", acts, prefix_out, rows.key_cls)
     assert torch.equal(acts, before)
     with torch.inference_mode():
         want = model(runner.load_views(rows.keys)).gather(1, rows.key_cls[:, None])[:, 0]

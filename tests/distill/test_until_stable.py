@@ -123,16 +123,29 @@ def test_every_stage_spreads_a_class_s_views_evenly(design):
     assert torch.equal(whole, ViewPlan(4096, {0: 300}, design, (4096,)).view_of(0, torch.arange(4096)))
 
 
-def test_each_view_s_prefix_runs_once_however_many_stages(monkeypatch):
-    """Every stage covers every view again; the group's views are kept between stages."""
+def test_each_view_s_prefix_and_terms_run_once_however_many_stages(monkeypatch):
+    """Every stage covers every view again; the group's views are kept between stages, and so
+    are their baselines and slopes."""
+    from chip_fast.distill.view_terms import ViewTerms
     from chip_fast.models.split import SplitModel
     real, rows = SplitModel.run_prefix, []
+    terms = {"baseline": [], "slopes": []}
 
     def counted(self, x):
         rows.append(len(x))
         return real(self, x)
 
+    def counting(name):
+        method = getattr(ViewTerms, name)
+
+        def wrapped(self, layer, acts, *args):
+            terms[name].append((layer, len(acts)))
+            return method(self, layer, acts, *args)
+        return wrapped
+
     monkeypatch.setattr(SplitModel, "run_prefix", counted)
+    for name in terms:
+        monkeypatch.setattr(ViewTerms, name, counting(name))
     imp = run(until_stable=0.9999, fill_stats_views=1)   # never stops: both stages run
     assert imp.settings["samples_reached"] == [4096] * 8
     # after the job's probe and the fill statistics pass (a view each; the atlas measures its
@@ -140,3 +153,9 @@ def test_each_view_s_prefix_runs_once_however_many_stages(monkeypatch):
     # pass with them takes the 4 rows): each class's chunk of its 3 views once, though both
     # stages use every view
     assert rows == [1, 1, 1, 4] + [3] * 8
+    # the sampled layer's terms of each of the 24 views once, in the order units first need
+    # them: class 0's view that the fill statistics pass kept in a batch of its own, the rest of
+    # its chunk in another, every other class's chunk whole
+    for name, calls in terms.items():
+        assert {layer for layer, _ in calls} == {SAMPLED}, name
+        assert sorted(n for _, n in calls) == [1, 2] + [3] * 7, (name, calls)
