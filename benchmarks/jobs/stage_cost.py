@@ -5,6 +5,7 @@ must give the same sample counts, and the ratio is the stages' price (prefix pas
 checks, the shorter stages' per-view baselines).
 
     python -m benchmarks.jobs stage_cost [--classes 2] [--samples 8192] [--repeats 2]
+                                         [--control view_slopes] [--name NAME]
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--control", default="none", help="the control variate of both sides")
+    p.add_argument("--name", default=None, help="results name (default: stage_cost_<samples>)")
     p.add_argument("--data", type=Path, default=DATA / "imagenette" / "train")
     p.add_argument("--weights", type=Path, default=DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
     args = p.parse_args(argv)
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     def timed(n: int, **kw) -> tuple[float, list[int]]:
         start = time.perf_counter()
         imp = chip_fast.distill_all_classes(model, source, None, classes=classes,
-                                            samples_per_class=n, progress=False, **kw)
+                                            samples_per_class=n, progress=False,
+                                            control=args.control, **kw)
         reached = imp.settings.get("samples_reached", [n] * len(classes))
         return time.perf_counter() - start, reached
 
@@ -52,11 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     from chip_fast.distill.plan import stage_ends
     result = {"classes": args.classes, "samples_per_class": args.samples,
               "stages": list(stage_ends(args.samples, 0.95, 4)), "threads": torch.get_num_threads(),
+              "control": args.control,
               "rows": rows}
     md = ("| one stage (s) | stages (s) | ratio |\n|---|---|---|\n" +
           "".join(f"| {r['one_stage_s']:.1f} | {r['stages_s']:.1f} | {r['ratio']:.2f} |\n"
                   for r in rows))
-    write_result(f"stage_cost_{args.samples}", result, md)
+    write_result(args.name or f"stage_cost_{args.samples}", result, md)
 
 
 if __name__ == "__main__":
