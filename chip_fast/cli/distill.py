@@ -25,8 +25,8 @@ def configure(sub) -> None:
     d.add_argument("--until-stable", type=float, metavar="R",
                    help="distil until stable: stop each class once the agreement its sums "
                         "predict with another seed's weights reaches R (e.g. 0.95) at every "
-                        "sampled layer, checked as the samples grow by 1.33x and 1.5x "
-                        "in turn (2048, 3072, 4096, 6144, ...) up to --samples-per-class")
+                        "sampled layer, checked as the samples double up to "
+                        "--samples-per-class")
     d.add_argument("--seed", type=int, default=0,
                    help="seed of every mask, noise value and crop (same seed, same file)")
     d.add_argument("--p-keep", type=float, default=DistillSettings.p_keep,

@@ -36,15 +36,12 @@ class Unit:
 
 def stage_ends(n: int, until_stable: float | None, folds: int) -> tuple[int, ...]:
     """Where the stages of samples end: n alone, or for a distil-until-stable job n, n / 2,
-    n / 4, ... down to FIRST_STAGE and between each two of them three quarters of the larger
-    (so a class runs at most 1.5 times the samples it needed, not twice), each a whole number
-    of pairs per fold."""
-    pair = 2 * folds
+    n / 4, ... down to FIRST_STAGE, each a whole number of pairs per fold."""
     ends = [n]
-    while until_stable is not None and ends[-1] // 2 >= FIRST_STAGE and (ends[-1] // 2) % pair == 0:
+    while (until_stable is not None and ends[-1] // 2 >= FIRST_STAGE
+           and (ends[-1] // 2) % (2 * folds) == 0):
         ends.append(ends[-1] // 2)
-    between = [3 * e // 4 for e in ends[:-1] if (3 * e) % 4 == 0 and (3 * e // 4) % pair == 0]
-    return tuple(sorted(ends + between))
+    return tuple(reversed(ends))
 
 
 class DistillPlan:
@@ -137,8 +134,6 @@ class DistillPlan:
             del settings["until_stable"]
         if all(c == "none" for c in self.controls.values()):   # the same
             del settings["control"]
-        if len(self.stages) > 1:   # stages once only doubled: such a checkpoint is another job
-            settings["stages"] = list(self.stages)
         key: dict[str, Any] = {
             "settings": settings, "layers": self.layers,
             "classes": self.classes, "model": self.fingerprint["sha256"], "paths": self.paths,

@@ -115,9 +115,9 @@ def distill_all_classes(
     the others are ``JobOptions`` (how the run goes).
 
     ``until_stable=0.95``: distil until stable. ``samples_per_class`` becomes a cap, and each
-    class stops where a stage of samples ends (2,048, 3,072, 4,096, 6,144, ... up to the cap)
-    once the agreement its own sums predict with another seed's weights reaches 0.95 at every
-    sampled layer; the file records each class's count (``settings["samples_reached"]``) beside its
+    class stops where a stage of samples ends (they double up to the cap) once the agreement
+    its own sums predict with another seed's weights reaches 0.95 at every sampled layer; the
+    file records each class's count (``settings["samples_reached"]``) beside its
     ``agreement`` and ``weight_se``.
 
     ``checkpoint`` (a folder): the sums are saved there atomically every ``checkpoint_every``

@@ -95,8 +95,8 @@ class DistillSettings:
     estimator: str = "auto"
     # Distil until stable: a class stops as soon as its predicted seed agreement
     # (chip_fast.solve.stability, from the per-fold sums alone) reaches this at every sampled
-    # layer, checked where each stage of samples ends (plan.stage_ends: 2,048, 3,072, 4,096,
-    # 6,144, ... up to samples_per_class, the cap; every stage spreads a class's views evenly, so a class stopped there weighs its
+    # layer, checked where each stage of samples ends (stages double up to samples_per_class,
+    # the cap; every stage spreads a class's views evenly, so a class stopped there weighs its
     # photos as a full run does). None: every class gets samples_per_class.
     until_stable: float | None = None
     # "view_slopes": at a sampled layer whose tail runs on perturbed activations, each view's
