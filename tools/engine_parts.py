@@ -140,6 +140,23 @@ def _against_cpu(ctx: Context, net, data, kw: dict, checks: Checks) -> None:
     checks.add("explain max abs diff", float((maps_cpu - maps_dev).abs().max()), 1e-4)
 
 
+def _control_against_cpu(ctx: Context, net, data, kw: dict, checks: Checks) -> None:
+    """The view-slope control variate (slopes by autograd, its sums beside the kernels) on the
+    device against the CPU, the device's run under CHIP_FAST_SYNC_DEBUG=1."""
+    kw = {**kw, "layers": ["features.1"], "control": "view_slopes", "fill": "zero"}
+    cpu = chip_fast.distill_all_classes(net, data, device="cpu", **kw)
+    os.environ["CHIP_FAST_SYNC_DEBUG"] = "1"
+    try:
+        dev = chip_fast.distill_all_classes(net, data, device=ctx.device, **kw)
+    finally:
+        os.environ.pop("CHIP_FAST_SYNC_DEBUG")
+    checks.add("view slopes features.1 r max rel diff", _rel(cpu.r["features.1"],
+                                                             dev.r["features.1"]), 1e-4)
+    checks.add("view slopes features.1 coefficients max rel diff",
+               _rel(torch.tensor(cpu.settings["control_coefficients"]["features.1"]),
+                    torch.tensor(dev.settings["control_coefficients"]["features.1"])), 1e-3)
+
+
 def _defaults(ctx: Context, net, data, kw: dict, checks: Checks) -> None:
     """The default settings on the device (bf16 tails, the exact estimator where it applies):
     twice with the same seed, bit-identical; the exact layer against the CPU; the sampled
@@ -175,6 +192,7 @@ def correctness(ctx: Context) -> dict:
     with tail_runners() as runners:
         with tf32_off():
             _against_cpu(ctx, net, data, kw, checks)
+            _control_against_cpu(ctx, net, data, kw, checks)
         _defaults(ctx, net, data, kw, checks)
     net.to("cpu")
     graphs = captures(runners)
@@ -270,9 +288,10 @@ def _per_unit_s(job: DistillJob, layer: str) -> float:
     with torch.inference_mode():
         for unit in job.plan.units:
             rows, pending = runner.prepare(job.plan, unit)
-            inputs, prefix_out = runner._inputs(job.plan, rows, pending, unit.group)
+            inputs, prefix_out, _ = runner._inputs(job.plan, rows, pending, unit.group,
+                                                   job.state.mu)
             if job.settings.baseline == "view":
-                runner._baseline(layer, inputs[layer], prefix_out, rows)
+                runner.terms.baseline(layer, inputs[layer], prefix_out, rows.key_cls)
     sync(job.device)
     return time.perf_counter() - t0
 
