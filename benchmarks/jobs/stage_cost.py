@@ -1,8 +1,8 @@
 """What the stages of a distil-until-stable job cost: the same samples per class run as one
 stage and as several (``until_stable`` too high for any class to stop), alternating in one
 process after a warm-up, on MobileNetV2 and the first classes of imagenette/train; both sides
-must give the same sample counts, and the ratio is the stages' price (prefix passes, stop
-checks, the shorter stages' per-view baselines).
+must give the same sample counts, and the ratio is the stages' price (the stop checks, and
+whatever of a view the stages fail to keep: its prefix, baseline and slopes are kept).
 
     python -m benchmarks.jobs stage_cost [--classes 2] [--samples 8192] [--repeats 2]
                                          [--control view_slopes] [--name NAME]
