@@ -46,13 +46,15 @@ class Rows:
                                  for v in self.host_view.split(batch)]
         return self._runs[batch]
 
-    def batch_masks(self, st: DistillSettings, channels: int) -> list[torch.Tensor]:
-        """Each batch's masks (rows x channels), the unit's drawn once for all its classes on
-        the device without a sync (``rng.keep_masks_range``); for the head path."""
+    def batch_masks(self, st: DistillSettings, channels: int, batch: int | None = None
+                    ) -> list[torch.Tensor]:
+        """Each batch's masks (rows x channels, batches of ``batch`` rows, default
+        ``st.batch_size``), the unit's drawn once for all its classes on the device without a
+        sync (``rng.keep_masks_range``); for the head path and the control variate."""
         unit = rng.keep_masks_range(st.seed, self.samples.start, self.samples.stop, channels,
                                     st.p_keep, st.masks, self.view.device, st.folds)
         return [unit.index_select(0, s - self.samples.start)
-                for s in self.sample.split(st.batch_size)]
+                for s in self.sample.split(batch or st.batch_size)]
 
     def __len__(self) -> int:
         return len(self.view)

@@ -249,6 +249,8 @@ class UnitRunner:
             inputs, prefix_out, terms = self._inputs(plan, rows, pending, unit.group, mu)
             sums = {}
             with no_sync_checks(self.device):
+                if not terms:   # not kept between stages: this unit's views' own
+                    terms = self.terms.of(plan, inputs, rows.key_cls, mu, prefix_out)
                 for layer in plan.layers:
                     if plan.estimators[layer] == "exact":
                         sums[layer] = self._exact_sums(layer, inputs[layer], rows, n_rows, mu)
@@ -256,8 +258,7 @@ class UnitRunner:
                             on_batch(len(rows))
                         continue
                     sums[layer] = self._layer_sums(layer, inputs[layer], prefix_out, rows,
-                                                   n_rows, mu, sigma, on_batch,
-                                                   plan.controls[layer] != "none", terms)
+                                                   n_rows, mu, sigma, on_batch, terms)
             ready = None
             if self.device.type == "cuda":
                 sums, ready = _copy_out(sums, self.device)
@@ -314,28 +315,19 @@ class UnitRunner:
 
     def _layer_sums(self, layer: str, acts: torch.Tensor, prefix_out, rows: Rows,
                     n_rows: int, mu: dict, sigma: dict,
-                    on_batch: Callable[[int], None] | None, control: bool = False,
-                    terms: dict[str, torch.Tensor] | None = None):
-        """(sum z*y, sum y, sum y^2) per sum row of one layer, then with ``control`` the control
-        variate's sums (``slopes.ControlBatches``); the views' baselines and slopes from
-        ``terms`` where it has them (``view_terms``)."""
+                    on_batch: Callable[[int], None] | None, terms: dict[str, torch.Tensor]):
+        """(sum z*y, sum y, sum y^2) per sum row of one layer, then with the control variate
+        its sums (``slopes.ControlBatches``); the views' baselines and slopes are ``terms``'s
+        (``view_terms.ViewTerms.of``)."""
         st = self.settings
         batch = self._batch(layer)
         sums = UnitSums(n_rows, acts.shape[1], self.device, seed=st.seed, p_keep=st.p_keep,
                         design=st.masks, folds=st.folds, batch=batch,
                         plan=rows.plans.get(batch),
                         batches=[(c, v, r) for v, c, _, r in rows.batches(batch)])
-        terms, cls = terms or {}, rows.key_cls
-        base = None
-        if st.baseline == "view":
-            base = terms.get(f"base/{layer}")
-            if base is None:
-                base = self.terms.baseline(layer, acts, prefix_out, cls)
+        base, slopes = terms.get(f"base/{layer}"), terms.get(f"slopes/{layer}")
         adders: list = [sums]
-        if control:
-            slopes = terms.get(f"slopes/{layer}")
-            if slopes is None:
-                slopes = self.terms.slopes(layer, acts, cls, mu.get(layer))
+        if slopes is not None:
             adders.append(ControlBatches(st, slopes, rows, n_rows, batch))
         for b, (size, responses, masks) in enumerate(
                 self._responses(layer, acts, prefix_out, rows, mu, sigma)):

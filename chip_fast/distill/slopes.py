@@ -13,7 +13,6 @@ import dataclasses
 
 import torch
 
-from .. import rng
 from ..models.split import Tail
 from ..ops.response_sums import response_sums_reference
 from ..solve.control import adjusted
@@ -71,30 +70,22 @@ class ControlBatches:
         self.st, self.rows, self.n_rows, self.batch = st, rows, n_rows, batch
         self.slopes, self.channels = slopes, slopes.shape[1]
         self.sums: tuple[torch.Tensor, ...] | None = None
-        self.unit_masks: torch.Tensor | None = None
+        self.masks: list[torch.Tensor] | None = None   # each batch's, on the kernel path
 
     def add(self, b: int, responses: torch.Tensor, base: torch.Tensor | None,
             masks: torch.Tensor | None) -> None:
         st = self.st
-        view, cls, sample, sum_row = self.rows.batches(self.batch)[b]
+        view, cls, _, sum_row = self.rows.batches(self.batch)[b]
         if masks is None:   # the kernel path regenerates its masks; these are the same ones
-            masks = self._masks(sample)
+            if self.masks is None:
+                self.masks = self.rows.batch_masks(st, self.channels, self.batch)
+            masks = self.masks[b]
         y = responses if responses.dim() == 1 else responses.gather(1, cls[:, None])[:, 0]
         if base is not None:
             y = y - st.p_keep * base.index_select(0, view)
         part = control_sums(masks, y, self.slopes.index_select(0, view), sum_row, self.n_rows,
                             st.p_keep)
         self.sums = part if self.sums is None else tuple(a + c for a, c in zip(self.sums, part))
-
-    def _masks(self, sample: torch.Tensor) -> torch.Tensor:
-        """A batch's masks from the unit's, drawn once for all its classes without reading the
-        device (``rng.keep_masks`` would, once per batch: a sync in the hot loop on CUDA)."""
-        st, samples = self.st, self.rows.samples
-        if self.unit_masks is None:
-            self.unit_masks = rng.keep_masks_range(st.seed, samples.start, samples.stop,
-                                                   self.channels, st.p_keep, st.masks,
-                                                   sample.device, st.folds)
-        return self.unit_masks.index_select(0, sample - samples.start)
 
     def result(self) -> tuple[torch.Tensor, ...]:
         if self.sums is None:

@@ -39,15 +39,16 @@ class ViewTerms:
                    for l in plan.layers)
 
     def of(self, plan: DistillPlan, acts: dict[str, torch.Tensor], cls: torch.Tensor,
-           mu: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+           mu: dict[str, torch.Tensor], prefix_out=None) -> dict[str, torch.Tensor]:
         """Every sampled layer's terms of the views whose unit inputs are ``acts`` and whose
-        classes are ``cls``: ``base/<layer>`` (V,) and ``slopes/<layer>`` (V, K)."""
+        classes are ``cls``: ``base/<layer>`` (V,) and ``slopes/<layer>`` (V, K); ``prefix_out``
+        for tails that read other prefix values."""
         out = {}
         for layer in plan.layers:
             if plan.estimators[layer] == "exact":
                 continue
             if self.settings.baseline == "view":
-                out[f"base/{layer}"] = self.baseline(layer, acts[layer], None, cls)
+                out[f"base/{layer}"] = self.baseline(layer, acts[layer], prefix_out, cls)
             if plan.controls[layer] != "none":
                 out[f"slopes/{layer}"] = self.slopes(layer, acts[layer], cls, mu.get(layer))
         return out
