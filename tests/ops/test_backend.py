@@ -93,9 +93,10 @@ def test_affine_path_and_maps_through_the_kernels(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="checks the interpreter path; the GPU check covers CUDA")
-def test_the_control_variate_s_masks_read_nothing_back_from_the_device(monkeypatch):
+def test_vgg_style_tail_control_variate_masks_read_nothing_back_from_the_device(monkeypatch):
     """On the kernel path the control variate's masks come from the unit's, drawn once by
-    ``rng.keep_masks_range``: ``rng.keep_masks`` reads the device (a sync per batch on CUDA)."""
+    ``rng.keep_masks_range``: ``rng.keep_masks`` reads the device (a sync per batch on CUDA).
+    Engine-sized like the tests above, so the GPU script's CPU dry run leaves it out by name."""
     from chip_fast import rng
 
     def reads_the_device(*args, **kwargs):
@@ -103,15 +104,14 @@ def test_the_control_variate_s_masks_read_nothing_back_from_the_device(monkeypat
 
     torch.manual_seed(0)
     model = SmallVGG().eval()
-    ref, _ = both_backends(monkeypatch, model, "features.2", fill="zero",
-                           tail_path="elementwise")
-    monkeypatch.setattr(rng, "keep_masks", reads_the_device)
-    monkeypatch.setenv("CHIP_FAST_BACKEND", "triton")
     data = (torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
             torch.arange(6) % 3)
-    got = chip_fast.distill_all_classes(model, data, ["features.2"], samples_per_class=24,
-                                        seed=5, progress=False, batch_size=16,
-                                        control="view_slopes", fill="zero",
-                                        tail_path="elementwise")
+    kw = dict(samples_per_class=24, seed=5, progress=False, batch_size=16,
+              control="view_slopes", fill="zero", tail_path="elementwise")
+    monkeypatch.setenv("CHIP_FAST_BACKEND", "torch")
+    ref = chip_fast.distill_all_classes(model, data, ["features.2"], **kw)
+    monkeypatch.setattr(rng, "keep_masks", reads_the_device)
+    monkeypatch.setenv("CHIP_FAST_BACKEND", "triton")
+    got = chip_fast.distill_all_classes(model, data, ["features.2"], **kw)
     assert got.settings["controls"] == {"features.2": "view_slopes"}
     torch.testing.assert_close(got.r["features.2"], ref.r["features.2"], rtol=1e-9, atol=1e-12)
