@@ -26,10 +26,10 @@ from typing import Iterator
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.split import SplitModel
+from .per_channel import per_channel, sub_graph
 
 logger = logging.getLogger("chip_fast")
 
@@ -37,28 +37,7 @@ logger = logging.getLogger("chip_fast")
 # distinct views, on the host)
 ViewRuns = tuple[torch.Tensor, list[int], list[int]]
 
-_PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
-                        nn.Sigmoid, nn.Tanh, nn.ELU, nn.MaxPool2d, nn.AvgPool2d,
-                        nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.BatchNorm2d, nn.Identity)
-_PER_CHANNEL_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, torch.sigmoid,
-                          torch.tanh, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                          F.adaptive_max_pool2d}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
-
-
-def _per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node`` acts on each channel of its input alone (the numerical check of
-    ``linear_head`` catches what this structural test lets through)."""
-    if node.op == "call_module":
-        m = modules.get(node.target)
-        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
-            return not m.training
-        if isinstance(m, nn.Conv2d):   # depthwise: one filter per channel
-            return m.groups == m.in_channels == m.out_channels
-        return isinstance(m, _PER_CHANNEL_MODULES)
-    if node.op == "call_function":
-        return node.target in _PER_CHANNEL_FUNCTIONS
-    return False
 
 
 def _flattens(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -195,24 +174,6 @@ def perturbed_logits(head: "LinearHead", maps: torch.Tensor, view: torch.Tensor,
     return head.logits(products, runs, masks, fill[1])
 
 
-def _sub_graph(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node,
-               name: str) -> fx.GraphModule:
-    """A module of ``nodes`` (in order) whose input is ``start`` (a placeholder stands for it;
-    None: the first node's input is the graph's placeholder) and whose output is ``end``."""
-    g = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    if start is not None:
-        env[start] = g.placeholder(name)
-    for n in nodes:
-        for a in n.all_input_nodes:
-            if a not in env and a.op in ("get_attr", "placeholder"):
-                env[a] = (g.node_copy(a, lambda x: env[x]) if a.op == "get_attr"
-                          else g.placeholder(name))
-        env[n] = g.node_copy(n, lambda x: env[x])
-    g.output(env[end])
-    return fx.GraphModule(root, g)
-
-
 def _pattern(tail: fx.GraphModule):
     """(chain nodes, flatten node, Linear node, rest nodes) of a tail of the pattern, or None."""
     modules = dict(tail.named_modules())
@@ -224,7 +185,7 @@ def _pattern(tail: fx.GraphModule):
         if len(users) != 1:
             return None
         node = users[0]
-        if _per_channel(node, modules):
+        if per_channel(node, modules):
             chain.append(node)
         elif _flattens(node, modules):
             break
@@ -257,9 +218,9 @@ def linear_head(split: SplitModel, layer: str, example: torch.Tensor) -> LinearH
     chain_nodes, _, linear_node, rest_nodes = found
     out = next(n for n in tail.module.graph.nodes if n.op == "output")
     source = next(n for n in tail.module.graph.nodes if n.op == "placeholder")
-    chain = _sub_graph(tail.module, chain_nodes, None if chain_nodes else source,
+    chain = sub_graph(tail.module, chain_nodes, None if chain_nodes else source,
                        chain_nodes[-1] if chain_nodes else source, "activation")
-    rest = _sub_graph(tail.module, rest_nodes, linear_node, out.args[0], "hidden")
+    rest = sub_graph(tail.module, rest_nodes, linear_node, out.args[0], "hidden")
     linear = tail.module.get_submodule(linear_node.target)
     k = example.shape[1]
     with torch.inference_mode():
