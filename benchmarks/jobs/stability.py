@@ -51,6 +51,10 @@ CONFIGS = {
     "view-slopes": {"control": "view_slopes"},
     "no-control": {"control": "none"},
     "until-stable-0.95-view-slopes": {"until_stable": 0.95, "control": "view_slopes"},
+    # every perturbed network runs the whole tail, where the leading per-channel ops would run
+    # once per view (chip_fast.distill.chain_per_view): the path before it, same estimand
+    "elementwise": {"tail_path": "elementwise"},
+    "view-slopes-elementwise": {"control": "view_slopes", "tail_path": "elementwise"},
     # another estimand: a milder perturbation (pairs and designs need p_keep 0.5: independent)
     "p-keep-0.75": {"p_keep": 0.75},
 }

@@ -5,7 +5,8 @@ layers (the model's defaults when none are named), the model cut at them, its fi
 one view of the first class through it: the number of model outputs, each layer's channels and
 spatial size, and each layer's tail path (affine where the tail is linear in the layer's spatial
 mean; linear_head where it is per-channel ops and a Linear over the flattened maps and the fill
-commutes with them; else elementwise). Everything downstream (the plan, the runner, the result) reads these;
+commutes with them; chain_per_view where it begins with per-channel ops that the zero fill
+commutes with; else elementwise). Everything downstream (the plan, the runner, the result) reads these;
 nothing is resolved twice."""
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..models.layers import default_layers
 from ..models.loading import preprocess_of
 from ..models.split import SplitModel
 from .settings import DistillSettings
+from .chain_per_view import ChannelChain, chain_per_view
 from .linear_head import LinearHead, linear_head
 from .tails import AffineTail, TailRunner, affine_tail
 
@@ -41,6 +43,7 @@ class JobInputs:
     elements: dict[str, int]                   # spatial elements per channel
     affine: dict[str, AffineTail] = field(default_factory=dict)   # layers on the affine path
     heads: dict[str, LinearHead] = field(default_factory=dict)    # layers on the head path
+    chains: dict[str, ChannelChain] = field(default_factory=dict)  # chain_per_view layers
     tails: dict[str, TailRunner] = field(default_factory=dict)    # the others
     # layers whose tail is affine in the spatial mean, whichever path they take
     linear: set[str] = field(default_factory=set)
@@ -76,10 +79,11 @@ class JobInputs:
 
     @property
     def paths(self) -> dict[str, str]:
-        """"affine", "linear_head" or "elementwise" per layer: part of what a file means
-        (settings["paths"])."""
+        """"affine", "linear_head", "chain_per_view" or "elementwise" per layer: part of
+        what a file means (settings["paths"])."""
         return {l: "affine" if l in self.affine else "linear_head" if l in self.heads
-                else "elementwise" for l in self.layers}
+                else "chain_per_view" if l in self.chains else "elementwise"
+                for l in self.layers}
 
 
 def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | None,
@@ -122,9 +126,15 @@ def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | Non
             if head is not None:
                 inputs.heads[l] = head
                 inputs.elements[l] = head.weight.shape[2]   # a view keeps (K, P) maps
-            else:
-                dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else a.dtype
-                inputs.tails[l] = TailRunner(split, l, device, dtype)
+                continue
+            dtype = torch.bfloat16 if settings.tail_dtype == "bfloat16" else a.dtype
+            chain = (chain_per_view(split, l, a, settings.fill)
+                     if settings.tail_path == "auto" else None)
+            if chain is not None:
+                inputs.chains[l] = chain
+                inputs.elements[l] = chain.maps(a[:1])[0, 0].numel()   # a view keeps its maps
+            inputs.tails[l] = TailRunner(split, l, device, dtype,
+                                         tail=chain.rest if chain is not None else None)
     return inputs
 
 

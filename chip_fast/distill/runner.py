@@ -42,6 +42,7 @@ from .settings import DistillSettings
 from .slopes import ControlBatches
 from .stage_prefixes import StagePrefixes
 from .state import Partial
+from .chain_per_view import ChannelChain
 from .linear_head import LinearHead
 from .non_finite import raise_non_finite
 from .tails import AffineTail, TailRunner, no_sync_checks, response_matrix
@@ -92,6 +93,7 @@ class UnitRunner:
         self.affine: dict[str, AffineTail] = inputs.affine
         self.tails: dict[str, TailRunner] = inputs.tails
         self.heads: dict[str, LinearHead] = inputs.heads
+        self.chains: dict[str, ChannelChain] = inputs.chains
         self.elements: dict[str, int] = inputs.elements
         # (class, view) -> what the units need of it per layer, from the fill statistics pass
         self.cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -133,11 +135,13 @@ class UnitRunner:
 
     def _unit_input(self, layer: str, acts: torch.Tensor) -> torch.Tensor:
         """What the units use of a layer's activations: spatial means on the affine path, the
-        maps after the per-channel ops on the head path."""
+        maps after the per-channel ops on the head and chain_per_view paths."""
         if layer in self.affine:
             return acts.float().mean(tuple(range(2, acts.dim())))
         if layer in self.heads:
             return self.heads[layer].maps(acts)
+        if layer in self.chains:
+            return self.chains[layer].maps(acts)
         return acts
 
     def fill_statistics(self, plan: DistillPlan) -> tuple[dict[str, torch.Tensor],
@@ -307,6 +311,9 @@ class UnitRunner:
                 yield len(m), response_matrix(out, st.response), m
             return
         tail = self.tails[layer]
+        chain = self.chains.get(layer)
+        if chain is not None:   # the chain's maps, and its fill: the same value at every position
+            kw.update(fill="mean" if bool(chain.fill.any()) else "zero", mu=chain.fill)
         acts = tail_input(acts)
         for view, cls, sample, _ in rows.batches(st.batch_size):
             pert, masks = perturb(acts, view, cls, sample,

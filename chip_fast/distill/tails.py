@@ -13,7 +13,8 @@ Two kinds:
   every batch, and each full batch replays a CUDA graph where capture works (eager otherwise).
 
 A third kind, a tail of per-channel ops and a Linear over the flattened maps, is
-``chip_fast.distill.linear_head``'s.
+``chip_fast.distill.linear_head``'s; a tail whose leading per-channel ops run once per view
+(``chip_fast.distill.chain_per_view``) runs the rest of it through a ``TailRunner``.
 
 Owns how a tail is recognised and run; cutting the model is ``chip_fast.models.split``'s, choosing the
 path per layer ``chip_fast.distill.plan``'s.
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layouts import TOKENS, Layout
-from ..models.split import SplitModel
+from ..models.split import SplitModel, Tail
 
 logger = logging.getLogger("chip_fast")
 
@@ -142,10 +143,13 @@ class TailRunner:
     MAX_GRAPHS = 4   # batch shapes per layer (the full batch and a unit's last one, mostly)
 
     def __init__(self, split: SplitModel, layer: str, device: torch.device, dtype: torch.dtype,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, tail: Tail | None = None) -> None:
+        """``tail``: what runs on the perturbed input, when not the layer's whole tail (the rest
+        after a per-view chain, ``chain_per_view``)."""
         self.layer, self.device, self.dtype = layer, device, dtype
-        module = split.tails[layer].module
-        self.extras = split.tails[layer].extras
+        tail = split.tails[layer] if tail is None else tail
+        module = tail.module
+        self.extras = tail.extras
         if dtype == torch.bfloat16:
             module = copy.deepcopy(module)
             for m in module.modules():   # weights cast once per job, not per batch

@@ -31,6 +31,7 @@ class ViewTerms:
     def __init__(self, inputs: JobInputs, settings: DistillSettings) -> None:
         self.split, self.settings = inputs.split, settings
         self.affine, self.heads, self.tails = inputs.affine, inputs.heads, inputs.tails
+        self.chains = inputs.chains
 
     def needed(self, plan: DistillPlan) -> bool:
         """Whether any sampled layer has a per-view term."""
@@ -55,8 +56,13 @@ class ViewTerms:
 
     def slopes(self, layer: str, acts: torch.Tensor, cls: torch.Tensor,
                fill_mean: torch.Tensor | None) -> torch.Tensor:
-        """(V, K) each view's mask slope (``slopes.view_slopes``)."""
+        """(V, K) each view's mask slope (``slopes.view_slopes``); on the chain_per_view
+        path, of the rest of the tail at the chain's maps (the mask enters there)."""
         st = self.settings
+        chain = self.chains.get(layer)
+        if chain is not None:
+            return view_slopes(chain.rest, acts, cls, st.p_keep, chain.fill, st.response,
+                               st.batch_size)
         return view_slopes(self.split.tails[layer], acts, cls, st.p_keep,
                            None if st.fill == "zero" else fill_mean, st.response, st.batch_size)
 
@@ -76,7 +82,8 @@ class ViewTerms:
         tail, out = self.tails[layer], []
         # A tail that writes into its input (an in-place ReLU after the cut) gets a copy: the
         # slice is the unit's activations, which every perturbed batch reads afterwards.
-        mutates = self.split.tails[layer].mutates_input
+        chain = self.chains.get(layer)
+        mutates = (chain.rest if chain is not None else self.split.tails[layer]).mutates_input
         for i in range(0, len(cls), step):
             idx = torch.arange(i, min(i + step, len(cls)), device=acts.device)
             x = tail_input(acts[i:i + len(idx)])

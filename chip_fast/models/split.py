@@ -42,7 +42,7 @@ class UntraceableError(LayerError):
     """torch.fx cannot trace the model, so it cannot be cut into prefix and tails."""
 
 
-def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` may write into its first argument (in-place ops)."""
     if node.op == "call_module":
         return bool(getattr(modules.get(node.target), "inplace", False))
@@ -58,7 +58,7 @@ def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> boo
 
 
 def _mutated_later(node: fx.Node, within: set[fx.Node], modules: dict[str, nn.Module]) -> bool:
-    return any(u in within and u.args and u.args[0] is node and _mutates_first_argument(u, modules)
+    return any(u in within and u.args and u.args[0] is node and mutates_first_argument(u, modules)
                for u in node.users)
 
 

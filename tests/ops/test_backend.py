@@ -58,6 +58,7 @@ def both_backends(monkeypatch, model, layer, **kw):
     return out["torch"], out["triton"]
 
 
+@pytest.mark.slow   # engine-sized under the interpreter: the GPU script's CPU dry run skips it
 @pytest.mark.skipif(CUDA, reason="checks the interpreter path; the GPU check covers CUDA")
 @pytest.mark.parametrize("fill,path,taken", [("mean", "elementwise", "elementwise"),
                                              ("noise", "auto", "elementwise"),
@@ -74,6 +75,36 @@ def test_vgg_style_tail_through_the_kernels(monkeypatch, fill, path, taken):
     assert (got.r["features.2"] - ref.r["features.2"]).abs().max() <= tol * scale + 1e-12
     torch.testing.assert_close(got.weights["features.2"], ref.weights["features.2"],
                                rtol=1e-4, atol=1e-6)
+
+
+class Expand(nn.Module):
+    """An inverted residual block after its expand conv: depthwise stride-2 conv, ReLU6, then a
+    1x1 conv and a Linear, so the layer takes the chain_per_view path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.rest = nn.Sequential(nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6),
+                                  nn.ReLU6(), nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(4 * 4 * 4, 3))
+
+    def forward(self, x):
+        return self.rest(self.layer(x))
+
+
+@pytest.mark.slow   # engine-sized under the interpreter: the GPU script's CPU dry run skips it
+@pytest.mark.skipif(CUDA, reason="checks the interpreter path; the GPU check covers CUDA")
+def test_chain_per_view_through_the_kernels(monkeypatch):
+    """The perturbation kernel on the chain's maps with the chain's per-channel fill."""
+    torch.manual_seed(0)
+    model = Expand().eval()
+    with torch.no_grad():
+        model.rest[0].bias.uniform_(0.1, 1.0)   # a fill after the chain that is not zero
+    ref, got = both_backends(monkeypatch, model, "layer", fill="zero", tail_dtype="float32")
+    assert got.settings["paths"] == ref.settings["paths"] == {"layer": "chain_per_view"}
+    scale = ref.r["layer"].abs().max()
+    assert (got.r["layer"] - ref.r["layer"]).abs().max() <= 1e-5 * scale
+    torch.testing.assert_close(got.weights["layer"], ref.weights["layer"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(CUDA, reason="checks the interpreter path; the GPU check covers CUDA")
@@ -93,10 +124,11 @@ def test_affine_path_and_maps_through_the_kernels(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="checks the interpreter path; the GPU check covers CUDA")
-def test_vgg_style_tail_control_variate_masks_read_nothing_back_from_the_device(monkeypatch):
+@pytest.mark.slow   # engine-sized under the interpreter: the GPU script's CPU dry run skips it
+def test_the_control_variate_s_masks_read_nothing_back_from_the_device(monkeypatch):
     """On the kernel path the control variate's masks come from the unit's, drawn once by
     ``rng.keep_masks_range``: ``rng.keep_masks`` reads the device (a sync per batch on CUDA).
-    Engine-sized like the tests above, so the GPU script's CPU dry run leaves it out by name."""
+"""
     from chip_fast import rng
 
     def reads_the_device(*args, **kwargs):
