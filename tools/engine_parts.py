@@ -255,13 +255,14 @@ def _run(job: DistillJob, fresh_state: bool = False) -> float:
 
 
 def _bare_tail(job: DistillJob, layer: str, n_batches: int) -> float:
-    """The job's own TailRunner (same dtype, layout, graphs) on n full batches, nothing else."""
+    """The job's own TailRunner (same dtype, layout, graphs) on n full batches of what it runs
+    on (the layer's activations, or the maps after a chain_per_view chain), nothing else."""
     runner = job.runner.tails[layer]
     batch = job.settings.batch_size
     split = job.runner.split
     view = job.source.load(job.plan.classes[0], 0)[None].to(job.device)
     with torch.inference_mode():
-        acts = split.activation(split.run_prefix(view), layer)
+        acts = job.runner._unit_input(layer, split.activation(split.run_prefix(view), layer))
         x = runner.buffer((batch, *acts.shape[1:]))
         if x is None:
             x = acts.expand(batch, *acts.shape[1:]).contiguous(
@@ -324,15 +325,16 @@ def _kernel_compiles() -> int:
 
 
 def overhead(ctx: Context) -> dict:
-    """MobileNetV2 features.14.conv.0 at the default batch: a first run, a warmed second run
-    of the same job (its graphs and kernels warm), the bare tail over the same batches, then a
-    call that changes only the sample count and the seed."""
+    """MobileNetV2 features.14.conv.0 at the default batch and paths: a first run, a warmed
+    second run of the same job (its graphs and kernels warm), the bare tail over the same
+    batches, then a call that changes only the sample count and the seed."""
     layer = "features.14.conv.0"
     classes, samples = (2, 256) if ctx.quick else (16, 2048)
     model = ctx.model("mobilenet_v2")
     images = torch.randn(classes * 2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     data = (images, torch.arange(classes * 2) % classes)
-    kw = dict(samples_per_class=samples, classes_per_unit=8, tail_path="elementwise")
+    # the default paths: the 14x14 layer's depthwise chain runs once per view (chain_per_view)
+    kw = dict(samples_per_class=samples, classes_per_unit=8)
     with tail_runners() as runners:
         job = _job(ctx, model, data, layer, **kw)
         first_s = _run(job)

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 JOBS = ("stability", "vs_plain_loop", "plain_loop", "explain_speed", "shared_machine",
-        "distill_breakdown", "distill_throughput", "vgg_head", "stage_cost")
+        "distill_breakdown", "distill_throughput", "vgg_head", "stage_cost", "chain_per_view")
 
 
 def summary(name: str) -> str:

@@ -51,8 +51,10 @@ CONFIGS = {
     "view-slopes": {"control": "view_slopes"},
     "no-control": {"control": "none"},
     "until-stable-0.95-view-slopes": {"until_stable": 0.95, "control": "view_slopes"},
-    # every perturbed network runs the whole tail, where the leading per-channel ops would run
-    # once per view (chip_fast.distill.chain_per_view): the path before it, same estimand
+    # every layer on the elementwise path: the 14x14 layer's whole tail per perturbed network
+    # (no chain_per_view), and features.18 sampled too (no affine path, so no exact estimator):
+    # not the default before the chain (that is a run of the commit before it), but the same
+    # estimand at the 14x14 layer with the chain's view slopes against the activation's
     "elementwise": {"tail_path": "elementwise"},
     "view-slopes-elementwise": {"control": "view_slopes", "tail_path": "elementwise"},
     # another estimand: a milder perturbation (pairs and designs need p_keep 0.5: independent)

@@ -61,7 +61,9 @@ class DistillSettings:
     # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never
     # materialises a perturbed activation; with zero or mean fill, a tail of per-channel ops and
     # a Linear over the flattened maps (VGG's classifier) takes the head path
-    # (chip_fast.distill.linear_head); "elementwise": every layer perturbs every element.
+    # (chip_fast.distill.linear_head); with zero fill, a tail that begins with other per-channel
+    # ops (a depthwise convolution after an expand layer) runs them once per view
+    # (chip_fast.distill.chain_per_view); "elementwise": every layer perturbs every element.
     # The file records the path each layer took (settings["paths"]).
     tail_path: str = "auto"
     # Patches kept per channel for the channel atlas (chip_fast.atlas.collect), cut from the prefix
