@@ -32,8 +32,28 @@ def per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
             return m.groups == m.in_channels == m.out_channels
         return isinstance(m, _PER_CHANNEL_MODULES)
     if node.op == "call_function":
+        if node.target in (F.conv2d, torch.conv2d):
+            return _depthwise_call(node, modules)
+        if node.target is F.pad:   # a 'same' convolution's padding, traced as its own call
+            mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+            pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
+            return mode == "constant" and len(pad) <= 4   # the two spatial dims alone
         return node.target in _PER_CHANNEL_FUNCTIONS
     return False
+
+
+def _depthwise_call(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether a functional conv2d is depthwise: its weight (a module's parameter) has one
+    input channel per group and as many groups as output channels (EfficientNet-Lite's 'same'
+    convolutions trace as F.pad and torch.conv2d)."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return False
+    owner, _, name = weight.target.rpartition(".")
+    w = getattr(modules.get(owner), name, None)
+    return (isinstance(w, torch.Tensor) and w.dim() == 4 and w.shape[1] == 1
+            and groups == w.shape[0])
 
 
 def sub_graph(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end: fx.Node,

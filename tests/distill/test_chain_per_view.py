@@ -143,3 +143,19 @@ def test_mobilenet_v2_expand_layer_takes_the_path():
         chain = chain_per_view(split, "features.14.conv.0", acts, "zero")
         assert chain is not None and chain.maps(acts).shape == (1, 576, 7, 7)
         assert (chain.fill >= 0).all() and (chain.fill <= 6).all()   # ReLU6 of a bias
+
+
+def test_efficientnet_lite0_mid_layer_takes_the_path():
+    """EfficientNet-Lite's 'same' convolutions trace as F.pad and torch.conv2d: the functional
+    depthwise conv and its padding are per-channel too, the 1x1 projection after them is not."""
+    from chip_fast.models.efficientnet_lite import EfficientNetLite0
+    torch.manual_seed(0)
+    net = EfficientNetLite0().eval()
+    layer = "features.6.0.block.0"
+    split = SplitModel(net, [layer])
+    with torch.inference_mode():
+        acts = split.activation(split.run_prefix(torch.randn(1, 3, 224, 224)), layer)
+        chain = chain_per_view(split, layer, acts, "zero")
+        assert chain is not None and chain.maps(acts).shape == (1, 672, 7, 7)
+        targets = [n.target for n in chain.rest.module.graph.nodes if n.op == "call_function"]
+        assert torch.conv2d in targets   # the projection runs per perturbed network
