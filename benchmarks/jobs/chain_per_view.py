@@ -11,36 +11,24 @@ their top-10 overlap are recorded with the times.
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import time
-from pathlib import Path
 from statistics import median
 
 import torch
 
 import chip_fast
 
+from .imagenette import job_inputs, parser
 from .record import write_result
 from .stability import agreement
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 LAYER = "features.14.conv.0"
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--classes", type=int, default=2)
-    p.add_argument("--samples", type=int, default=4096)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--control", default="none", help="the control variate of both sides")
-    p.add_argument("--name", default=None, help="results name (default: chain_per_view_<samples>)")
-    p.add_argument("--data", type=Path, default=DATA / "imagenette" / "train")
-    p.add_argument("--weights", type=Path, default=DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
-    args = p.parse_args(argv)
-    model = chip_fast.load_model("mobilenet_v2", args.weights, "cpu")
-    source = chip_fast.ImageFolderSource(args.data, preprocess=chip_fast.preprocess_of(model))
-    classes = source.classes[:args.classes]
+    args = parser(__doc__, 4096, 3, "chain_per_view_<samples>").parse_args(argv)
+    model, source, classes = job_inputs(args)
 
     def timed(path: str, n: int, seed: int):
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)

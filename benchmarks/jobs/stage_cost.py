@@ -9,32 +9,20 @@ whatever of a view the stages fail to keep: its prefix, baseline and slopes are 
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import chip_fast
 
+from .imagenette import job_inputs, parser
 from .record import write_result
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--classes", type=int, default=2)
-    p.add_argument("--samples", type=int, default=8192)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--control", default="none", help="the control variate of both sides")
-    p.add_argument("--name", default=None, help="results name (default: stage_cost_<samples>)")
-    p.add_argument("--data", type=Path, default=DATA / "imagenette" / "train")
-    p.add_argument("--weights", type=Path, default=DATA / "weights" / "mobilenet_v2_imagenet1k.pth")
-    args = p.parse_args(argv)
-    model = chip_fast.load_model("mobilenet_v2", args.weights, "cpu")
-    source = chip_fast.ImageFolderSource(args.data, preprocess=chip_fast.preprocess_of(model))
-    classes = source.classes[:args.classes]
+    args = parser(__doc__, 8192, 2, "stage_cost_<samples>").parse_args(argv)
+    model, source, classes = job_inputs(args)
 
     def timed(n: int, **kw) -> tuple[float, list[int]]:
         start = time.perf_counter()
