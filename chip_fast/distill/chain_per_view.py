@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 
 from ..models.split import SplitModel, Tail, mutates_first_argument
-from .per_channel import per_channel, sub_graph
+from .per_channel import agrees, masked_probe, per_channel, sub_graph
 
 logger = logging.getLogger("chip_fast")
 
@@ -37,6 +37,9 @@ class ChannelChain:
     rest: Tail               # maps -> logits
     fill: torch.Tensor       # (K,) float32: g(0), the fill of a dropped channel after the chain
     mutates_input: bool      # the chain writes into its input (an in-place ReLU)
+    # how ``ops.perturb`` applies ``fill``: "zero" where g(0) is 0 (a ReLU-only chain), else
+    # "mean" with ``fill`` as the per-channel value; decided once, so no unit reads the device
+    fill_kind: str = "mean"
 
     def maps(self, acts: torch.Tensor) -> torch.Tensor:
         """The chain's float32 maps of the views' activations: what a unit keeps of a view."""
@@ -89,8 +92,9 @@ def chain_per_view(split: SplitModel, layer: str, example: torch.Tensor, fill: s
         value = g0[0, :, :1, :1]
         if not torch.equal(g0[0], value.expand_as(g0[0])):
             return None
-        found = ChannelChain(chain, Tail(rest_module, [], rest_mutates),
-                             value.flatten().contiguous(), tail.mutates_input)
+        fill_value = value.flatten().contiguous()
+        found = ChannelChain(chain, Tail(rest_module, [], rest_mutates), fill_value,
+                             tail.mutates_input, "mean" if bool(fill_value.any()) else "zero")
         if not _checks_out(found, module, example[:1]):
             logger.info("chip_fast: the tail of %s begins with per-channel ops but running them "
                         "once per view does not check out", layer)
@@ -100,16 +104,8 @@ def chain_per_view(split: SplitModel, layer: str, example: torch.Tensor, fill: s
 
 def _checks_out(found: ChannelChain, tail: torch.nn.Module, example: torch.Tensor) -> bool:
     """Whether the chain and the rest give the tail's logits on ``example`` (1, K, H, W) under
-    8 random masks with zero fill (a fixed generator: the same decision every run)."""
-    k = example.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    masks = (torch.rand(8, k, generator=gen) < 0.5).to(example.device)
-    perturbed = example.float() * masks[:, :, None, None]
-    want = tail(perturbed.to(example.dtype)).float()
-    maps = found.maps(example).expand(8, -1, -1, -1)
-    rest_in = found.perturbed(maps, masks).to(example.dtype)
-    got = found.rest.module(rest_in).float()
-    if got.shape != want.shape or not torch.isfinite(got).all():
-        return False
-    scale = want.abs().max().clamp(min=1e-6)
-    return bool((got - want).abs().max() <= 1e-4 * scale)
+    random masks with zero fill."""
+    masks, want = masked_probe(tail, example)
+    maps = found.maps(example).expand(len(masks), -1, -1, -1)
+    got = found.rest.module(found.perturbed(maps, masks).to(example.dtype)).float()
+    return agrees(got, want)

@@ -29,7 +29,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..models.split import SplitModel
-from .per_channel import per_channel, sub_graph
+from .per_channel import agrees, masked_probe, per_channel, sub_graph
 
 logger = logging.getLogger("chip_fast")
 
@@ -240,18 +240,10 @@ def linear_head(split: SplitModel, layer: str, example: torch.Tensor) -> LinearH
 
 
 def _checks_out(head: LinearHead, tail: nn.Module, example: torch.Tensor) -> bool:
-    """Whether the head gives the tail's logits on ``example`` (1, K, H, W) under 8 random
-    masks with zero fill (a fixed generator: the same decision every run)."""
-    k = example.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    masks = (torch.rand(8, k, generator=gen) < 0.5).to(example.device)
-    perturbed = example.float() * masks[:, :, None, None]
-    want = tail(perturbed.to(example.dtype)).float()
-    fill = head.fill_terms(torch.zeros(k, device=example.device))
-    got = perturbed_logits(head, head.maps(example), torch.zeros(8, dtype=torch.long), masks,
-                           fill)
-    if got.shape != want.shape or not torch.isfinite(got).all():
-        return False
-    scale = want.abs().max().clamp(min=1e-6)
-    return bool((got - want).abs().max() <= 1e-4 * scale)
-
+    """Whether the head gives the tail's logits on ``example`` (1, K, H, W) under random masks
+    with zero fill."""
+    masks, want = masked_probe(tail, example)
+    fill = head.fill_terms(torch.zeros(example.shape[1], device=example.device))
+    got = perturbed_logits(head, head.maps(example), torch.zeros(len(masks), dtype=torch.long),
+                           masks, fill)
+    return agrees(got, want)

@@ -72,3 +72,21 @@ def sub_graph(root: nn.Module, nodes: list[fx.Node], start: fx.Node | None, end:
         env[n] = g.node_copy(n, lambda x: env[x])
     g.output(env[end])
     return fx.GraphModule(root, g)
+
+
+def masked_probe(tail: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masks (8, K), the tail's float32 logits on ``example`` (1, K, H, W) under them with
+    zero fill): what a path's numerical check compares with (a fixed generator: the same
+    decision every run)."""
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(8, example.shape[1], generator=gen) < 0.5).to(example.device)
+    perturbed = example.float() * masks[:, :, None, None]
+    return masks, tail(perturbed.to(example.dtype)).float()
+
+
+def agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Whether a path's logits are the tail's (``masked_probe``) to float rounding."""
+    if got.shape != want.shape or not torch.isfinite(got).all():
+        return False
+    scale = want.abs().max().clamp(min=1e-6)
+    return bool((got - want).abs().max() <= 1e-4 * scale)

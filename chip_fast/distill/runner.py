@@ -313,7 +313,7 @@ class UnitRunner:
         tail = self.tails[layer]
         chain = self.chains.get(layer)
         if chain is not None:   # the chain's maps, and its fill: the same value at every position
-            kw.update(fill="mean" if bool(chain.fill.any()) else "zero", mu=chain.fill)
+            kw.update(fill=chain.fill_kind, mu=chain.fill)
         acts = tail_input(acts)
         for view, cls, sample, _ in rows.batches(st.batch_size):
             pert, masks = perturb(acts, view, cls, sample,

@@ -68,6 +68,7 @@ def test_the_chain_runs_once_per_view_and_the_rest_gives_the_tails_logits():
         assert maps.shape == (3, 8, 4, 4)                     # after the stride-2 depthwise conv
         want_fill = net.dw[3](net.dw[2](net.dw[1](torch.zeros(1, 8, 8, 8))))[0, :, 0, 0]
         torch.testing.assert_close(chain.fill, want_fill)     # ReLU6 of the folded bias
+        assert chain.fill_kind == "mean"       # a per-channel value, decided once on the host
         masks = torch.rand(5, 8) < 0.5
         view = torch.tensor([0, 2, 1, 0, 2])
         got = chain.rest.module(chain.perturbed(maps[view], masks))
@@ -118,6 +119,19 @@ def test_fills_that_do_not_commute_stay_elementwise(fill):
     assert chain_of(net, fill)[0] is None
     assert distill(net, "auto", fill=fill, samples_per_class=64).settings["paths"] == {
         LAYER: "elementwise"}
+
+
+def test_a_chain_whose_fill_is_zero_perturbs_with_zero_fill():
+    """ReLU and max-pool map zeros to zeros: the perturbation keeps the plain zero fill."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 4 * 4, 4)).eval()
+    split = SplitModel(net, ["0"])
+    with torch.inference_mode():
+        acts = split.activation(split.run_prefix(torch.randn(2, 3, 8, 8)), "0")
+        chain = chain_per_view(split, "0", acts, "zero")
+    assert chain is not None and chain.fill_kind == "zero" and not chain.fill.any()
 
 
 def test_a_tail_that_mixes_channels_first_has_no_chain():
