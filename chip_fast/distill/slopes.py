@@ -24,11 +24,17 @@ from .tails import response_of
 
 
 def view_slopes(tail: Tail, acts: torch.Tensor, classes: torch.Tensor, p_keep: float,
-                fill_mean: torch.Tensor | None, response: str, batch: int) -> torch.Tensor:
+                fill_mean: torch.Tensor | None, response: str, batch: int,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(V, K) float64: for each view (its layer activation, a row of ``acts`` (V, K, ...)) and
     its class, d response / d z_k at z = p_keep, i.e. the sum over positions of the gradient at
-    ``f + p_keep (a - f)`` times ``a - f`` (f: the fill's mean, None for zero fill)."""
+    ``f + p_keep (a - f)`` times ``a - f`` (f: the fill's mean, None for zero fill).
+
+    ``dtype`` bfloat16: the tail's forward and backward under bfloat16 autocast, as the job's
+    tails run; a slope only needs to predict the response, so its rounding costs a little of
+    the control's variance cut and nothing of the estimand."""
     out = []
+    low = dtype == torch.bfloat16
     # The runner works in inference mode; the gradient needs ordinary tensors, and only the
     # input's (torch.autograd.grad leaves the model's parameters alone).
     with torch.inference_mode(False), torch.enable_grad():
@@ -36,7 +42,8 @@ def view_slopes(tail: Tail, acts: torch.Tensor, classes: torch.Tensor, p_keep: f
             a = acts[i:i + batch].clone().float()
             d = a if fill_mean is None else a - fill_mean.float().view(1, -1, *[1] * (a.dim() - 2))
             x = (a - (1 - p_keep) * d).requires_grad_(True)
-            logits = tail.module(x.clone() if tail.mutates_input else x)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+                logits = tail.module(x.clone() if tail.mutates_input else x).float()
             # (a clone: classes made in inference mode cannot be saved for the backward)
             y = response_of(logits, classes[i:i + batch].clone(), response).sum()
             (grad,) = torch.autograd.grad(y, x)

@@ -8,9 +8,10 @@ Two kinds:
   logits = W mean(A) + b is read off the tail itself and checked on an example; a perturbed
   network's logits are then one (T, K) x (K, C) product (or one row of it per sample), with no
   perturbed activation materialised (METHOD.md: the noise enters through its spatial mean).
-* ``TailRunner``: any other tail, run on batches of perturbed activations. On CUDA its Conv and
-  Linear weights are cast to bfloat16 (channels-last) once per job rather than by autocast on
-  every batch, and each full batch replays a CUDA graph where capture works (eager otherwise).
+* ``TailRunner``: any other tail, run on batches of perturbed activations. In bfloat16 its Conv
+  and Linear weights are cast (channels-last) once per job rather than by autocast on every
+  batch; on CUDA each full batch replays a CUDA graph where capture works (eager otherwise), on
+  a CPU its convolutions run fused with their activations (``chip_fast.models.cpu_fusion``).
 
 A third kind, a tail of per-channel ops and a Linear over the flattened maps, is
 ``chip_fast.distill.linear_head``'s; a tail whose leading per-channel ops run once per view
@@ -32,6 +33,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.cpu_fusion import FusedOnCpu
 from ..models.layouts import TOKENS, Layout
 from ..models.split import SplitModel, Tail
 
@@ -158,6 +160,9 @@ class TailRunner:
                     if isinstance(m, nn.Conv2d):
                         m.to(memory_format=torch.channels_last)
         self.module = module
+        # On a CPU its convolutions run with their activations fused (after the cast, so the
+        # fused calls read the bfloat16 weights).
+        self._cpu = FusedOnCpu(module, f"tail of {layer}")
         # Token rows are laid out (rows, tokens, channels) in memory, as the tail reads them
         # after turning them back from channels first (chip_fast.models.layouts).
         self.tokens = split.layouts.get(layer, Layout()).kind == TOKENS
@@ -206,7 +211,9 @@ class TailRunner:
                 return entry[2]
         extras = [prefix_out[name].index_select(0, rows) for name in self.extras]
         with self._autocast():
-            return self.module(pert, *extras).float()
+            module = self._cpu.for_inputs(pert, *extras) if pert.device.type == "cpu" \
+                else self.module
+            return module(pert, *extras).float()
 
     def _capture(self, static_in: torch.Tensor):
         """(graph, static output) of the tail on ``static_in``; (False, None) where capture

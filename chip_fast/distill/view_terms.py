@@ -59,12 +59,14 @@ class ViewTerms:
         """(V, K) each view's mask slope (``slopes.view_slopes``); on the chain_per_view
         path, of the rest of the tail at the chain's maps (the mask enters there)."""
         st = self.settings
+        dtype = torch.bfloat16 if st.tail_dtype == "bfloat16" else torch.float32
         chain = self.chains.get(layer)
         if chain is not None:
             return view_slopes(chain.rest, acts, cls, st.p_keep, chain.fill, st.response,
-                               st.batch_size)
+                               st.batch_size, dtype)
         return view_slopes(self.split.tails[layer], acts, cls, st.p_keep,
-                           None if st.fill == "zero" else fill_mean, st.response, st.batch_size)
+                           None if st.fill == "zero" else fill_mean, st.response, st.batch_size,
+                           dtype)
 
     def baseline(self, layer: str, acts: torch.Tensor, prefix_out, cls: torch.Tensor
                  ) -> torch.Tensor:

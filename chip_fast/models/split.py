@@ -31,6 +31,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .cpu_fusion import FusedOnCpu
 from .fingerprint import weight_versions
 from .layers import LayerError, check_layers
 from .layouts import MAPS, Layout, conv_grids, infer_layout
@@ -173,6 +174,7 @@ class SplitModel:
         extra_nodes = {n for t in self.tails.values() for n in t.extras}
         wanted += [n for n in nodes if n.name in extra_nodes and n not in wanted]
         self.prefix = _fold_batch_norms(self._prefix(graph, wanted))
+        self._cpu_prefix = FusedOnCpu(self.prefix, "prefix")
         for tail in self.tails.values():
             tail.module = _fold_batch_norms(tail.module)
         self._prefix_names = [n.name for n in wanted]
@@ -242,8 +244,9 @@ class SplitModel:
         """Activations of every layer, channels first, and the tails' extra inputs as the model
         made them, keyed by node name."""
         if len(self.layouts) < len(self.layers):
+            # unfused: the grids are read off the convolution modules' calls
             with conv_grids(self.prefix) as resolutions:
-                out = dict(zip(self._prefix_names, self._run(x)))
+                out = dict(zip(self._prefix_names, self._run(x, fuse=False)))
             self._bind(out, resolutions, len(x))
         else:
             out = dict(zip(self._prefix_names, self._run(x)))
@@ -253,17 +256,19 @@ class SplitModel:
                 out[self._key(layer)] = layout.channels_first(out[node])
         return out
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The prefix on ``x``; on a CPU in chunks of rows (``row_chunks``), unless a module
-        that mixes rows (a batch norm in training mode) makes the result depend on the batch."""
+    def _run(self, x: torch.Tensor, fuse: bool = True) -> tuple[torch.Tensor, ...]:
+        """The prefix on ``x``; on a CPU with its convolutions and activations fused
+        (``cpu_fusion``) and in chunks of rows (``row_chunks``), unless a module that mixes
+        rows (a batch norm in training mode) makes the result depend on the batch."""
         if x.device.type != "cpu" or len(x) == 1 or any(
                 m.training for m in self.prefix.modules() if isinstance(m, _BatchNorm)):
             return tuple(self.prefix(x))
+        prefix = self._cpu_prefix.for_inputs(x) if fuse else self.prefix
         key = (tuple(x.shape[1:]), x.dtype)
         if key not in self._chunk_rows:   # 0: outputs that are not batch-first, never chunked
-            self._chunk_rows[key] = chunk_rows(self.prefix, x) or 0
+            self._chunk_rows[key] = chunk_rows(prefix, x) or 0
         rows = self._chunk_rows[key]
-        return run_in_chunks(self.prefix, x, rows) if rows else tuple(self.prefix(x))
+        return run_in_chunks(prefix, x, rows) if rows else tuple(prefix(x))
 
     def _key(self, layer: str) -> str:
         """Where a layer's channels-first activation is kept: under its node's name, unless a

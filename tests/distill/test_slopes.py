@@ -74,3 +74,18 @@ def test_a_nonlinear_tail_keeps_the_estimand():
     spread = (runs["none"].var(0) / 6 + runs["view_slopes"].var(0) / 6).sqrt()
     assert torch.isfinite(runs["view_slopes"]).all()
     assert float((diff.abs() / spread.clamp_min(1e-9)).median()) < 2.0
+
+
+def test_bfloat16_slopes_are_the_float32_slopes_rounded():
+    """The job takes its slopes in the tails' dtype; in bfloat16 they differ from float32's by
+    rounding, a small part of their size, at a non-linear tail too."""
+    torch.manual_seed(0)
+    net = Net().eval()
+    split = SplitModel(net, ["feat"])
+    x, labels = data(8)
+    with torch.inference_mode():
+        acts = split.activation(split.run_prefix(x), "feat")
+    q32 = view_slopes(split.tails["feat"], acts, labels, 0.5, None, "logit", 4)
+    q16 = view_slopes(split.tails["feat"], acts, labels, 0.5, None, "logit", 4, torch.bfloat16)
+    assert q16.dtype == torch.float64 and torch.isfinite(q16).all()
+    assert float((q16 - q32).norm() / q32.norm()) < 0.05
