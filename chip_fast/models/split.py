@@ -244,9 +244,8 @@ class SplitModel:
         """Activations of every layer, channels first, and the tails' extra inputs as the model
         made them, keyed by node name."""
         if len(self.layouts) < len(self.layers):
-            # unfused: the grids are read off the convolution modules' calls
             with conv_grids(self.prefix) as resolutions:
-                out = dict(zip(self._prefix_names, self._run(x, fuse=False)))
+                out = dict(zip(self._prefix_names, self._run(x, fuse=False)))  # conv calls seen
             self._bind(out, resolutions, len(x))
         else:
             out = dict(zip(self._prefix_names, self._run(x)))
@@ -257,9 +256,8 @@ class SplitModel:
         return out
 
     def _run(self, x: torch.Tensor, fuse: bool = True) -> tuple[torch.Tensor, ...]:
-        """The prefix on ``x``; on a CPU with its convolutions and activations fused
-        (``cpu_fusion``) and in chunks of rows (``row_chunks``), unless a module that mixes
-        rows (a batch norm in training mode) makes the result depend on the batch."""
+        """The prefix on ``x``; on a CPU fused (``cpu_fusion``) and in chunks of rows
+        (``row_chunks``), unless a module that mixes rows (a training batch norm) is in it."""
         if x.device.type != "cpu" or len(x) == 1 or any(
                 m.training for m in self.prefix.modules() if isinstance(m, _BatchNorm)):
             return tuple(self.prefix(x))
