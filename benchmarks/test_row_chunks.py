@@ -1,8 +1,8 @@
 """Benchmark of the CPU prefix in chunks of rows (``chip_fast.models.row_chunks``) against the
 same fx prefix called on the whole batch, as the engine called it before: MobileNetV2 cut at
 its default layers (features.14.conv.0, features.18), one unit's 38 views at 224 x 224,
-float32 channels-last, one thread. Both sides are checked to give the same activations before
-they are timed.
+float32 channels-last, one thread, both sides unfused (``benchmarks/test_cpu_fusion.py`` times
+the fusion). Both sides are checked to give the same activations before they are timed.
 
     python -m pytest benchmarks/test_row_chunks.py --benchmark-only
 """
@@ -33,12 +33,12 @@ def test_row_chunks(benchmark, impl):
     benchmark.group = "prefix cpu mobilenet_v2 38x3x224x224"
     torch.set_num_threads(1)   # load-robust: one core, no thread-pool noise
     split, x = _inputs()
-    names = split._prefix_names
     with torch.inference_mode():
         whole = tuple(split.prefix(x))
-        chunked = split.run_prefix(x)
-        for name, want in zip(names, whole):
-            torch.testing.assert_close(chunked[name], want, rtol=1e-4, atol=1e-4)
-        fn = {"chunks": lambda: split.run_prefix(x),
+        split.run_prefix(x)   # binds the layouts
+        chunked = split._run(x, fuse=False)
+        for want, got in zip(whole, chunked):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        fn = {"chunks": lambda: split._run(x, fuse=False),
               "whole_batch": lambda: split.prefix(x)}[impl]
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
