@@ -127,7 +127,7 @@ def _same(a, b, rtol: float) -> bool:
 
 
 class FusedOnCpu:
-    """``module`` with its fused copy: ``pick(inputs)`` on the first CPU call decides, by
+    """``module`` with its fused copy: ``for_inputs`` on the first CPU call decides, by
     running both on ``inputs`` (copies, for modules that write into their input), which one
     every later CPU call gets. Off the CPU and where gradients are recorded (the op has no
     backward: the atlas's receptive fields differentiate the prefix) the unfused module runs,
@@ -139,6 +139,7 @@ class FusedOnCpu:
         self.module, self.name = module, name
         self.fused: fx.GraphModule | None = None
         self.decided = False
+        self._weight_dtypes: set[torch.dtype] | None = None   # of its convolutions
 
     def for_inputs(self, *inputs: torch.Tensor) -> Callable:
         """The module to run on ``inputs``."""
@@ -171,6 +172,7 @@ class FusedOnCpu:
     def _autocast_ok(self) -> bool:
         if not torch.is_autocast_enabled("cpu"):
             return True
-        dtype = torch.get_autocast_dtype("cpu")
-        return all(m.weight.dtype == dtype for m in self.module.modules()
-                   if isinstance(m, nn.Conv2d))
+        if self._weight_dtypes is None:   # read once: a tail casts its weights before
+            self._weight_dtypes = {m.weight.dtype for m in self.module.modules()
+                                   if isinstance(m, nn.Conv2d)}
+        return self._weight_dtypes <= {torch.get_autocast_dtype("cpu")}
