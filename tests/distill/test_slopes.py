@@ -23,15 +23,21 @@ def distil(model, layers, **kw):
                                          tail_dtype="float32", **kw)
 
 
+def cut(layer: str, n: int):
+    """(net, split at ``layer``, the layer's activations of ``n`` views, their labels)."""
+    torch.manual_seed(0)
+    net = Net().eval()
+    split = SplitModel(net, [layer])
+    x, labels = data(n)
+    with torch.inference_mode():
+        acts = split.activation(split.run_prefix(x), layer)
+    return net, split, acts, labels
+
+
 def test_slopes_of_a_linear_tail_are_each_views_coefficients():
     """Behind the last conv the tail is pooling and a linear layer: the response of view v is
     b + W_c . (z * mean(a_v)), so d/dz_k is W_ck mean(a_vk) at any point."""
-    torch.manual_seed(0)
-    net = Net().eval()
-    split = SplitModel(net, ["deep"])
-    x, labels = data(5)
-    with torch.inference_mode():
-        acts = split.activation(split.run_prefix(x), "deep")
+    net, split, acts, labels = cut("deep", 5)
     q = view_slopes(split.tails["deep"], acts, labels, 0.5, None, "logit", 2)
     want = (net.fc.weight[labels] * acts.mean((2, 3))).double()
     torch.testing.assert_close(q, want, rtol=1e-5, atol=1e-6)
@@ -79,12 +85,7 @@ def test_a_nonlinear_tail_keeps_the_estimand():
 def test_bfloat16_slopes_are_the_float32_slopes_rounded():
     """The job takes its slopes in the tails' dtype; in bfloat16 they differ from float32's by
     rounding, a small part of their size, at a non-linear tail too."""
-    torch.manual_seed(0)
-    net = Net().eval()
-    split = SplitModel(net, ["feat"])
-    x, labels = data(8)
-    with torch.inference_mode():
-        acts = split.activation(split.run_prefix(x), "feat")
+    _, split, acts, labels = cut("feat", 8)
     q32 = view_slopes(split.tails["feat"], acts, labels, 0.5, None, "logit", 4)
     q16 = view_slopes(split.tails["feat"], acts, labels, 0.5, None, "logit", 4, torch.bfloat16)
     assert q16.dtype == torch.float64 and torch.isfinite(q16).all()
