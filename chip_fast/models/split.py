@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .cpu_fusion import FusedOnCpu
 from .fingerprint import weight_versions
+from .folding import simplified
 from .layers import LayerError, check_layers
 from .layouts import MAPS, Layout, conv_grids, infer_layout
 from .row_chunks import chunk_rows, run_in_chunks
@@ -61,37 +62,6 @@ def mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool
 def _mutated_later(node: fx.Node, within: set[fx.Node], modules: dict[str, nn.Module]) -> bool:
     return any(u in within and u.args and u.args[0] is node and mutates_first_argument(u, modules)
                for u in node.users)
-
-
-def _fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into a copy of that
-    convolution (torch.nn.utils.fusion.fuse_conv_bn_eval), in ``gm``'s graph; the model's own
-    modules are untouched and the rest stays shared. Unfolded batch norms cost a large share of a
-    forward pass on a CPU (docs/design.md); on GPUs folding saves a pass per
-    convolution. Layers that are leaves of the trace (a whole block) keep their norms."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-    modules = dict(gm.named_modules())
-    changed = False
-    for node in list(gm.graph.nodes):
-        bn = modules.get(node.target) if node.op == "call_module" else None
-        # Exactly BatchNorm2d: subclasses such as timm's BatchNormAct2d (a leaf when traced
-        # with timm's registry) also apply an activation, which folding would drop.
-        if type(bn) is not nn.BatchNorm2d or bn.training or len(node.args) != 1:
-            continue
-        conv_node = node.args[0]
-        conv = modules.get(conv_node.target) if isinstance(conv_node, fx.Node) and \
-            conv_node.op == "call_module" else None
-        if not isinstance(conv, nn.Conv2d) or conv.training or len(conv_node.users) != 1:
-            continue
-        name = f"chip_fast_folded_{conv_node.name}"
-        gm.add_submodule(name, fuse_conv_bn_eval(conv, bn))
-        conv_node.target = name
-        node.replace_all_uses_with(conv_node)
-        gm.graph.erase_node(node)
-        changed = True
-    if changed:
-        gm.recompile()
-    return gm
 
 
 def _constant_nodes(order: list[fx.Node]) -> set[fx.Node]:
@@ -173,10 +143,10 @@ class SplitModel:
         wanted = [cut[layer] for layer in self.layers]
         extra_nodes = {n for t in self.tails.values() for n in t.extras}
         wanted += [n for n in nodes if n.name in extra_nodes and n not in wanted]
-        self.prefix = _fold_batch_norms(self._prefix(graph, wanted))
+        self.prefix = simplified(self._prefix(graph, wanted))
         self._cpu_prefix = FusedOnCpu(self.prefix, "prefix")
         for tail in self.tails.values():
-            tail.module = _fold_batch_norms(tail.module)
+            tail.module = simplified(tail.module)
         self._prefix_names = [n.name for n in wanted]
         self._layer_node = {layer: cut[layer].name for layer in self.layers}
         # The tail that ends the model: the layer cut last in the graph's order.
@@ -291,7 +261,7 @@ class SplitModel:
                     "model's patch grid; choose another layer (chip_fast.default_layers(model))")
             if layout.kind != MAPS:
                 tail = self._tail(self._graph, self._cut[layer], layout)
-                tail.module = _fold_batch_norms(tail.module)
+                tail.module = simplified(tail.module)
                 self.tails[layer] = tail
             self.layouts[layer] = layout
 

@@ -160,8 +160,9 @@ def test_mobilenet_v2_expand_layer_takes_the_path():
 
 
 def test_efficientnet_lite0_mid_layer_takes_the_path():
-    """EfficientNet-Lite's 'same' convolutions trace as F.pad and torch.conv2d: the functional
-    depthwise conv and its padding are per-channel too, the 1x1 projection after them is not."""
+    """EfficientNet-Lite's 'same' convolutions trace as F.pad and torch.conv2d (the split makes
+    them modules, ``models.folding``): the depthwise conv and its asymmetric padding are
+    per-channel too, the 1x1 projection after them is not."""
     from chip_fast.models.efficientnet_lite import EfficientNetLite0
     torch.manual_seed(0)
     net = EfficientNetLite0().eval()
@@ -171,5 +172,7 @@ def test_efficientnet_lite0_mid_layer_takes_the_path():
         acts = split.activation(split.run_prefix(torch.randn(1, 3, 224, 224)), layer)
         chain = chain_per_view(split, layer, acts, "zero")
         assert chain is not None and chain.maps(acts).shape == (1, 672, 7, 7)
-        targets = [n.target for n in chain.rest.module.graph.nodes if n.op == "call_function"]
-        assert torch.conv2d in targets   # the projection runs per perturbed network
+        modules = dict(chain.rest.module.named_modules())
+        convs = [modules[n.target] for n in chain.rest.module.graph.nodes
+                 if n.op == "call_module" and isinstance(modules[n.target], torch.nn.Conv2d)]
+        assert convs[0].groups == 1 and convs[0].kernel_size == (1, 1)   # the projection
