@@ -59,9 +59,8 @@ def convs_as_modules(gm: fx.GraphModule) -> fx.GraphModule:
         if not (isinstance(weight, fx.Node) and weight.op == "get_attr") or not (
                 bias is None or isinstance(bias, fx.Node) and bias.op == "get_attr"):
             continue
-        w = gm.get_parameter(weight.target) if _is_param(gm, weight.target) else None
-        b = gm.get_parameter(bias.target) if bias is not None and _is_param(gm, bias.target) \
-            else None
+        w = _parameter(gm, weight.target)
+        b = _parameter(gm, bias.target) if bias is not None else None
         stride, padding, dilation = (_pair(a[k]) for k in ("stride", "padding", "dilation"))
         groups = a["groups"]
         if w is None or w.dim() != 4 or (bias is not None and b is None) or None in (
@@ -91,11 +90,12 @@ def convs_as_modules(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def _is_param(gm: fx.GraphModule, target: str) -> bool:
+def _parameter(gm: fx.GraphModule, target: str) -> nn.Parameter | None:
+    """The parameter ``target`` names, None where it names a buffer or nothing."""
     try:
-        return isinstance(gm.get_parameter(target), nn.Parameter)
+        return gm.get_parameter(target)
     except AttributeError:
-        return False
+        return None
 
 
 def fold_batch_norms(gm: fx.GraphModule) -> fx.GraphModule:
