@@ -43,9 +43,10 @@ def per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 
 def _depthwise_call(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether a functional conv2d is depthwise: its weight (a module's parameter) has one
-    input channel per group and as many groups as output channels (EfficientNet-Lite's 'same'
-    convolutions trace as F.pad and torch.conv2d)."""
+    """Whether a functional conv2d is depthwise: its weight (a module's attribute) has one
+    input channel per group and as many groups as output channels. The split turns functional
+    convolutions on parameters into modules (``models.folding``: EfficientNet-Lite's 'same'
+    convolutions), so this sees only those it leaves as calls, e.g. on a buffer."""
     weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
     groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
     if not isinstance(weight, fx.Node) or weight.op != "get_attr":
