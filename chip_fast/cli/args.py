@@ -62,12 +62,13 @@ def model_of(args: argparse.Namespace, device: str | torch.device | None = None)
     return load_model(args.arch, args.weights, device_of(args) if device is None else device)
 
 
-def parse_classes(text: str | None) -> list[int] | None:
+def parse_classes(text: str | None, names: bool = False) -> list[int | str] | None:
     """'0-99,150,200-210' -> [0, ..., 99, 150, 200, ..., 210] (an argparse type: a bad list is
-    an ArgumentTypeError saying what is wrong)."""
+    an ArgumentTypeError saying what is wrong). ``names``: a part that is not an index or a range
+    is kept as a class's wnid or name ('n01440764,tench'), which the data resolves."""
     if text is None or not text.strip():
         return None
-    out: list[int] = []
+    out: list[int | str] = []
     seen: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -79,6 +80,10 @@ def parse_classes(text: str | None) -> list[int] | None:
             try:
                 lo, hi = int(a), int(b) if sep else int(a)
             except ValueError:
+                if names:
+                    if part not in out:
+                        out.append(part)
+                    continue
                 why = "use class indices and ranges, e.g. 0-99,150"
             else:
                 if hi >= lo:

@@ -17,8 +17,9 @@ def configure(sub) -> None:
     d.add_argument("--mapping-file", help="LOC_synset_mapping.txt-style class order "
                                           "(default: ImageNet order for wnid folders)")
     d.add_argument("--layers", help="comma-separated module names (default: picked per model)")
-    d.add_argument("--classes", type=parse_classes,
-                   help="class indices to distil, e.g. 0-99,150 (default: all with images)")
+    d.add_argument("--classes", type=lambda text: parse_classes(text, names=True),
+                   help="classes to distil: indices and ranges, or the data's wnids or class "
+                        "names, e.g. 0-99,150 or n01440764,tench (default: all with images)")
     d.add_argument("--samples-per-class", type=int, default=DistillSettings.samples_per_class,
                    help="perturbed networks per class (with --until-stable: the most a class "
                         "may get)")

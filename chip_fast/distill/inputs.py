@@ -87,13 +87,14 @@ class JobInputs:
 
 
 def resolve_inputs(model: nn.Module, data: DataLike, layers: Sequence[str] | None,
-                   classes: Iterable[int] | None, settings: DistillSettings,
+                   classes: Iterable[int | str] | None, settings: DistillSettings,
                    device: torch.device) -> JobInputs:
     """Resolve ``data``, ``layers`` and ``classes`` for ``model`` (on ``device``, in eval mode)
     once. The probe runs the first image of the first class; a model whose output is not
     (batch, classes), or not finite on it, is refused here."""
     source = as_source(data, preprocess=preprocess_of(model))
-    classes = select_classes(source.classes, classes)
+    classes = select_classes(source.classes, classes, getattr(source, "class_ids", None),
+                             getattr(source, "class_names", None))
     c = classes[0]
     image = source.load(c, 0)   # view 0 of a class is its first image itself
     if layers is None:
@@ -146,18 +147,51 @@ def _check_logits(logits: torch.Tensor, c: int) -> None:
                                  f"class {c}: check its weights and the preprocessing")
 
 
-def select_classes(available: Sequence[int], wanted: Iterable[int] | None) -> list[int]:
-    """The classes to distil: all of ``available`` or the requested ones, sorted; a requested
-    class without images is refused."""
+def select_classes(available: Sequence[int], wanted: Iterable[int | str] | None,
+                   ids: Sequence[str] | None = None,
+                   names: Sequence[str] | None = None) -> list[int]:
+    """The classes to distil: all of ``available`` or the requested ones, sorted. A requested
+    class is an index, or a folder's wnid (``ids``) or class name (``names``, either case) of
+    the source; a class without images, or a name the source does not know, is refused."""
     if wanted is None:
         classes = list(available)
     else:
-        classes = sorted({int(c) for c in wanted})
+        if isinstance(wanted, (str, int)):
+            wanted = [wanted]
+        classes = sorted({_class_index(c, ids, names) for c in wanted})
         have = set(available)
         missing = [c for c in classes if c not in have]
         if missing:
             raise ValueError(f"classes {missing[:20]} have no images in the data "
-                             f"({len(available)} classes have images)")
+                             f"({len(available)} classes have images, e.g. "
+                             f"{_examples(available, ids)})")
     if not classes:
         raise ValueError("no class to distill")
     return classes
+
+
+def _class_index(c: int | str, ids: Sequence[str] | None, names: Sequence[str] | None) -> int:
+    if isinstance(c, bool) or not isinstance(c, (int, str)) and not hasattr(c, "__index__"):
+        raise TypeError(f"a class is an index, a wnid or a class name, not {c!r}")
+    if not isinstance(c, str):
+        return int(c)
+    if c.strip().isdigit():
+        return int(c)
+    key = c.strip().casefold()
+    for table in (ids, names):
+        hits = [i for i, n in enumerate(table or []) if str(n).casefold() == key]
+        if len(hits) > 1:
+            raise ValueError(f"class {c!r} names classes {hits}: give the index or the wnid")
+        if hits:
+            return hits[0]
+    known = ", ".join(repr(n) for n in (ids or names or [])[:5])
+    raise ValueError(f"class {c!r} is neither an index nor a wnid or name of the data's classes"
+                     + (f" (they are named like {known})" if known else
+                        " (this data names no classes: give indices)"))
+
+
+def _examples(available: Sequence[int], ids: Sequence[str] | None) -> str:
+    shown = list(available)[:5]
+    if ids:
+        return ", ".join(f"{c} ({ids[c]})" if 0 <= c < len(ids) else str(c) for c in shown)
+    return ", ".join(map(str, shown))

@@ -87,7 +87,7 @@ def _run_own_units(job: DistillJob, units: list[Unit], peers: Peers, world: Worl
 
 def distill_all_classes(
         model: nn.Module, data: DataLike = None, layers: Sequence[str] | None = None, *,
-        classes: Iterable[int] | None = None,
+        classes: Iterable[int | str] | None = None,
         samples_per_class: int = DistillSettings.samples_per_class, seed: int = 0,
         p_keep: float = 0.5, fill: str = DistillSettings.fill, response: str = "logit",
         alpha: float = 0.1, nonneg: bool = False, augment: bool | int = False,
@@ -109,7 +109,9 @@ def distill_all_classes(
     ``(images, labels)`` pair of preprocessed tensors, or None: the folder named by the
     environment variable ``CHIP_FAST_TRAIN_DIR`` (folders are read with the model's own
     preprocessing, ``chip_fast.models.preprocess_of``). ``layers=None`` picks the model's
-    default layers (``chip_fast.models.layers.default_layers``). The keywords from
+    default layers (``chip_fast.models.layers.default_layers``). ``classes``: indices, or the
+    data's wnids or class names (``["n01440764", "tench"]``); by default every class with
+    images. The keywords from
     ``samples_per_class`` to ``baseline`` and from ``classes_per_unit`` on are the fields of
     ``DistillSettings`` (what changes the result; all recorded in the file, documented there);
     the others are ``JobOptions`` (how the run goes).
@@ -152,7 +154,7 @@ def distill_all_classes(
 
 
 def run_job(model: nn.Module, data: DataLike, layers: Sequence[str] | None,
-            classes: Iterable[int] | None, settings: DistillSettings,
+            classes: Iterable[int | str] | None, settings: DistillSettings,
             options: JobOptions) -> Importance | None:
     """``distill_all_classes`` with its settings and options as the typed objects."""
     o = options

@@ -12,6 +12,9 @@ def test_class_ranges():
     assert parse_classes("0-3,7,9-10") == [0, 1, 2, 3, 7, 9, 10]
     assert parse_classes("3,1-3") == [3, 1, 2]      # once each, in the order given
     assert parse_classes(None) is None
+    # distill's list also takes the data's wnids and names, which the data resolves
+    assert parse_classes("0-1,n01440764,black-and-tan coonhound,0", names=True) == [
+        0, 1, "n01440764", "black-and-tan coonhound"]
     import argparse
     for text, why in (("5-2", "a range goes up, e.g. 2-5"), ("-3", "0 or more"),
                       ("1,x", "'x': use class indices and ranges")):
