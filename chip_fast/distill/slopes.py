@@ -13,6 +13,7 @@ import dataclasses
 
 import torch
 
+from .. import rng
 from ..models.split import Tail
 from ..ops.response_sums import response_sums_reference
 from ..solve.control import adjusted
@@ -70,31 +71,66 @@ def control_sums(masks: torch.Tensor, y: torch.Tensor, slopes: torch.Tensor,
 class ControlBatches:
     """The control variate's sums of one layer over one unit's batches (rows ``rows``, batches
     of ``batch``): ``control_sums`` per batch, with the responses and masks the response sums
-    get and ``slopes`` (V, K), those of the unit's views (``view_slopes``)."""
+    get and ``slopes`` (V, K), those of the unit's views (``view_slopes``).
+
+    On the kernel path (no masks given: the kernels regenerate theirs) a batch only keeps its
+    responses, and the sums run over many batches at once when the unit ends: their few dozen
+    small ops per batch would otherwise be most of a GPU batch's launches."""
+
+    # rows of float64 masks summed at once when the unit ends (a bound on that copy's memory)
+    DEFERRED_BYTES = 64 << 20
 
     def __init__(self, st: DistillSettings, slopes: torch.Tensor, rows: Rows, n_rows: int,
                  batch: int) -> None:
         self.st, self.rows, self.n_rows, self.batch = st, rows, n_rows, batch
         self.slopes, self.channels = slopes, slopes.shape[1]
         self.sums: tuple[torch.Tensor, ...] | None = None
-        self.masks: list[torch.Tensor] | None = None   # each batch's, on the kernel path
+        self.deferred: list[torch.Tensor] = []   # kernel path: each batch's class responses
+        self.base: torch.Tensor | None = None
 
     def add(self, b: int, responses: torch.Tensor, base: torch.Tensor | None,
             masks: torch.Tensor | None) -> None:
-        st = self.st
         view, cls, _, sum_row = self.rows.batches(self.batch)[b]
-        if masks is None:   # the kernel path regenerates its masks; these are the same ones
-            if self.masks is None:
-                self.masks = self.rows.batch_masks(st, self.channels, self.batch)
-            masks = self.masks[b]
         y = responses if responses.dim() == 1 else responses.gather(1, cls[:, None])[:, 0]
+        if masks is None:
+            if len(self.deferred) != b:
+                raise RuntimeError("the control variate's batches must come in order")
+            # (a copy where y is the tail's output buffer, which the next batch fills)
+            self.deferred.append(y.clone() if y is responses else y)
+            self.base = base
+            return
         if base is not None:
-            y = y - st.p_keep * base.index_select(0, view)
-        part = control_sums(masks, y, self.slopes.index_select(0, view), sum_row, self.n_rows,
-                            st.p_keep)
+            y = y - self.st.p_keep * base.index_select(0, view)
+        self._add(control_sums(masks, y, self.slopes.index_select(0, view), sum_row,
+                               self.n_rows, self.st.p_keep))
+
+    def _add(self, part: tuple[torch.Tensor, ...]) -> None:
         self.sums = part if self.sums is None else tuple(a + c for a, c in zip(self.sums, part))
 
+    def _flush(self) -> None:
+        """The deferred batches' sums: they are the unit's first rows, in order (rows are
+        sample-major), summed with the unit's masks (drawn once, as the head path draws them)
+        in ranges of rows within ``DEFERRED_BYTES``."""
+        if not self.deferred:
+            return
+        rows, st = self.rows, self.st
+        y = torch.cat(self.deferred)
+        unit = rng.keep_masks_range(st.seed, rows.samples.start, rows.samples.stop,
+                                    self.channels, st.p_keep, st.masks, rows.view.device,
+                                    st.folds)
+        step = max(1, self.DEFERRED_BYTES // (8 * self.channels))
+        for lo in range(0, len(y), step):
+            hi = min(lo + step, len(y))
+            view, part = rows.view[lo:hi], y[lo:hi]
+            if self.base is not None:
+                part = part - st.p_keep * self.base.index_select(0, view)
+            self._add(control_sums(unit.index_select(0, rows.sample[lo:hi] - rows.samples.start),
+                                   part, self.slopes.index_select(0, view),
+                                   rows.sum_row[lo:hi], self.n_rows, st.p_keep))
+        self.deferred = []
+
     def result(self) -> tuple[torch.Tensor, ...]:
+        self._flush()
         if self.sums is None:
             raise RuntimeError("a unit with no batch has no control sums")
         return self.sums
