@@ -38,7 +38,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 # name -> distill_all_classes keywords (besides samples and seed)
 CONFIGS = {
-    "default": {},                                              # exact where affine, orthogonal
+    "default": {},                     # exact where affine, orthogonal masks, view slopes
     "sampled-antithetic": {"estimator": "sampled", "masks": "antithetic"},
     "antithetic": {"masks": "antithetic"},          # the previous default: exact + antithetic
     "sampled-independent": {"estimator": "sampled", "masks": "independent"},   # before
@@ -46,11 +46,13 @@ CONFIGS = {
     "until-stable-0.95": {"until_stable": 0.95},
     # the default with float32 tails, where "auto" picks bfloat16 (CPUs with native bf16)
     "float32-tails": {"tail_dtype": "float32"},
-    # the view-slope control variate (the results named *view_slopes* were made while it was the
-    # default, so their "default" rows are it, and "no-control" the default of now)
+    # the view-slope control variate, the default since the results named *default_view_slopes*
+    # (it was the default for an hour before, and results of then named *view_slopes* call it
+    # "default"; the other results' "default" rows are "no-control")
     "view-slopes": {"control": "view_slopes"},
     "no-control": {"control": "none"},
     "until-stable-0.95-view-slopes": {"until_stable": 0.95, "control": "view_slopes"},
+    "until-stable-0.95-no-control": {"until_stable": 0.95, "control": "none"},
     # every layer on the elementwise path: the 14x14 layer's whole tail per perturbed network
     # (no chain_per_view), and features.18 sampled too (no affine path, so no exact estimator):
     # not the default before the chain (that is a run of the commit before it), but the same

@@ -52,7 +52,8 @@ def configure(sub) -> None:
     d.add_argument("--control", choices=list(CONTROLS), default=DistillSettings.control,
                    help="view_slopes: each view's mask gradient (one backward pass per view) as "
                         "a control variate at layers sampled through their tail (the same "
-                        "importance, less seed noise, more time: docs/stability.md); none: plain")
+                        "importance, less seed noise for a little more time: docs/stability.md); "
+                        "none: the plain regression")
     d.add_argument("--alpha", type=float, default=DistillSettings.alpha,
                    help="penalty as a fraction of lambda_max")
     d.add_argument("--nonneg", action="store_true", help="keep only non-negative weights")
