@@ -23,7 +23,7 @@ def test_class_ranges():
 
 
 def test_every_help_shows_its_defaults(capsys):
-    for command, shown in (("distill", "(default: 4096)"), ("explain", "(default: chip-overlays)"),
+    for command, shown in (("distill", "(default: 8192)"), ("explain", "(default: chip-overlays)"),
                            ("evaluate", "(default: out/evaluate)"), ("demo", "(default: chip-demo)")):
         with pytest.raises(SystemExit):
             main([command, "--help"])
