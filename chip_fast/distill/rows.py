@@ -50,7 +50,7 @@ class Rows:
                     ) -> list[torch.Tensor]:
         """Each batch's masks (rows x channels, batches of ``batch`` rows, default
         ``st.batch_size``), the unit's drawn once for all its classes on the device without a
-        sync (``rng.keep_masks_range``); for the head path and the control variate."""
+        sync (``rng.keep_masks_range``); for the head path."""
         unit = rng.keep_masks_range(st.seed, self.samples.start, self.samples.stop, channels,
                                     st.p_keep, st.masks, self.view.device, st.folds)
         return [unit.index_select(0, s - self.samples.start)
