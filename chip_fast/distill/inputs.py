@@ -158,7 +158,8 @@ def select_classes(available: Sequence[int], wanted: Iterable[int | str] | None,
     else:
         if isinstance(wanted, (str, int)):
             wanted = [wanted]
-        classes = sorted({_class_index(c, ids, names) for c in wanted})
+        tables = [_by_name(t) for t in (ids, names) if t]
+        classes = sorted({_class_index(c, tables, ids or names) for c in wanted})
         have = set(available)
         missing = [c for c in classes if c not in have]
         if missing:
@@ -170,21 +171,27 @@ def select_classes(available: Sequence[int], wanted: Iterable[int | str] | None,
     return classes
 
 
-def _class_index(c: int | str, ids: Sequence[str] | None, names: Sequence[str] | None) -> int:
+def _by_name(table: Sequence[str]) -> dict[str, list[int]]:
+    """Each name of ``table`` (case-folded) -> the indices that carry it."""
+    out: dict[str, list[int]] = {}
+    for i, n in enumerate(table):
+        out.setdefault(str(n).casefold(), []).append(i)
+    return out
+
+
+def _class_index(c: int | str, tables: list[dict[str, list[int]]],
+                 shown: Sequence[str] | None) -> int:
     if isinstance(c, bool) or not isinstance(c, (int, str)) and not hasattr(c, "__index__"):
         raise TypeError(f"a class is an index, a wnid or a class name, not {c!r}")
-    if not isinstance(c, str):
+    if not isinstance(c, str) or c.strip().isdigit():
         return int(c)
-    if c.strip().isdigit():
-        return int(c)
-    key = c.strip().casefold()
-    for table in (ids, names):
-        hits = [i for i, n in enumerate(table or []) if str(n).casefold() == key]
+    for table in tables:
+        hits = table.get(c.strip().casefold(), [])
         if len(hits) > 1:
             raise ValueError(f"class {c!r} names classes {hits}: give the index or the wnid")
         if hits:
             return hits[0]
-    known = ", ".join(repr(n) for n in (ids or names or [])[:5])
+    known = ", ".join(repr(n) for n in (shown or [])[:5])
     raise ValueError(f"class {c!r} is neither an index nor a wnid or name of the data's classes"
                      + (f" (they are named like {known})" if known else
                         " (this data names no classes: give indices)"))
