@@ -19,8 +19,43 @@ from torch import nn
 
 
 def simplified(gm: fx.GraphModule) -> fx.GraphModule:
-    """``gm`` with its functional convolutions as modules and batch norms folded, in place."""
-    return fold_batch_norms(convs_as_modules(gm))
+    """``gm`` with its functional convolutions as modules, the blocks the trace kept whole
+    opened where no output needs them whole, and batch norms folded, in place."""
+    return fold_batch_norms(inline_leaf_blocks(convs_as_modules(gm)))
+
+
+# What a block the trace kept whole (a distilled layer, e.g. torchvision's Conv2dNormActivation)
+# may hold to be opened: each of these takes one input and returns one output.
+_INLINE = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish,
+           nn.Identity)
+
+
+def inline_leaf_blocks(gm: fx.GraphModule) -> fx.GraphModule:
+    """Replace each call of a Sequential of convolutions, batch norms and activations by calls
+    of its members, in place, unless the graph returns the block's value (a prefix returns a
+    distilled layer's activation by that node). A distilled layer is a leaf of the trace, so
+    inside another layer's tail (MobileNetV2's ``features.18`` after ``features.14.conv.0``) its
+    batch norm ran unfolded and its activation unfused in every perturbed network."""
+    modules = dict(gm.named_modules())
+    returned = {n for node in gm.graph.nodes if node.op == "output"
+                for n in node.all_input_nodes}
+    changed = False
+    for node in list(gm.graph.nodes):
+        block = modules.get(node.target) if node.op == "call_module" else None
+        if (not isinstance(block, nn.Sequential) or node in returned or len(node.args) != 1
+                or node.kwargs or not len(block)
+                or not all(type(m) in _INLINE for m in block)):
+            continue
+        value = node.args[0]
+        with gm.graph.inserting_before(node):
+            for i in range(len(block)):
+                value = gm.graph.call_module(f"{node.target}.{i}", (value,))
+        node.replace_all_uses_with(value)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.recompile()
+    return gm
 
 
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")

@@ -91,3 +91,30 @@ def test_efficientnet_lite0_splits_into_the_models_own_values():
     torch.testing.assert_close(got_logits, logits, rtol=1e-3, atol=1e-3)
     assert not any(isinstance(tail.get_submodule(n.target), nn.BatchNorm2d)
                    for n in tail.graph.nodes if n.op == "call_module")
+
+
+def test_a_distilled_block_inside_another_layers_tail_is_opened_and_folded():
+    """MobileNetV2's ``features.18`` (Conv-BN-ReLU6, a leaf of the trace because it is a
+    distilled layer) stays whole where the prefix returns it, and is opened inside the tail of
+    ``features.14.conv.0``, so its batch norm folds there; both give the model's own values."""
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=5).eval()
+    for m in model.modules():   # batch norms that are not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    split = SplitModel(model, ["features.14.conv.0", "features.18"])
+    tail = split.tails["features.14.conv.0"].module
+    calls = [n.target for n in tail.graph.nodes if n.op == "call_module"]
+    assert "features.18" not in calls and "features.18.2" in calls
+    assert not any(isinstance(dict(tail.named_modules())[t], nn.BatchNorm2d) for t in calls)
+    assert "features.18" in [n.target for n in split.prefix.graph.nodes if n.op == "call_module"]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        with capture_activations(model, ["features.18"]) as own:
+            logits = model(x)
+        out = split.run_prefix(x)
+        torch.testing.assert_close(split.activation(out, "features.18"), own["features.18"])
+        torch.testing.assert_close(tail(split.activation(out, "features.14.conv.0")), logits,
+                                   rtol=1e-4, atol=1e-5)
