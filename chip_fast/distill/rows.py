@@ -46,13 +46,18 @@ class Rows:
                                  for v in self.host_view.split(batch)]
         return self._runs[batch]
 
+    def unit_masks(self, st: DistillSettings, channels: int) -> torch.Tensor:
+        """The masks of the unit's samples (one row per per-class sample index, from
+        ``samples.start``), drawn once for all its classes on the device without a sync
+        (``rng.keep_masks_range``); row ``sample - samples.start`` is a row's mask."""
+        return rng.keep_masks_range(st.seed, self.samples.start, self.samples.stop, channels,
+                                    st.p_keep, st.masks, self.view.device, st.folds)
+
     def batch_masks(self, st: DistillSettings, channels: int, batch: int | None = None
                     ) -> list[torch.Tensor]:
         """Each batch's masks (rows x channels, batches of ``batch`` rows, default
-        ``st.batch_size``), the unit's drawn once for all its classes on the device without a
-        sync (``rng.keep_masks_range``); for the head path."""
-        unit = rng.keep_masks_range(st.seed, self.samples.start, self.samples.stop, channels,
-                                    st.p_keep, st.masks, self.view.device, st.folds)
+        ``st.batch_size``), from ``unit_masks``; for the head path."""
+        unit = self.unit_masks(st, channels)
         return [unit.index_select(0, s - self.samples.start)
                 for s in self.sample.split(batch or st.batch_size)]
 

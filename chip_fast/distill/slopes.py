@@ -13,7 +13,6 @@ import dataclasses
 
 import torch
 
-from .. import rng
 from ..models.split import Tail
 from ..ops.response_sums import response_sums_reference
 from ..solve.control import adjusted
@@ -115,9 +114,7 @@ class ControlBatches:
             return
         rows, st = self.rows, self.st
         y = torch.cat(self.deferred)
-        unit = rng.keep_masks_range(st.seed, rows.samples.start, rows.samples.stop,
-                                    self.channels, st.p_keep, st.masks, rows.view.device,
-                                    st.folds)
+        unit = rows.unit_masks(st, self.channels)
         step = max(1, self.DEFERRED_BYTES // (8 * self.channels))
         for lo in range(0, len(y), step):
             hi = min(lo + step, len(y))
