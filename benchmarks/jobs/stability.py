@@ -46,6 +46,9 @@ CONFIGS = {
     "until-stable-0.95": {"until_stable": 0.95},
     # the default with float32 tails, where "auto" picks bfloat16 (CPUs with native bf16)
     "float32-tails": {"tail_dtype": "float32"},
+    # the default with a float32 prefix, where "auto" picks bfloat16 (CPUs with native bf16):
+    # the defaults before the results named *bf16_prefix*
+    "float32-prefix": {"prefix_dtype": "float32"},
     # the view-slope control variate, the default since the results named *default_view_slopes*
     # (it was the default for an hour before, and results of then named *view_slopes* call it
     # "default"; the other results' "default" rows are "no-control")
@@ -165,6 +168,7 @@ def run(args: argparse.Namespace) -> dict:
             base = first.setdefault(n, a)
             rows.append({
                 "config": name, "samples_per_class": n, "tail_dtype": a.settings["tail_dtype"],
+                "prefix_dtype": a.settings.get("prefix_dtype", "float32"),
                 "seconds": [ta.wall, tb.wall],
                 "plain_pass_seconds": [pa[0], pb[0]],
                 "cost_in_plain_passes": (ta.wall / pa[0] + tb.wall / pb[0]) / 2,
@@ -215,6 +219,8 @@ def markdown(result: dict) -> str:
             n = f"cap {n}: median {r['median']:,.0f} ({r['min']:,}-{r['max']:,})"
         cpu = row.get("cpu_cost_in_plain_passes")   # absent from results made before
         dtype = f" ({row['tail_dtype']} tails)" if "tail_dtype" in row else ""
+        if "prefix_dtype" in row:   # absent from results made before the setting
+            dtype = dtype[:-1] + f", {row['prefix_dtype']} prefix)"
         same = " / ".join(f"{row['layers'][l]['first_config']['median_r']:.4f}"
                           for l in layers if "first_config" in row["layers"][l]) or "-"
         chunked = (f"{row['cost_in_chunked_plain_passes']:.2f}, "

@@ -64,6 +64,9 @@ def configure(sub) -> None:
     d.add_argument("--tail-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="dtype of the perturbed networks' tails (default auto: bfloat16 on GPUs "
                         "and on CPUs with native bf16, float32 elsewhere; recorded in the file)")
+    d.add_argument("--prefix-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="dtype of the prefix that makes the layers' activations (default auto: "
+                        "bfloat16 on CPUs with native bf16, float32 elsewhere; recorded)")
     d.add_argument("--atlas", type=int, default=0, metavar="K",
                    help="keep the channel atlas in the file: each channel's K strongest "
                         "distillation patches, for 'chip-fast atlas' (0: none)")
@@ -130,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                 fill=args.fill, atlas=args.atlas, baseline=args.baseline, masks=args.masks,
                 estimator=args.estimator, until_stable=args.until_stable,
                 control=args.control, response=args.response, alpha=args.alpha, nonneg=args.nonneg,
-                augment=args.augment, batch_size=args.batch_size, tail_dtype=args.tail_dtype)
+                augment=args.augment, batch_size=args.batch_size, tail_dtype=args.tail_dtype,
+                prefix_dtype=args.prefix_dtype)
         except (KeyboardInterrupt, SystemExit):
             if any(checkpoint.glob(CHECKPOINT_GLOB)):
                 print(f"chip-fast distill: stopped; the work done is saved in {checkpoint}: run "

@@ -134,6 +134,8 @@ class DistillPlan:
             del settings["until_stable"]
         if all(c == "none" for c in self.controls.values()):   # the same
             del settings["control"]
+        if settings["prefix_dtype"] == "float32":   # the same
+            del settings["prefix_dtype"]
         key: dict[str, Any] = {
             "settings": settings, "layers": self.layers,
             "classes": self.classes, "model": self.fingerprint["sha256"], "paths": self.paths,

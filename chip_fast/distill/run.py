@@ -99,7 +99,8 @@ def distill_all_classes(
         timeout: float = JobOptions.timeout, classes_per_unit: int = 8,
         samples_per_unit: int | None = None, fill_stats_views: int = 1024,
         tol: float = DistillSettings.tol, max_iter: int = DistillSettings.max_iter,
-        folds: int = 4, tail_dtype: str = "auto", tail_path: str = "auto",
+        folds: int = 4, tail_dtype: str = "auto", prefix_dtype: str = "auto",
+        tail_path: str = "auto",
         masks: str = DistillSettings.masks, estimator: str = DistillSettings.estimator,
         until_stable: float | None = None,
         control: str = DistillSettings.control) -> Importance | None:
@@ -144,7 +145,7 @@ def distill_all_classes(
         classes_per_unit=classes_per_unit,
         samples_per_unit=samples_per_unit or DistillSettings.samples_per_unit,
         fill_stats_views=fill_stats_views, tol=tol, max_iter=max_iter, folds=folds,
-        tail_dtype=tail_dtype, tail_path=tail_path, atlas=atlas, baseline=baseline, masks=masks,
+        tail_dtype=tail_dtype, prefix_dtype=prefix_dtype, tail_path=tail_path, atlas=atlas, baseline=baseline, masks=masks,
         estimator=estimator, control=control,
         until_stable=None if until_stable is None else float(until_stable))
     options = JobOptions(out=out, checkpoint=checkpoint, checkpoint_every=checkpoint_every,

@@ -101,6 +101,7 @@ class UnitRunner:
         self.terms = ViewTerms(inputs, settings)
         # Whether the batches run the Triton kernels (the ops ask the same per call).
         self.kernels = use_triton(torch.empty(0, device=device))
+        self.prefix_dtype = torch.bfloat16 if settings.prefix_dtype == "bfloat16" else None
 
     # -- views and the prefix ---------------------------------------------------------------
     def load_views(self, pairs: list[tuple[int, int]], pending=None) -> torch.Tensor:
@@ -116,7 +117,7 @@ class UnitRunner:
             x = views[i:i + self.settings.batch_size].to(self.device, non_blocking=True)
             if x.dim() == 4:   # channels-last convolutions are faster on a CPU (docs/design.md)
                 x = x.contiguous(memory_format=torch.channels_last)
-            outs.append(self.split.run_prefix(x))
+            outs.append(self.split.run_prefix(x, self.prefix_dtype))
         out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         if keys is not None:
             for observe in self.observers:

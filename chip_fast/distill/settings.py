@@ -20,6 +20,7 @@ BASELINES = ("none", "view")
 MASK_DESIGNS = ("auto",) + rng.MASK_DESIGNS
 ESTIMATORS = ("auto", "sampled")
 CONTROLS = ("none", "view_slopes")
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,14 @@ class DistillSettings:
     folds: int = 4
     # Tail forwards in bfloat16 autocast (channels-last input) where the device has fast bf16:
     # "auto" means bfloat16 on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or
-    # AMX), float32 elsewhere (emulated bf16 is no faster). Responses are always float32; the
-    # prefix, whose activations are the data, always runs in the model's dtype.
+    # AMX), float32 elsewhere (emulated bf16 is no faster). Responses are always float32.
     tail_dtype: str = "auto"
+    # The prefix (photo -> the layers' activations, the data every perturbed network starts
+    # from) in bfloat16 (its outputs cast back to float32): "auto" means bfloat16 on CPUs with
+    # native bf16, where the prefix runs about twice as fast and the importance agrees with a
+    # float32 prefix's far inside the seeds' spread (docs/stability.md, "A bfloat16 prefix");
+    # float32 elsewhere, CUDA included (not measured on a GPU). Maps always read float32.
+    prefix_dtype: str = "auto"
     # "auto": a layer whose tail is affine in its spatial mean (global pooling + Linear) takes
     # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never
     # materialises a perturbed activation; with zero or mean fill, a tail of per-channel ops and
@@ -132,8 +138,9 @@ class DistillSettings:
         need(isinstance(self.folds, int) and 1 <= self.folds <= self.samples_per_class,
              f"folds must be an int in [1, samples_per_class], got {self.folds!r}")
         views_per_image(self.augment)
-        need(self.tail_dtype in ("auto", "float32", "bfloat16"),
-             f"tail_dtype must be auto, float32 or bfloat16, got {self.tail_dtype!r}")
+        for name in ("tail_dtype", "prefix_dtype"):
+            value = getattr(self, name)
+            need(value in DTYPES, f"{name} must be one of {DTYPES}, got {value!r}")
         need(self.masks in MASK_DESIGNS,
              f"masks must be one of {MASK_DESIGNS}, got {self.masks!r}")
         if self.masks != "auto":
@@ -173,10 +180,14 @@ def resolve_settings(settings: DistillSettings, device: torch.device) -> Distill
     """``settings`` with "auto"/None made concrete for ``device`` (the file records them); a
     memory budget chooses the batch sizes instead through :func:`plan_memory`."""
     cuda = device.type == "cuda"
+    native_cpu = device.type == "cpu" and cpu_has_native_bf16()
     tail_dtype = settings.tail_dtype if settings.tail_dtype != "auto" else (
-        "bfloat16" if cuda or (device.type == "cpu" and cpu_has_native_bf16()) else "float32")
+        "bfloat16" if cuda or native_cpu else "float32")
+    prefix_dtype = settings.prefix_dtype if settings.prefix_dtype != "auto" else (
+        "bfloat16" if native_cpu else "float32")
     batch_size = settings.batch_size if settings.batch_size is not None else (256 if cuda else 64)
-    return dataclasses.replace(settings, tail_dtype=tail_dtype, batch_size=batch_size)
+    return dataclasses.replace(settings, tail_dtype=tail_dtype, prefix_dtype=prefix_dtype,
+                               batch_size=batch_size)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..models.cpu_fusion import FusedOnCpu
 from ..models.layouts import TOKENS, Layout
+from ..models.low_precision import autocast_to, low_precision_copy
 from ..models.split import SplitModel, Tail
 
 logger = logging.getLogger("chip_fast")
@@ -153,12 +154,7 @@ class TailRunner:
         module = tail.module
         self.extras = tail.extras
         if dtype == torch.bfloat16:
-            module = copy.deepcopy(module)
-            for m in module.modules():   # weights cast once per job, not per batch
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    m.to(dtype=dtype)
-                    if isinstance(m, nn.Conv2d):
-                        m.to(memory_format=torch.channels_last)
+            module = low_precision_copy(module, dtype)
         self.module = module
         # On a CPU its convolutions run with their activations fused (after the cast, so the
         # fused calls read the bfloat16 weights).
@@ -172,8 +168,7 @@ class TailRunner:
         self.captures: dict[tuple, str] = {}   # shape -> "captured" / "eager: why"
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.dtype == torch.bfloat16)
+        return autocast_to(self.device, self.dtype)
 
     def buffer(self, shape: tuple[int, ...]) -> torch.Tensor | None:
         """Where the perturbation of a batch of ``shape`` should go on CUDA: the static input

@@ -21,12 +21,15 @@ from ..models.fingerprint import model_fingerprint
 
 # Recorded settings the rerun leaves out: the atlas changes no weight, only costs time.
 _DERIVED = ("atlas",)
+# What a file written before a setting existed was computed with (today's default differs).
+_BEFORE = {"control": "none", "prefix_dtype": "float32"}
 
 
 def replay_settings(importance: Importance) -> dict[str, Any]:
     """The ``distill_all_classes`` keywords that reproduce ``importance``'s run (every
     DistillSettings field the file records; the atlas, which does not change the weights,
-    left out)."""
+    left out; a file written before ``control`` or ``prefix_dtype`` existed, with what it
+    used then)."""
     names = {f.name for f in fields(DistillSettings)} - set(_DERIVED)
     settings = importance.settings or {}
     missing = sorted(n for n in ("samples_per_class", "seed", "p_keep", "fill", "response",
@@ -34,7 +37,7 @@ def replay_settings(importance: Importance) -> dict[str, Any]:
     if missing:
         raise ValueError(f"the importance file records no {', '.join(missing)}: its run "
                          f"cannot be repeated on the randomised model")
-    return {k: v for k, v in settings.items() if k in names}
+    return {**_BEFORE, **{k: v for k, v in settings.items() if k in names}}
 
 
 class Redistill:

@@ -36,6 +36,7 @@ from .fingerprint import weight_versions
 from .folding import simplified
 from .layers import LayerError, check_layers
 from .layouts import MAPS, Layout, conv_grids, infer_layout
+from .low_precision import autocast_to, low_precision_copy
 from .row_chunks import chunk_rows, run_in_chunks
 from .tracing import trace
 
@@ -156,6 +157,7 @@ class SplitModel:
         # whose tails need no change.
         self.layouts: dict[str, Layout] = {}
         self._chunk_rows: dict[tuple, int] = {}   # (row shape, dtype) -> rows per CPU chunk
+        self._low: dict[torch.dtype, tuple[nn.Module, FusedOnCpu]] = {}   # dtype -> its copy
 
     @staticmethod
     def _cut_node(nodes: list[fx.Node], layer: str, modules: dict[str, nn.Module]) -> fx.Node:
@@ -210,28 +212,45 @@ class SplitModel:
         g.output(tuple(returned[n] for n in wanted))
         return fx.GraphModule(self.root, g)
 
-    def run_prefix(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run_prefix(self, x: torch.Tensor, dtype: torch.dtype | None = None
+                   ) -> dict[str, torch.Tensor]:
         """Activations of every layer, channels first, and the tails' extra inputs as the model
-        made them, keyed by node name."""
+        made them, keyed by node name. ``dtype=torch.bfloat16``: the prefix computes in
+        bfloat16 (``low_precision``) and its outputs come back in float32."""
+        out = None
         if len(self.layouts) < len(self.layers):
             with conv_grids(self.prefix) as resolutions:
                 out = dict(zip(self._prefix_names, self._run(x, fuse=False)))  # conv calls seen
             self._bind(out, resolutions, len(x))
-        else:
-            out = dict(zip(self._prefix_names, self._run(x)))
+        if out is None or dtype is not None:
+            out = dict(zip(self._prefix_names, self._run(x, dtype=dtype)))
         for layer, layout in self.layouts.items():
             if layout.kind != MAPS:
                 node = self._layer_node[layer]
                 out[self._key(layer)] = layout.channels_first(out[node])
         return out
 
-    def _run(self, x: torch.Tensor, fuse: bool = True) -> tuple[torch.Tensor, ...]:
-        """The prefix on ``x``; on a CPU fused (``cpu_fusion``) and in chunks of rows
-        (``row_chunks``), unless a module that mixes rows (a training batch norm) is in it."""
+    def _run(self, x: torch.Tensor, fuse: bool = True, dtype: torch.dtype | None = None
+             ) -> tuple[torch.Tensor, ...]:
+        """The prefix on ``x``, in ``dtype`` if given; on a CPU fused (``cpu_fusion``) and in
+        chunks of rows (``row_chunks``), unless a module that mixes rows (a training batch
+        norm) is in it."""
+        if dtype is not None:
+            if dtype not in self._low:
+                low = low_precision_copy(self.prefix, dtype)
+                self._low[dtype] = (low, FusedOnCpu(low, f"{dtype} prefix"))
+            with autocast_to(x.device, dtype):   # the input in dtype: the fused op needs it
+                out = self._run_module(x.to(dtype), *self._low[dtype], fuse)
+            return tuple(t.float() if torch.is_tensor(t) and t.is_floating_point() else t
+                         for t in out)
+        return self._run_module(x, self.prefix, self._cpu_prefix, fuse)
+
+    def _run_module(self, x: torch.Tensor, module: fx.GraphModule, fused: FusedOnCpu,
+                    fuse: bool) -> tuple[torch.Tensor, ...]:
         if x.device.type != "cpu" or len(x) == 1 or any(
-                m.training for m in self.prefix.modules() if isinstance(m, _BatchNorm)):
-            return tuple(self.prefix(x))
-        prefix = self._cpu_prefix.for_inputs(x) if fuse else self.prefix
+                m.training for m in module.modules() if isinstance(m, _BatchNorm)):
+            return tuple(module(x))
+        prefix = fused.for_inputs(x) if fuse else module
         key = (tuple(x.shape[1:]), x.dtype)
         if key not in self._chunk_rows:   # 0: outputs that are not batch-first, never chunked
             self._chunk_rows[key] = chunk_rows(prefix, x) or 0

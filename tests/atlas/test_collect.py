@@ -100,7 +100,9 @@ def test_tensors_round_trip_and_malformed_tensors_are_refused():
 def test_distillation_fills_every_channel_from_its_own_views(tiny_net, tiny_data, tmp_path):
     images, labels = tiny_data
     layers = ["features.1", "features.2"]
-    kwargs = dict(samples_per_class=16, augment=2, fill="noise", progress=False)
+    # a float32 prefix: the atlas's values are compared with the float32 forward's below
+    kwargs = dict(samples_per_class=16, augment=2, fill="noise", progress=False,
+                  prefix_dtype="float32")
     imp = chip_fast.distill_all_classes(tiny_net, (images, labels), layers, atlas=3, **kwargs)
     atlas = imp.atlas
     assert set(atlas.layers) == set(layers)

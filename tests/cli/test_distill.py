@@ -1,5 +1,5 @@
 """``chip-fast distill``'s options (``chip_fast.cli.distill``): the memory budget, the
-distributed timeout, the checkpoint interval, until-stable and the tail dtype, with their
+distributed timeout, the checkpoint interval, until-stable and the tail and prefix dtypes, with their
 defaults."""
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def test_until_stable_reaches_the_library(tmp_path, monkeypatch):
     from chip_fast.cli import main
     assert main(["distill", "--arch", "resnet18", "--data", "d", "--out", str(tmp_path / "o"),
                  "--until-stable", "0.95", "--samples-per-class", "32768",
-                 "--tail-dtype", "float32"]) == 0
-    assert (seen["until_stable"], seen["samples_per_class"], seen["tail_dtype"]) == (
-        0.95, 32768, "float32")
+                 "--tail-dtype", "float32", "--prefix-dtype", "bfloat16"]) == 0
+    assert (seen["until_stable"], seen["samples_per_class"], seen["tail_dtype"],
+            seen["prefix_dtype"]) == (0.95, 32768, "float32", "bfloat16")
     args = build_parser().parse_args(["distill", "--arch", "resnet18", "--data", "d", "--out",
                                       "o"])
-    assert (args.until_stable, args.tail_dtype) == (None, "auto")
+    assert (args.until_stable, args.tail_dtype, args.prefix_dtype) == (None, "auto", "auto")

@@ -34,7 +34,9 @@ def setup():
 
 
 def distil(model, data, layers, **kw):
-    return chip_fast.distill_all_classes(model, data, layers, progress=False, **kw)
+    # the closed forms below are computed in float32
+    return chip_fast.distill_all_classes(model, data, layers, progress=False,
+                                         **{"prefix_dtype": "float32", **kw})
 
 
 def closed_form(model, data, alpha=0.1, fill_mean=None):

@@ -26,7 +26,7 @@ def test_any_sample_regenerates_alone(tiny_net, tiny_data, baseline, masks):
     settings = DistillSettings(samples_per_class=20, seed=11, augment=3, samples_per_unit=8,
                                classes_per_unit=2, batch_size=7, fill="noise",
                                baseline=baseline, masks=masks,
-                               tail_dtype="float32")   # the reference runs in float32
+                               tail_dtype="float32", prefix_dtype="float32")   # as the reference
     job = DistillJob(tiny_net, tiny_data, ["features.1"], settings, classes=[1, 4])
     job.measure_fill_statistics()
     job.run_pending(job.state.pending())

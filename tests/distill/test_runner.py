@@ -70,7 +70,8 @@ def test_the_baseline_pass_leaves_the_units_activations_alone():
     model = Doubler().eval()
     data = (torch.randn(6, 3, 8, 8), torch.arange(6) % 3)
     job = DistillJob(model, data, ["conv"], DistillSettings(
-        samples_per_class=8, tail_path="elementwise", baseline="view", tail_dtype="float32"))
+        samples_per_class=8, tail_path="elementwise", baseline="view", tail_dtype="float32",
+        prefix_dtype="float32"))
     assert job.runner.split.tails["conv"].mutates_input
     runner = job.runner
     rows, pending = runner.prepare(job.plan, job.plan.units[0])

@@ -131,9 +131,9 @@ def test_each_view_s_prefix_and_terms_run_once_however_many_stages(monkeypatch):
     real, rows = SplitModel.run_prefix, []
     terms = {"baseline": [], "slopes": []}
 
-    def counted(self, x):
+    def counted(self, x, dtype=None):
         rows.append(len(x))
-        return real(self, x)
+        return real(self, x, dtype)
 
     def counting(name):
         method = getattr(ViewTerms, name)

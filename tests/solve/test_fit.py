@@ -43,9 +43,10 @@ def planted():
 
 def distil(model, data, **kw) -> chip_fast.Importance:
     # sampled: at this affine layer the logit would otherwise get the exact estimator, which
-    # has no samples to hold out (tests/distill/test_estimators.py)
+    # has no samples to hold out (tests/distill/test_estimators.py); a float32 prefix, as the
+    # sums by hand below
     kw = {"samples_per_class": N, "seed": SEED, "p_keep": P_KEEP, "fill": "zero", "folds": FOLDS,
-          "progress": False, "estimator": "sampled", **kw}
+          "progress": False, "estimator": "sampled", "prefix_dtype": "float32", **kw}
     return chip_fast.distill_all_classes(model, data, [LAYER], **kw)
 
 
