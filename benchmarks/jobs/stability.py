@@ -9,7 +9,9 @@ each distillation is divided by the mean of the plain passes timed just before a
 (PIL decode, Resize 256, CenterCrop 224, float32, channels-last, batches of 64 per class, the
 whole forward), and by the same plain pass with its forward in the chunks of rows chip_fast
 runs a prefix in on a CPU (chip_fast.models.row_chunks): the same trick on the user's side,
-so the table shows how much of the ratio is that trick. A neighbour's load slows the two
+so the table shows how much of the ratio is that trick, and by the plain pass with its forward
+under bfloat16 autocast: where chip_fast runs its prefix and tails in bf16 (CPUs with native
+bf16), the same precision on the user's side. A neighbour's load slows the two
 sides unequally (the plain pass far more), so each ratio is also given in CPU seconds (user +
 system, every thread of the process), which a neighbour barely moves: the wall ratio is the
 user's, the CPU ratio the one to compare between runs made in different machine states.
@@ -80,16 +82,19 @@ class Clock:
 
 
 def plain_pass(model: torch.nn.Module, source: chip_fast.ImageFolderSource, batch: int = 64,
-               chunk: int | None = None) -> Clock:
+               chunk: int | None = None, bf16: bool = False) -> Clock:
     """Wall and CPU seconds of one pass a user would write: decode, resize, crop, normalise,
     forward. ``chunk``: the forward of each batch in chunks of that many rows, the way
-    chip_fast runs a prefix on a CPU (chip_fast.models.row_chunks)."""
+    chip_fast runs a prefix on a CPU (chip_fast.models.row_chunks); ``bf16``: the forward
+    under bfloat16 autocast, PyTorch's own way to use a CPU's bf16 instructions (what a user
+    compares with a distillation whose prefix and tails run in bf16)."""
     from PIL import Image
     from torchvision import transforms as T
     prep = source.preprocess
     tf = T.Compose([T.Resize(prep.resize), T.CenterCrop(prep.size), T.ToTensor(),
                     T.Normalize(prep.mean, prep.std)])
-    with Clock() as clock, torch.inference_mode():
+    with Clock() as clock, torch.inference_mode(), torch.autocast("cpu", torch.bfloat16,
+                                                                   enabled=bf16):
         for c in source.classes:
             files = source.files[c]
             for i in range(0, len(files), batch):
@@ -149,22 +154,20 @@ def run(args: argparse.Namespace) -> dict:
     chunk = chunk_rows(model, source.preprocess.size)
     plain_pass(model, source)   # warm-up: file cache, thread pools, kernels
     refs, ref_info = references(model, source, args.reference, args.cache)
-    rows, last_plain = [], plain_pass(model, source)
-    last_chunked = plain_pass(model, source, chunk=chunk)
+    # the yardsticks, each timed before the first distillation and after every one
+    sticks = {"plain": {}, "chunked": {"chunk": chunk}, "bf16": {"bf16": True}}
+    rows, last = [], {k: plain_pass(model, source, **kw) for k, kw in sticks.items()}
     first: dict[int, chip_fast.Importance] = {}   # samples -> the first config's first seed
     for name in args.configs:
         for n in args.samples:
             runs = []
             for seed in args.seeds:
                 imp, clock = distill(model, source, n, seed, CONFIGS[name])
-                plain = plain_pass(model, source)
-                chunked = plain_pass(model, source, chunk=chunk)
-                runs.append((imp, clock, ((last_plain.wall + plain.wall) / 2,
-                                          (last_plain.cpu + plain.cpu) / 2),
-                             ((last_chunked.wall + chunked.wall) / 2,
-                              (last_chunked.cpu + chunked.cpu) / 2)))
-                last_plain, last_chunked = plain, chunked
-            (a, ta, pa, qa), (b, tb, pb, qb) = runs[:2]
+                now = {k: plain_pass(model, source, **kw) for k, kw in sticks.items()}
+                runs.append((imp, clock, *(((last[k].wall + now[k].wall) / 2,
+                                            (last[k].cpu + now[k].cpu) / 2) for k in sticks)))
+                last = now
+            (a, ta, pa, qa, ba), (b, tb, pb, qb, bb) = runs[:2]
             base = first.setdefault(n, a)
             rows.append({
                 "config": name, "samples_per_class": n, "tail_dtype": a.settings["tail_dtype"],
@@ -179,6 +182,11 @@ def run(args: argparse.Namespace) -> dict:
                 "chunked_plain_pass_cpu_seconds": [qa[1], qb[1]],
                 "cost_in_chunked_plain_passes": (ta.wall / qa[0] + tb.wall / qb[0]) / 2,
                 "cpu_cost_in_chunked_plain_passes": (ta.cpu / qa[1] + tb.cpu / qb[1]) / 2,
+                # the same plain pass with its forward under bfloat16 autocast
+                "bf16_plain_pass_seconds": [ba[0], bb[0]],
+                "bf16_plain_pass_cpu_seconds": [ba[1], bb[1]],
+                "cost_in_bf16_plain_passes": (ta.wall / ba[0] + tb.wall / bb[0]) / 2,
+                "cpu_cost_in_bf16_plain_passes": (ta.cpu / ba[1] + tb.cpu / bb[1]) / 2,
                 "layers": {l: {"estimator": a.settings["estimators"][l],
                                "seeds": agreement(a.weights[l], b.weights[l], a.classes),
                                "limit": agreement(a.weights[l], refs[l], a.classes),
@@ -205,7 +213,8 @@ def markdown(result: dict) -> str:
     head = " | ".join(f"{l}: seeds r / top-10, vs limit r" for l in layers)
     lines = [f"| estimator | samples per class | {head} | cost (plain passes): wall, CPU "
              "| against the plain pass in chunks (rows): wall, CPU "
-             "| same seed as the first row, r per layer |", "|---" * (5 + len(layers)) + "|"]
+             "| against the plain pass in bf16 autocast: wall, CPU "
+             "| same seed as the first row, r per layer |", "|---" * (6 + len(layers)) + "|"]
     for row in result["rows"]:
         cells = []
         for l in layers:
@@ -226,9 +235,12 @@ def markdown(result: dict) -> str:
         chunked = (f"{row['cost_in_chunked_plain_passes']:.2f}, "
                    f"{row['cpu_cost_in_chunked_plain_passes']:.2f} ({row['chunk_rows']})"
                    if "chunk_rows" in row else "-")
+        bf16 = (f"{row['cost_in_bf16_plain_passes']:.2f}, "
+                f"{row['cpu_cost_in_bf16_plain_passes']:.2f}"
+                if "cost_in_bf16_plain_passes" in row else "-")   # results made before
         lines.append(f"| {row['config']}{dtype} | {n} | {' | '.join(cells)} "
                      f"| {row['cost_in_plain_passes']:.2f}, "
-                     f"{'-' if cpu is None else f'{cpu:.2f}'} | {chunked} | {same} |")
+                     f"{'-' if cpu is None else f'{cpu:.2f}'} | {chunked} | {bf16} | {same} |")
     return "\n".join(lines) + "\n"
 
 
