@@ -1,4 +1,5 @@
-"""The scripts of benchmarks/jobs, tools/ and experiments/ still import against the package.
+"""The scripts of benchmarks/jobs, tools/ and experiments/ still import against the package,
+and a whole-job result records the machine that made it.
 
 They reach into chip_fast's internals in places (listed in each import block), and those names
 move; a script that no longer imports would otherwise go unnoticed until someone runs it.
@@ -7,6 +8,7 @@ tools.compile_check unsets TRITON_INTERPRET, which this process's kernel tests r
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,14 @@ def test_every_job_is_listed():
     spec.loader.exec_module(entry)
     files = {p.stem for p in path.parent.glob("*.py")}
     assert set(entry.JOBS) == files - {"__init__", "__main__", "record", "imagenette"}
+
+
+def test_a_result_records_the_machine_that_made_it(tmp_path):
+    from benchmarks.jobs.record import write_result
+    path = write_result("sub/r", {"seconds": 1.0}, "| a |\n", root=tmp_path)
+    got = json.loads(path.read_text())
+    assert got["seconds"] == 1.0 and (tmp_path / "sub" / "r.md").read_text() == "| a |\n"
+    assert got["machine"]["cpu"] and got["machine"]["cpus"] >= 1
+    assert set(got["machine"]["bf16"]) <= {"avx512_bf16", "amx_bf16"}
+    kept = write_result("s", {"machine": {"cpu": "as given"}}, root=tmp_path)
+    assert json.loads(kept.read_text())["machine"] == {"cpu": "as given"}
