@@ -27,8 +27,9 @@ DTYPES = ("auto", "float32", "bfloat16")
 class DistillSettings:
     """Every choice that changes the result; all are written into the importance file."""
     # 8,192: with the exact estimator at the affine layers and the view slopes, where two seeds
-    # of MobileNetV2 share 9 of a class's top 10 channels (4,096: 8 of 10), for a little more
-    # than one plain pass over the photos on a CPU (docs/stability.md, "The default sample count").
+    # of MobileNetV2 share 9 of a class's top 10 channels (4,096: 8 of 10), for about one plain
+    # pass over the photos on a 2-core CPU, less with AMX (docs/stability.md, "The default
+    # sample count" and "A bfloat16 prefix, and a machine with AMX").
     samples_per_class: int = 8192
     seed: int = 0
     p_keep: float = 0.5
