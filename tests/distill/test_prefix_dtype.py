@@ -1,5 +1,5 @@
 """The prefix's dtype: "auto" runs the prefix (photo -> the layers' activations) in bfloat16 on
-CPUs with native bf16 and in float32 elsewhere; a bfloat16 prefix gives the float32 prefix's
+CPUs with native bf16 and in float32 elsewhere (tests/distill/test_tail_dtype.py); a bfloat16 prefix gives the float32 prefix's
 importance up to bfloat16's rounding (on MobileNetV2 far inside the seeds' spread:
 docs/stability.md), the file records the dtype used, and a checkpoint of one dtype is never
 resumed into a job of the other."""
@@ -10,21 +10,10 @@ import torch
 from torch import nn
 
 import chip_fast
-from chip_fast.distill import settings as settings_module
 from chip_fast.distill.job import DistillJob
-from chip_fast.distill.settings import DistillSettings, resolve_settings
+from chip_fast.distill.settings import DistillSettings
 from chip_fast.evaluation.sanity import replay_settings
 from chip_fast.models.split import SplitModel
-
-
-@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
-def test_auto_follows_the_cpus_bf16_support(monkeypatch, native, expected):
-    monkeypatch.setattr(settings_module, "cpu_has_native_bf16", lambda: native)
-    assert resolve_settings(DistillSettings(), torch.device("cpu")).prefix_dtype == expected
-    # not measured on a GPU: float32 there until it is
-    assert resolve_settings(DistillSettings(), torch.device("cuda")).prefix_dtype == "float32"
-    forced = DistillSettings(prefix_dtype="bfloat16")
-    assert resolve_settings(forced, torch.device("cpu")).prefix_dtype == "bfloat16"
 
 
 def test_a_wrong_dtype_is_refused_with_the_choices():

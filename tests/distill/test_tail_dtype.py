@@ -15,11 +15,16 @@ from chip_fast.distill.settings import DistillSettings, resolve_settings
 
 @pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
 def test_auto_follows_the_cpus_bf16_support(monkeypatch, native, expected):
+    """The tails' and the prefix's (tests/distill/test_prefix_dtype.py) "auto" alike on a CPU;
+    on CUDA the prefix stays float32 until it is measured there."""
     monkeypatch.setattr(settings_module, "cpu_has_native_bf16", lambda: native)
-    assert resolve_settings(DistillSettings(), torch.device("cpu")).tail_dtype == expected
-    assert resolve_settings(DistillSettings(), torch.device("cuda")).tail_dtype == "bfloat16"
-    forced = DistillSettings(tail_dtype="float32")
-    assert resolve_settings(forced, torch.device("cpu")).tail_dtype == "float32"
+    cpu = resolve_settings(DistillSettings(), torch.device("cpu"))
+    assert (cpu.tail_dtype, cpu.prefix_dtype) == (expected, expected)
+    cuda = resolve_settings(DistillSettings(), torch.device("cuda"))
+    assert (cuda.tail_dtype, cuda.prefix_dtype) == ("bfloat16", "float32")
+    forced = resolve_settings(DistillSettings(tail_dtype="float32", prefix_dtype="bfloat16"),
+                              torch.device("cpu"))
+    assert (forced.tail_dtype, forced.prefix_dtype) == ("float32", "bfloat16")
 
 
 def test_the_detection_answers_with_a_bool():
