@@ -62,8 +62,9 @@ class DistillSettings:
     # The prefix (photo -> the layers' activations, the data every perturbed network starts
     # from) in bfloat16 (its outputs cast back to float32): "auto" means bfloat16 on CPUs with
     # native bf16, where the prefix runs about twice as fast and the importance agrees with a
-    # float32 prefix's far inside the seeds' spread (docs/stability.md, "A bfloat16 prefix");
-    # float32 elsewhere, CUDA included (not measured on a GPU). Maps always read float32.
+    # float32 prefix's far inside the seeds' spread (an exact layer, which has none, at r
+    # 0.9999: docs/stability.md, "A bfloat16 prefix, and a machine with AMX"); float32
+    # elsewhere, CUDA included (not measured on a GPU). Maps always read float32.
     prefix_dtype: str = "auto"
     # "auto": a layer whose tail is affine in its spatial mean (global pooling + Linear) takes
     # the affine path, which draws the fill noise's spatial mean directly (METHOD.md) and never

@@ -239,8 +239,10 @@ class SplitModel:
             if dtype not in self._low:
                 low = low_precision_copy(self.prefix, dtype)
                 self._low[dtype] = (low, FusedOnCpu(low, f"{dtype} prefix"))
-            with autocast_to(x.device, dtype):   # the input in dtype: the fused op needs it
-                out = self._run_module(x.to(dtype), *self._low[dtype], fuse)
+            if x.is_floating_point():   # the input in dtype: the fused op needs it
+                x = x.to(dtype)
+            with autocast_to(x.device, dtype):
+                out = self._run_module(x, *self._low[dtype], fuse)
             return tuple(t.float() if torch.is_tensor(t) and t.is_floating_point() else t
                          for t in out)
         return self._run_module(x, self.prefix, self._cpu_prefix, fuse)
