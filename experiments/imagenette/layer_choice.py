@@ -1,0 +1,141 @@
+"""Issue 21, item 2, "which layers": is another 14x14 (or 7x7) presence layer a better factor of
+Refined CHIP than the ones the default-layer rule picks?
+
+    python -m experiments.imagenette.layer_choice distill [--arch mobilenet_v2] [--seeds 0]
+    python -m experiments.imagenette.layer_choice score --half selection [--seeds 0] [--peers]
+
+The rule (``chip_fast.models.layers``) takes the last ReLU-like output at the deepest resolution
+and at twice it. Here every candidate layer is distilled with every library default in one job
+per seed (a layer's weights do not depend on the other layers of the job: checked for the third
+layer study), and the maps are ``chip_fast.explain`` over each (mid, deep) pair, so the pair of
+the rule is the default map. The fair peers are Layer-CAM at each candidate mid layer and
+RefineCAM (Layer-CAM) over each pair. Choose on the selection half, confirm on the other
+(results/layer_choice/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import chip_fast
+from chip_fast.evaluation.peers import peer
+
+from experiments.imagenette.common import (RESULTS, TAGS, TRAIN, Half, arch_setup, distill_cached,
+                                           library_defaults)
+from experiments.imagenette.maps_search import Photos
+
+OUT = RESULTS / "layer_choice"
+# Candidates: ReLU6 outputs at 14x14 (MobileNetV2 blocks 12-14: the depthwise output of 12 and
+# 13, the expansion of 13 and 14; the Lites the last 14x14 (Lite1: 15x15, Lite2: 17x17) block's expansion and depthwise, and the
+# expansion opening stage 6) and at 7x7 (the head conv, the last depthwise).
+CANDIDATES = {
+    "mobilenet_v2": (["features.12.conv.1", "features.13.conv.0", "features.13.conv.1",
+                      "features.14.conv.0"], ["features.18", "features.17.conv.1"]),
+    "efficientnet_lite0": (["features.5.2.block.0", "features.5.2.block.1",
+                            "features.6.0.block.0"],
+                           ["features.8", "features.7.0.block.1"]),
+    "efficientnet_lite1": (["features.5.3.block.0", "features.5.3.block.1",
+                            "features.6.0.block.0"],
+                           ["features.8", "features.7.0.block.1"]),
+    "efficientnet_lite2": (["features.5.3.block.0", "features.5.3.block.1",
+                            "features.6.0.block.0"],
+                           ["features.8", "features.7.0.block.1"]),
+}
+KEYS = ("gt_known@0.2", "max_box_acc_v2", "top1_loc_err")
+
+
+def importance(arch: str, model, prep, seed: int) -> chip_fast.Importance:
+    mids, deeps = CANDIDATES[arch]
+    return distill_cached(model, OUT / f"{TAGS[arch]}_candidates_seed{seed}.chip", TRAIN,
+                          mids + deeps, prep, **library_defaults(), seed=seed)
+
+
+def pairs(arch: str) -> dict[str, list[str]]:
+    mids, deeps = CANDIDATES[arch]
+    out = {f"CHIP @ {m}": [m] for m in mids}
+    out.update({f"Refined CHIP {m} x {d}": [m, d] for d in deeps for m in mids})
+    return out
+
+
+def peers(arch: str) -> dict[str, tuple[str, object]]:
+    mids, deeps = CANDIDATES[arch]
+    out = {f"Layer-CAM @ {m}": ("layercam", m) for m in mids}
+    out.update({f"RefineCAM (Layer-CAM) @ {m} + {d}": ("layercam-refined", [m, d])
+                for d in deeps for m in mids})
+    return out
+
+
+def chip_scores(model, photos: Photos, imp: chip_fast.Importance, layers: list[str]) -> dict:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        maps = torch.cat([chip_fast.explain(model, imp, photos.x[i:i + 32],
+                                            photos.labels[i:i + 32], layers=layers)
+                          for i in range(0, len(photos.x), 32)])
+    return photos.score(maps.numpy()) | {"s": time.perf_counter() - t0}
+
+
+def line(name: str, per: dict) -> str:
+    return f"{name:64s} " + "  ".join(" ".join(f"{r[k]:.3f}" for k in KEYS) for r in per.values())
+
+
+def score(arch: str, half_name: str, seeds: list[int], with_peers: bool) -> dict:
+    model, data, prep = arch_setup(arch)
+    imps = {s: importance(arch, model, prep, s) for s in seeds}
+    layers = sum(CANDIDATES[arch], [])
+    photos = Photos(model, Half(data, 0 if half_name == "selection" else 1), layers)
+    results: dict = {}
+    for name, chosen in pairs(arch).items():
+        results[name] = {str(s): chip_scores(model, photos, imp, chosen) for s, imp in imps.items()}
+        print(line(name, results[name]), flush=True)
+    for name, (method, at) in (peers(arch).items() if with_peers else ()):
+        fn = peer(method, at)
+        t0 = time.perf_counter()
+        maps = np.concatenate([fn(model, photos.x[i:i + 16], photos.labels[i:i + 16].tolist())
+                               for i in range(0, len(photos.x), 16)])
+        results[name] = {"peer": photos.score(maps) | {"s": time.perf_counter() - t0}}
+        print(line(name, results[name]), flush=True)
+    return results
+
+
+def report(path) -> str:
+    """Markdown of a half's json: GT-known@0.2 / MaxBoxAccV2 / top-1 loc err per importance."""
+    res = json.loads(path.read_text())
+    lines = ["| map | GT-known@0.2 / MaxBoxAccV2 / top-1 loc err, per seed (or the peer) |",
+             "|---|---|"]
+    for name, per in res.items():
+        lines.append(f"| {name} | " + "; ".join(
+            f"{s}: " + " / ".join(f"{r[k]:.3f}" for k in KEYS) for s, r in per.items()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m experiments.imagenette.layer_choice")
+    ap.add_argument("step", choices=["distill", "score"])
+    ap.add_argument("--arch", default="mobilenet_v2", choices=sorted(CANDIDATES))
+    ap.add_argument("--half", default="selection", choices=["selection", "confirmation"])
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--peers", action="store_true")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.step == "distill":
+        model, _, prep = arch_setup(args.arch)
+        for s in seeds:
+            importance(args.arch, model, prep, s)
+            info = json.loads((OUT / f"{TAGS[args.arch]}_candidates_seed{s}.json").read_text())
+            print(f"seed {s}: {info['seconds']:.0f} s")
+        return
+    res = score(args.arch, args.half, seeds, args.peers)
+    path = OUT / f"{args.arch}_{args.half}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update(res)
+    path.write_text(json.dumps(old, indent=1))
+    path.with_suffix(".md").write_text(report(path))
+
+
+if __name__ == "__main__":
+    main()
