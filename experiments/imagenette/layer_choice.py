@@ -3,6 +3,7 @@ Refined CHIP than the ones the default-layer rule picks?
 
     python -m experiments.imagenette.layer_choice distill [--arch mobilenet_v2] [--seeds 0]
     python -m experiments.imagenette.layer_choice score --half selection [--seeds 0] [--peers]
+        [--deep-powers 0.75,0.5]
 
 The rule (``chip_fast.models.layers``) takes the last ReLU-like output at the deepest resolution
 and at twice it. Here every candidate layer is distilled with every library default in one job
@@ -23,6 +24,7 @@ import torch
 
 import chip_fast
 from chip_fast.evaluation.peers import peer
+from chip_fast.maps.explain import REFINE_POWER, layer_maps, refine
 
 from experiments.imagenette.common import (RESULTS, TAGS, TRAIN, Half, arch_setup, distill_cached,
                                            library_defaults)
@@ -78,11 +80,22 @@ def chip_scores(model, photos: Photos, imp: chip_fast.Importance, layers: list[s
     return photos.score(maps.numpy()) | {"s": time.perf_counter() - t0}
 
 
+def deep_power_scores(photos: Photos, imp: chip_fast.Importance, mid: str, deep: str,
+                      power: float) -> dict:
+    """The rule's pair with the deep layer's activations at ``power`` too (explain gives it
+    power 1: its tail is affine): is a gain of another deep layer only the compression?"""
+    index, size = torch.arange(len(photos.x)), tuple(photos.x.shape[-2:])
+    maps = [layer_maps(photos.acts[layer], imp.weights[layer], index, photos.labels, size,
+                       power=pw) for layer, pw in ((mid, REFINE_POWER), (deep, power))]
+    return photos.score(refine(maps).numpy())
+
+
 def line(name: str, per: dict) -> str:
     return f"{name:64s} " + "  ".join(" ".join(f"{r[k]:.3f}" for k in KEYS) for r in per.values())
 
 
-def score(arch: str, half_name: str, seeds: list[int], with_peers: bool) -> dict:
+def score(arch: str, half_name: str, seeds: list[int], with_peers: bool,
+          deep_powers: list[float]) -> dict:
     model, data, prep = arch_setup(arch)
     imps = {s: importance(arch, model, prep, s) for s in seeds}
     layers = sum(CANDIDATES[arch], [])
@@ -90,6 +103,12 @@ def score(arch: str, half_name: str, seeds: list[int], with_peers: bool) -> dict
     results: dict = {}
     for name, chosen in pairs(arch).items():
         results[name] = {str(s): chip_scores(model, photos, imp, chosen) for s, imp in imps.items()}
+        print(line(name, results[name]), flush=True)
+    mid, deep = CANDIDATES[arch][0][-1], CANDIDATES[arch][1][0]
+    for power in deep_powers:
+        name = f"Refined CHIP {mid} x {deep}, {deep} at power {power}"
+        results[name] = {str(s): deep_power_scores(photos, imp, mid, deep, power)
+                         for s, imp in imps.items()}
         print(line(name, results[name]), flush=True)
     for name, (method, at) in (peers(arch).items() if with_peers else ()):
         fn = peer(method, at)
@@ -119,6 +138,8 @@ def main() -> None:
     ap.add_argument("--half", default="selection", choices=["selection", "confirmation"])
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--peers", action="store_true")
+    ap.add_argument("--deep-powers", default="", help="e.g. 0.75,0.5: the rule's pair with the "
+                    "deep layer's activations at these powers")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -129,7 +150,8 @@ def main() -> None:
             info = json.loads((OUT / f"{TAGS[args.arch]}_candidates_seed{s}.json").read_text())
             print(f"seed {s}: {info['seconds']:.0f} s")
         return
-    res = score(args.arch, args.half, seeds, args.peers)
+    res = score(args.arch, args.half, seeds, args.peers,
+                [float(p) for p in args.deep_powers.split(",") if p])
     path = OUT / f"{args.arch}_{args.half}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update(res)
