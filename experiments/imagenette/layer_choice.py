@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-import numpy as np
 import torch
 
 import chip_fast
-from chip_fast.evaluation.peers import peer
 from chip_fast.maps.explain import REFINE_POWER, layer_maps, refine
 
 from experiments.imagenette.common import (RESULTS, TAGS, TRAIN, Half, arch_setup, distill_cached,
                                            library_defaults)
 from experiments.imagenette.maps_search import Photos
+from experiments.imagenette.third_layer import KEYS, chip_scores, peer_scores, save_half
 
 OUT = RESULTS / "layer_choice"
 # Candidates: ReLU6 outputs at 14x14 (MobileNetV2 blocks 12-14: the depthwise output of 12 and
@@ -47,7 +45,6 @@ CANDIDATES = {
                             "features.6.0.block.0"],
                            ["features.8", "features.7.0.block.1"]),
 }
-KEYS = ("gt_known@0.2", "max_box_acc_v2", "top1_loc_err")
 
 
 def importance(arch: str, model, prep, seed: int) -> chip_fast.Importance:
@@ -69,15 +66,6 @@ def peers(arch: str) -> dict[str, tuple[str, object]]:
     out.update({f"RefineCAM (Layer-CAM) @ {m} + {d}": ("layercam-refined", [m, d])
                 for d in deeps for m in mids})
     return out
-
-
-def chip_scores(model, photos: Photos, imp: chip_fast.Importance, layers: list[str]) -> dict:
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        maps = torch.cat([chip_fast.explain(model, imp, photos.x[i:i + 32],
-                                            photos.labels[i:i + 32], layers=layers)
-                          for i in range(0, len(photos.x), 32)])
-    return photos.score(maps.numpy()) | {"s": time.perf_counter() - t0}
 
 
 def deep_power_scores(photos: Photos, imp: chip_fast.Importance, mid: str, deep: str,
@@ -102,7 +90,7 @@ def score(arch: str, half_name: str, seeds: list[int], with_peers: bool,
     photos = Photos(model, Half(data, 0 if half_name == "selection" else 1), layers)
     results: dict = {}
     for name, chosen in pairs(arch).items():
-        results[name] = {str(s): chip_scores(model, photos, imp, chosen) for s, imp in imps.items()}
+        results[name] = {str(s): chip_scores(model, photos, imp, chosen, None) for s, imp in imps.items()}
         print(line(name, results[name]), flush=True)
     mid, deep = CANDIDATES[arch][0][-1], CANDIDATES[arch][1][0]
     for power in deep_powers:
@@ -111,24 +99,9 @@ def score(arch: str, half_name: str, seeds: list[int], with_peers: bool,
                          for s, imp in imps.items()}
         print(line(name, results[name]), flush=True)
     for name, (method, at) in (peers(arch).items() if with_peers else ()):
-        fn = peer(method, at)
-        t0 = time.perf_counter()
-        maps = np.concatenate([fn(model, photos.x[i:i + 16], photos.labels[i:i + 16].tolist())
-                               for i in range(0, len(photos.x), 16)])
-        results[name] = {"peer": photos.score(maps) | {"s": time.perf_counter() - t0}}
+        results[name] = {"peer": peer_scores(model, photos, method, at)}
         print(line(name, results[name]), flush=True)
     return results
-
-
-def report(path) -> str:
-    """Markdown of a half's json: GT-known@0.2 / MaxBoxAccV2 / top-1 loc err per importance."""
-    res = json.loads(path.read_text())
-    lines = ["| map | GT-known@0.2 / MaxBoxAccV2 / top-1 loc err, per seed (or the peer) |",
-             "|---|---|"]
-    for name, per in res.items():
-        lines.append(f"| {name} | " + "; ".join(
-            f"{s}: " + " / ".join(f"{r[k]:.3f}" for k in KEYS) for s, r in per.items()) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -152,11 +125,7 @@ def main() -> None:
         return
     res = score(args.arch, args.half, seeds, args.peers,
                 [float(p) for p in args.deep_powers.split(",") if p])
-    path = OUT / f"{args.arch}_{args.half}.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    old.update(res)
-    path.write_text(json.dumps(old, indent=1))
-    path.with_suffix(".md").write_text(report(path))
+    save_half(OUT / f"{args.arch}_{args.half}.json", res)
 
 
 if __name__ == "__main__":

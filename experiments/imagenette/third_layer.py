@@ -72,14 +72,19 @@ def score(half_name: str, seeds: list[int], peers: bool, powers: list[float | No
             print(f"{key:60s} " + "  ".join(" ".join(f"{r[k]:.3f}" for k in KEYS)
                                             for r in results[key].values()), flush=True)
     for name, (method, at) in (PEERS.items() if peers else ()):
-        fn = peer(method, at)
-        t0 = time.perf_counter()
-        maps = np.concatenate([fn(model, photos.x[i:i + 16], photos.labels[i:i + 16].tolist())
-                               for i in range(0, len(photos.x), 16)])
-        results[name] = {"peer": photos.score(maps) | {"s": time.perf_counter() - t0}}
+        results[name] = {"peer": peer_scores(model, photos, method, at)}
         print(f"{name:60s} " + " ".join(f"{results[name]['peer'][k]:.3f}" for k in KEYS),
               flush=True)
     return results
+
+
+def peer_scores(model, photos: Photos, method: str, at) -> dict:
+    """A pytorch-grad-cam peer's maps of the half, scored, with their time."""
+    fn = peer(method, at)
+    t0 = time.perf_counter()
+    maps = np.concatenate([fn(model, photos.x[i:i + 16], photos.labels[i:i + 16].tolist())
+                           for i in range(0, len(photos.x), 16)])
+    return photos.score(maps) | {"s": time.perf_counter() - t0}
 
 
 def report(path) -> str:
@@ -91,6 +96,14 @@ def report(path) -> str:
         lines.append(f"| {name} | " + "; ".join(
             f"{s}: " + " / ".join(f"{r[k]:.3f}" for k in KEYS) for s, r in per.items()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def save_half(path, res: dict) -> None:
+    """Merge a half's results into its json (earlier entries of other names kept), and its md."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update(res)
+    path.write_text(json.dumps(old, indent=1))
+    path.with_suffix(".md").write_text(report(path))
 
 
 def main() -> None:
@@ -111,11 +124,7 @@ def main() -> None:
         return
     powers = [None] + [float(p) for p in args.powers.split(",") if p]
     res = score(args.half, seeds, args.peers, powers)
-    path = OUT / f"mobilenet_v2_{args.half}.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    old.update(res)
-    path.write_text(json.dumps(old, indent=1))
-    path.with_suffix(".md").write_text(report(path))
+    save_half(OUT / f"mobilenet_v2_{args.half}.json", res)
 
 
 if __name__ == "__main__":
