@@ -7,9 +7,9 @@ Refined CHIP than the ones the default-layer rule picks?
 
 The rule (``chip_fast.models.layers``) takes the last ReLU-like output at the deepest resolution
 and at twice it. Here every candidate layer is distilled with every library default in one job
-per seed (a layer's weights do not depend on the other layers of the job: checked for the third
-layer study), and the maps are ``chip_fast.explain`` over each (mid, deep) pair, so the pair of
-the rule is the default map. The fair peers are Layer-CAM at each candidate mid layer and
+per seed, and the maps are ``chip_fast.explain`` over each (mid, deep) pair, so the pair of the
+rule is the default map up to the bfloat16 prefix's rounding (the prefix is cut at the job's
+first layer: r 0.99996 to a two-layer job's weights of the same seed, docs/evaluation.md). The fair peers are Layer-CAM at each candidate mid layer and
 RefineCAM (Layer-CAM) over each pair. Choose on the selection half, confirm on the other
 (results/layer_choice/).
 """
@@ -30,8 +30,9 @@ from experiments.imagenette.third_layer import KEYS, chip_scores, peer_scores, s
 
 OUT = RESULTS / "layer_choice"
 # Candidates: ReLU6 outputs at 14x14 (MobileNetV2 blocks 12-14: the depthwise output of 12 and
-# 13, the expansion of 13 and 14; the Lites the last 14x14 (Lite1: 15x15, Lite2: 17x17) block's expansion and depthwise, and the
-# expansion opening stage 6) and at 7x7 (the head conv, the last depthwise).
+# 13, the expansion of 13 and 14; the Lites: the last 14x14 block's expansion and depthwise (Lite1
+# 15x15, Lite2 17x17), and the expansion opening stage 6) and at 7x7 (the head conv, the last
+# depthwise).
 CANDIDATES = {
     "mobilenet_v2": (["features.12.conv.1", "features.13.conv.0", "features.13.conv.1",
                       "features.14.conv.0"], ["features.18", "features.17.conv.1"]),
@@ -90,7 +91,8 @@ def score(arch: str, half_name: str, seeds: list[int], with_peers: bool,
     photos = Photos(model, Half(data, 0 if half_name == "selection" else 1), layers)
     results: dict = {}
     for name, chosen in pairs(arch).items():
-        results[name] = {str(s): chip_scores(model, photos, imp, chosen, None) for s, imp in imps.items()}
+        results[name] = {str(s): chip_scores(model, photos, imp, chosen, None)
+                         for s, imp in imps.items()}
         print(line(name, results[name]), flush=True)
     mid, deep = CANDIDATES[arch][0][-1], CANDIDATES[arch][1][0]
     for power in deep_powers:
