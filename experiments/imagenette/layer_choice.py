@@ -9,9 +9,9 @@ The rule (``chip_fast.models.layers``) takes the last ReLU-like output at the de
 and at twice it. Here every candidate layer is distilled with every library default in one job
 per seed, and the maps are ``chip_fast.explain`` over each (mid, deep) pair, so the pair of the
 rule is the default map up to the bfloat16 prefix's rounding (the prefix is cut at the job's
-first layer: r 0.99996 to a two-layer job's weights of the same seed, docs/evaluation.md). The fair peers are Layer-CAM at each candidate mid layer and
-RefineCAM (Layer-CAM) over each pair. Choose on the selection half, confirm on the other
-(results/layer_choice/).
+first layer: r 0.99996 to a two-layer job's weights of the same seed, docs/evaluation.md).
+The fair peers are Layer-CAM at each candidate mid layer and RefineCAM (Layer-CAM) over each
+pair. Choose on the selection half, confirm on the other (results/layer_choice/).
 """
 from __future__ import annotations
 
