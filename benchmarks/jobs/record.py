@@ -43,8 +43,9 @@ def machine() -> dict:
 def write_result(name: str, result: dict, markdown: str | None = None,
                  root: Path | str = RESULTS) -> Path:
     """Write ``result`` to ``<root>/<name>.json`` with the ``machine`` that made it (and
-    ``markdown`` to ``<root>/<name>.md``), print the markdown, or the JSON when there is none, and return the JSON's path. ``name``
-    may name a subfolder (``vs_plain_loop/features_18_4096``)."""
+    ``markdown`` to ``<root>/<name>.md``), print the markdown, or the JSON when there is none,
+    and return the JSON's path. ``name`` may name a subfolder
+    (``vs_plain_loop/features_18_4096``)."""
     path = Path(root) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(result, dict) and "machine" not in result:

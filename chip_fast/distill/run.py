@@ -146,8 +146,7 @@ def distill_all_classes(
         samples_per_unit=samples_per_unit or DistillSettings.samples_per_unit,
         fill_stats_views=fill_stats_views, tol=tol, max_iter=max_iter, folds=folds,
         tail_dtype=tail_dtype, prefix_dtype=prefix_dtype, tail_path=tail_path, atlas=atlas,
-        baseline=baseline, masks=masks,
-        estimator=estimator, control=control,
+        baseline=baseline, masks=masks, estimator=estimator, control=control,
         until_stable=None if until_stable is None else float(until_stable))
     options = JobOptions(out=out, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                          keep_checkpoint=keep_checkpoint, progress=progress,

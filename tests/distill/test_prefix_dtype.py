@@ -1,8 +1,8 @@
 """The prefix's dtype: "auto" runs the prefix (photo -> the layers' activations) in bfloat16 on
-CPUs with native bf16 and in float32 elsewhere (tests/distill/test_tail_dtype.py); a bfloat16 prefix gives the float32 prefix's
-importance up to bfloat16's rounding (on MobileNetV2 far inside the seeds' spread:
-docs/stability.md), the file records the dtype used, and a checkpoint of one dtype is never
-resumed into a job of the other."""
+CPUs with native bf16 and in float32 elsewhere (tests/distill/test_tail_dtype.py); a bfloat16
+prefix gives the float32 prefix's importance up to bfloat16's rounding (on MobileNetV2 far
+inside the seeds' spread: docs/stability.md), the file records the dtype used, and a checkpoint
+of one dtype is never resumed into a job of the other."""
 from __future__ import annotations
 
 import pytest
