@@ -79,6 +79,20 @@ def top_k(a, w, imp, layer, k=10):
     return plain(a, w * keep, imp, layer)
 
 
+def contrast(a, w, imp, layer, share=1.0, power=0.5):
+    """The class's weight less ``share`` x the mean weight of every distilled class (what the
+    class uses beyond what all classes use), activations at ``power``."""
+    mean = imp.weights[layer][list(imp.classes)].float().clamp(min=0).mean(0)
+    return plain(a.clamp(min=0) ** power, w.clamp(min=0) - share * mean, imp, layer)
+
+
+def smoothed(a, w, imp, layer, power=0.5, k=3):
+    """act_power's map averaged over k x k positions (a channel's evidence spread over the
+    stride-neighbourhood its receptive field covers)."""
+    m = act_power(a, w, imp, layer, power)
+    return F.avg_pool2d(m[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+
+
 def deep_selected(a, w, imp, layer, deep=None):
     """Per image, each channel's weight times the share of its activation inside the deep map."""
     d = F.interpolate(deep[:, None], size=a.shape[-2:], mode="bilinear",
@@ -190,4 +204,10 @@ VARIANTS: dict[str, Callable] = {
     "product alpha 0.01 mid only": variant(alpha=0.01, alpha_at="mid"),
     "product alpha 0.01 deep only": variant(alpha=0.01, alpha_at="deep"),
     "product alpha 0.3": variant(alpha=0.3),
+    "product mid contrast": variant(mid=contrast),
+    "product mid contrast 0.5": variant(mid=P(contrast, share=0.5)),
+    "product mid contrast and deep contrast": variant(mid=contrast, deep=P(contrast, power=1.0)),
+    "product deep contrast": variant(mid=act_power, deep=P(contrast, power=1.0)),
+    "mid contrast": variant(mid=contrast, combine="mid"),
+    "product mid act^0.5 smoothed 3x3": variant(mid=smoothed),
 }

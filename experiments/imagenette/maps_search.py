@@ -2,19 +2,22 @@
 on cached importances (no redistillation per variant).
 
     python -m experiments.imagenette.maps_search [--arch mobilenet_v2|efficientnet_lite0]
-        [--half selection] [--seeds 0,1] [--only name,name]
+        [--half selection] [--seeds 0,1] [--only name,name] [--out DIR]
 
 Each variant is (how a layer's channels are weighted, how the layers combine), scored on one
 half of imagenette/val-dev with the evaluation's own metrics (GT-known@0.2 and top-1 loc err on
 the largest component, MaxBoxAccV2 as clovaai/wsolevaluation). Activations are computed once
 per half; a variant costs its maps and their scoring only. The importances are distilled once
-with every library default (``results/maps_search/<arch>_seed<s>.chip``, not committed).
+with every library default (``<out>/<arch>_seed<s>.chip``, not committed; ``--out`` defaults to
+``results/maps_search``, the first search, so a later search with today's defaults keeps its own
+importances and results beside it).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,11 +44,11 @@ def model_and_data(arch: str):
     return load_model(arch), load_val_dir(VAL, preprocess=lite_preprocess(mode="resize"))
 
 
-def importance(model, arch: str, tag: str, seed: int) -> chip_fast.Importance:
+def importance(model, arch: str, tag: str, seed: int, out: Path = OUT) -> chip_fast.Importance:
     """The cached importance of ``seed``, or a distillation with every library default on
     imagenette/train (1-25 min on 2 CPU cores; Lite0 reads it with its own [-1, 1] preprocessing,
     which ``distill_cached``'s default source does not)."""
-    path = OUT / f"{tag}_seed{seed}.chip"
+    path = out / f"{tag}_seed{seed}.chip"
     if arch == "mobilenet_v2" or path.is_file():
         return distill_cached(model, path, TRAIN, None, **library_defaults(), seed=seed)
     from chip_fast.models.efficientnet_lite import lite_preprocess
@@ -116,10 +119,11 @@ def upsample(low: torch.Tensor, size=(224, 224)) -> torch.Tensor:
 
 
 def run(arch: str, half_name: str, seeds: list[int], only: list[str] | None,
-        peers: list[str] | None = None) -> dict:
+        peers: list[str] | None = None, out: Path = OUT) -> dict:
     model, data = model_and_data(arch)
     tag = "mnv2" if arch == "mobilenet_v2" else "lite0"
-    imps = {s: importance(model, arch, tag, s) for s in seeds}
+    out.mkdir(parents=True, exist_ok=True)
+    imps = {s: importance(model, arch, tag, s, out) for s in seeds}
     layers = imps[seeds[0]].layers
     t0 = time.perf_counter()
     stats_path = OUT / f"{tag}_channel_stats.pt"
@@ -162,13 +166,13 @@ def run(arch: str, half_name: str, seeds: list[int], only: list[str] | None,
 KEYS = ("gt_known@0.2", "max_box_acc_v2", "top1_loc_err")
 
 
-def report() -> str:
+def report(out: Path = OUT) -> str:
     """Markdown of every scored variant and peer: per architecture and half, GT-known@0.2 /
     MaxBoxAccV2 / top-1 loc err, one cell per importance (seed)."""
     lines = []
     for arch in ("mobilenet_v2", "efficientnet_lite0"):
         for half in ("selection", "confirmation"):
-            path = OUT / f"{arch}_{half}.json"
+            path = out / f"{arch}_{half}.json"
             if not path.is_file():
                 continue
             res = json.loads(path.read_text())
@@ -190,16 +194,17 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--peers", default="", help="e.g. layercam@features.8,layercam-refined@a+b")
     ap.add_argument("--report", action="store_true", help="only write results.md from the json")
+    ap.add_argument("--out", type=Path, default=OUT, help="importances and results (%(default)s)")
     args = ap.parse_args()
     if args.report:
-        (OUT / "results.md").write_text(report())
+        (args.out / "results.md").write_text(report(args.out))
         return
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     res = run(args.arch, args.half, seeds, [o for o in args.only.split(",") if o] or None,
-              [p for p in args.peers.split(",") if p])
-    path = OUT / f"{args.arch}_{args.half}.json"
+              [p for p in args.peers.split(",") if p], args.out)
+    path = args.out / f"{args.arch}_{args.half}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update({k: {str(s): v for s, v in r.items()} for k, r in res.items()})
     path.write_text(json.dumps(old, indent=1))
