@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
         for n in args.samples:
             runs = []
             for seed in args.seeds:
-                imp, clock = distill(model, source, n, seed, CONFIGS[name])
+                imp, clock = distill(model, source, n, seed, CONFIGS[name] | args.extra)
                 now = {k: plain_pass(model, source, **kw) for k, kw in sticks.items()}
                 runs.append((imp, clock, *(((last[k].wall + now[k].wall) / 2,
                                             (last[k].cpu + now[k].cpu) / 2) for k in sticks)))
@@ -262,12 +262,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch threads on both sides (default: torch's); 1 takes the spinning "
                         "of idle worker threads out of the CPU seconds when other jobs share "
                         "the machine")
+    p.add_argument("--prefix-dtype", default=None, choices=("float32", "bfloat16"),
+                   help="every config's prefix dtype (default: the config's; rows measured "
+                        "before the bf16 prefix existed rerun with float32)")
     p.add_argument("--name", default=None, help="results name (default: <arch>)")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",")]
     args.samples = [int(s) for s in args.samples.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.extra = {"prefix_dtype": args.prefix_dtype} if args.prefix_dtype else {}
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.weights is None and args.arch == "mobilenet_v2":

@@ -2,9 +2,11 @@
 layout the tail consumes (e.g. bf16 channels-last on CUDA).
 
 Registers (tools/compile_check.py, ptxas): 40-92 per thread, no spills with Triton 3.8. With
-Triton 3.6, _perturb_kernel spills 4 bytes (one stack word) for float64 activations written as
-bf16 channels-last on sm_90, a combination the engine launches only for a float64 model with
-bf16 tails; a 4-byte stack slot per thread, left as is (not measured on a GPU).
+Triton 3.6, _perturb_kernel spills 4 bytes (one stack word) in 4 of its configurations: float64
+activations written as bf16 channels-last (launched only for a float64 model with bf16 tails),
+and float32 in and out, channels-first, orthogonal design, maps of at most 64 positions on
+sm_90 (a sampled 7x7 or 8x8 layer with float32 tails). A 4-byte stack slot per thread, left as
+is (not measured on a GPU).
 
 Reference: ``chip_fast.ops.perturb.perturb_reference``; ``chip_fast.ops.perturb`` dispatches here on CUDA.
 The masks and the fill noise are regenerated in-kernel from Philox4x32-10 (``philox.py``), so
