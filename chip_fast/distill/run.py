@@ -259,10 +259,15 @@ def stability_summary(imp: Importance, target: float = 0.95) -> str:
         a, m = imp.agreement.get(layer), needed[layer]
         if a is None or not torch.isfinite(a).any():
             continue
+        # inf: a class whose predicted agreement is not positive, which no count is known to fix
+        # (nan_to_num's default would print it as float max)
+        stuck = int(torch.isinf(m).sum())
+        every = (_rounded(m.nan_to_num(0.0, posinf=0.0).max()) + " (every other class; "
+                 f"{stuck} with agreement <= 0: unbounded)" if stuck else
+                 _rounded(m.nan_to_num(0.0).max()) + " (every class)")
         lines.append(f"chip_fast: {layer}: predicted seed agreement median r {a.nanmedian():.3f} "
                      f"(lowest {a.nan_to_num(2.0).min():.3f}); for r {target} give "
-                     f"--samples-per-class {_rounded(m.nanmedian())} (median class), "
-                     f"{_rounded(m.nan_to_num(0.0).max())} (every class)"
+                     f"--samples-per-class {_rounded(m.nanmedian())} (median class), {every}"
                      + ("" if until is not None else
                         f", or --until-stable {target} to give each class what it needs"))
     return "\n".join(lines)

@@ -107,3 +107,17 @@ def test_the_run_summary_says_how_many_samples_reach_the_target(runs):
     assert "feat: predicted seed agreement median r" in text and "--samples-per-class" in text
     assert "deep: exact" in text
     assert "or --until-stable 0.95" in text   # the other way to reach it
+
+
+def test_the_run_summary_says_unbounded_where_a_class_cannot_reach_the_target(runs):
+    """A class with agreement <= 0 needs an unknown count (inf): the line names how many, and
+    no float-max figure is printed."""
+    import copy
+    from chip_fast.distill.run import stability_summary
+    imp = copy.copy(runs[0])
+    a = imp.agreement["feat"].clone()
+    a[0] = -0.2
+    imp.agreement = dict(imp.agreement) | {"feat": a}
+    line = next(l for l in stability_summary(imp).splitlines() if "feat: predicted" in l)
+    assert "1 with agreement <= 0: unbounded" in line and "every other class" in line
+    assert max(len(w) for w in line.split()) < 30, line      # no 309-digit number
