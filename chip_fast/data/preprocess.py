@@ -17,6 +17,26 @@ MODES = ("center_crop", "resize", "squash")
 # PIL's and torchvision's names; timm's data configs use the same words.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
+def to_rgb(image):
+    """A PIL image as 8-bit RGB. Grayscale, palette, CMYK and RGBA photos exist and PIL converts
+    them; 16-bit and 32-bit single-channel images (16-bit PNG and TIFF: modes I;16*, I, F) PIL
+    would clip at 255, which turns most of a 16-bit photo white, so they are scaled first:
+    I;16* by 1/257 (its full range), I and F by the largest power-of-two range that holds the
+    image's maximum (255, 65535; else the maximum itself)."""
+    from PIL import Image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            peak = float(a.max()) if a.size else 0.0
+            top = next((r for r in (1.0 if image.mode == "F" else 255.0, 255.0, 65535.0)
+                        if peak <= r), peak)
+        a = np.clip(a * (255.0 / max(top, 1e-12)), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """``mode="center_crop"``: resize the short side to ``resize``, centre-crop ``size`` (the
@@ -58,7 +78,7 @@ class Preprocess:
         if torch.is_tensor(image):
             image = self.geometry(image).float().div_(255)
         else:
-            image = TF.to_tensor(self.geometry(image.convert("RGB")))  # grayscale/CMYK exist
+            image = TF.to_tensor(self.geometry(to_rgb(image)))
         return TF.normalize(image, self.mean, self.std)
 
     def boxes(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:

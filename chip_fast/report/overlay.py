@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.preprocess import Preprocess, center_crop_offset, resize_short_side_size
+from ..data.preprocess import Preprocess, center_crop_offset, resize_short_side_size, to_rgb
 
 # Anchor colours of a perceptually ordered map (dark blue -> cyan -> yellow -> red), linearly
 # interpolated: enough for a heat map without making matplotlib a dependency.
@@ -124,7 +124,7 @@ def overlay_on_photo(photo, heat: np.ndarray, prep: Preprocess, label: str = "",
     side where larger; 0: never), with the part the model did not see dimmed and outlined, and
     ``label`` and the colour bar drawn along the bottom. Returns a PIL RGB image."""
     from PIL import Image, ImageDraw
-    photo = photo.convert("RGB")
+    photo = to_rgb(photo)
     region = np.array(input_region(prep, photo.size))
     scale = min(1.0, max_side / max(photo.size)) if max_side else 1.0
     if scale < 1.0:

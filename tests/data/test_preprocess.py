@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from chip_fast.data.preprocess import Preprocess, transform_boxes
@@ -51,3 +52,27 @@ def test_interpolation_is_the_one_asked_for():
     assert not torch.equal(Preprocess()(img), Preprocess(interpolation="bicubic")(img))
     with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
         Preprocess(interpolation="cubic")
+
+
+def test_a_16_bit_png_reads_as_its_8_bit_version(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255 (a white image); the photo must come
+    through as the 8-bit photo it stores."""
+    from PIL import Image
+    from chip_fast.data.preprocess import Preprocess
+    g = np.random.default_rng(0)
+    eight = g.integers(0, 256, (40, 48)).astype(np.uint8)
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")      # PIL reads 16-bit PNGs as I;16 or I
+        got = Preprocess(size=32, resize=32)(im)
+    want = Preprocess(size=32, resize=32)(Image.fromarray(eight))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_float_images_in_0_1_are_scaled_not_clipped():
+    from PIL import Image
+    from chip_fast.data.preprocess import to_rgb
+    a = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    rgb = np.asarray(to_rgb(Image.fromarray(a)))
+    assert rgb.shape == (8, 8, 3) and rgb.max() == 255 and rgb.min() == 0
