@@ -58,6 +58,21 @@ def load_image(path: str | Path, preprocess: Preprocess,
         raise ImageError(f"cannot decode image {path}: {e}") from e
 
 
+def check_folder_order(names: list[str] | None, num_classes: int) -> None:
+    """Warn where folders numbered in sorted order (``ImageFolderSource.sorted_order``) cannot be
+    the order of the model's outputs: that order is a model's trained on exactly these folders,
+    which has one output per folder."""
+    if names is None or len(names) == num_classes:
+        return
+    shown = ", ".join(repr(n) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+    warnings.warn(f"class folders {shown} are not ImageNet wnids, so they are numbered 0-"
+                  f"{len(names) - 1} in sorted order (torchvision ImageFolder's rule, right for "
+                  f"a model trained on exactly these {len(names)} folders), but the model has "
+                  f"{num_classes} outputs: name the folders by wnid (n01440764) or pass "
+                  "mapping_file= (--mapping-file) to say which output each folder is",
+                  stacklevel=3)
+
+
 class _Source:
     """What distillation asks of a source: its classes, how many images each has, image j."""
     files: dict[int, list]
@@ -94,6 +109,9 @@ class ImageFolderSource(_Source):
                  decode_device: str | torch.device | None = None) -> None:
         self.root = Path(root)
         self.decode_device = decode_device
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root} is a file: give the folder of class folders "
+                                     "(root/<class>/<image>)")
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
         if on_error not in ("skip", "raise"):
@@ -106,6 +124,9 @@ class ImageFolderSource(_Source):
             raise ValueError(f"{self.root} has no class folders (expected root/<class>/<image>)")
         index, self.class_ids, self.class_names = self._class_index([p.name for p in folders],
                                                                      mapping_file)
+        # The folder names when they were numbered in sorted order (no wnids, no mapping).
+        self.sorted_order = (list(self.class_ids) if mapping_file is None
+                             and self.class_ids != list(imagenet_classes()[0]) else None)
         self.files: dict[int, list[Path]] = {}
         self.empty_folders: list[str] = []
         for folder in folders:
@@ -128,6 +149,8 @@ class ImageFolderSource(_Source):
         else:
             wnids, labels = map(list, imagenet_classes())
             if not set(names) <= set(wnids):
+                # Right for a model trained on exactly these folders (torchvision's
+                # ImageFolder); the job checks that against the model's outputs (sorted_order).
                 logger.info("folders are not all ImageNet wnids: using sorted folder order")
                 return {n: i for i, n in enumerate(names)}, list(names), list(names)
         position = {w: i for i, w in enumerate(wnids)}

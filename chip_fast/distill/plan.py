@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..data.sources import ViewPlan, views_per_image
+from ..data.sources import ViewPlan, check_folder_order, views_per_image
 from .inputs import JobInputs
 from .settings import DistillSettings
 
@@ -64,6 +64,7 @@ class DistillPlan:
         source = inputs.source
         self.class_ids = getattr(source, "class_ids", None)
         self.class_names = getattr(source, "class_names", None)
+        check_folder_order(getattr(source, "sorted_order", None), self.num_classes)
         big = [c for c in self.classes if c >= self.num_classes]
         if big:
             raise ValueError(f"classes {big[:10]} are outside the model's {self.num_classes} "

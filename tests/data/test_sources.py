@@ -86,3 +86,25 @@ def test_bad_tensor_sources():
         chip_fast.TensorSource(torch.zeros(3, 3, 8, 8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN"):
         chip_fast.TensorSource(torch.full((1, 3, 8, 8), float("nan")), [0])
+
+
+@pytest.mark.parametrize("outputs,warns", [(5, True), (2, False)])
+def test_folders_in_sorted_order_warn_when_the_model_cannot_have_that_order(tmp_path, outputs,
+                                                                            warns):
+    """Non-wnid folders are numbered 0..N-1 (ImageFolder's rule): right for a model with one
+    output per folder, a silent wrong class for any other (an ImageNet model's 0 is tench)."""
+    import warnings
+    from tests.helpers import TinyNet
+    write_folder(tmp_path, wnids=("dog", "fish"), per_class=1, size=16)
+    source = ImageFolderSource(tmp_path, preprocess=Preprocess(size=16, resize=16))
+    assert source.sorted_order == ["dog", "fish"]
+    model = TinyNet(classes=outputs).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chip_fast.distill_all_classes(model, source, ["features.2"], samples_per_class=16,
+                                      progress=False)
+    said = [str(w.message) for w in caught if "not ImageNet wnids" in str(w.message)]
+    assert bool(said) == warns, said
+    if warns:
+        assert "'dog', 'fish'" in said[0] and f"{outputs} outputs" in said[0]
+        assert "mapping_file" in said[0]
