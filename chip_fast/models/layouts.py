@@ -114,7 +114,7 @@ def infer_layout(shape: tuple[int, ...], conv_resolutions: set[tuple[int, int]],
             return None
         fit = _token_fit(shape[1], grids)
         return Layout(TOKENS, fit[1], fit[0]) if fit is not None else None
-    return Layout(MAPS)
+    return None   # (N, C) vectors (a Linear, a flatten): no positions
 
 
 def _token_fit(tokens: int, grids: set[tuple[int, int]]) -> tuple[int, tuple[int, int]] | None:

@@ -21,7 +21,9 @@ This module owns cutting and running the model; it never perturbs, scores or sol
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -280,6 +282,10 @@ class SplitModel:
                     f"layer {layer!r} returns {shape} for {batch} images: neither feature maps "
                     "((N, C, H, W) or (N, H, W, C)) nor tokens ((N, extra + H*W, C)) over the "
                     "model's patch grid; choose another layer (chip_fast.default_layers(model))")
+            if layout.kind == MAPS and math.prod(a.shape[2:]) == 1:
+                warnings.warn(f"layer {layer!r} returns {tuple(a.shape)}: one position per "
+                              "image at this input size, so its importance is sound but its "
+                              "maps have no location (a constant map)", stacklevel=2)
             if layout.kind != MAPS:
                 tail = self._tail(self._graph, self._cut[layer], layout)
                 tail.module = simplified(tail.module)

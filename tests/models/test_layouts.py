@@ -33,7 +33,8 @@ def test_layouts_are_inferred_from_the_convolutions_grids():
     assert infer_layout((2, 3, 197, 64), convs, 2) is None         # queries of 3 heads
     assert infer_layout((2, 256, 6, 6), {(13, 13)}, 2) == Layout(MAPS, (6, 6))  # AlexNet's pool
     assert infer_layout((2, 192, 197), convs, 2) is None           # tokens on dimension 2
-    assert infer_layout((2, 192), convs, 2) == Layout(MAPS)         # a vector, as before
+    assert infer_layout((2, 192), convs, 2) is None                # a vector: no positions
+    assert infer_layout((2, 192, 1, 1), convs, 2) == Layout(MAPS, (1, 1))   # warned at bind
 
 
 @pytest.mark.parametrize("extra", [1, 5])
@@ -143,3 +144,26 @@ def test_a_layer_that_is_no_grid_is_refused_in_one_line():
     msg = str(err.value)
     assert "layer 'mix' returns (2, 8, 17)" in msg and "choose another layer" in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("layer", ["classifier", "pool"])
+def test_a_layer_without_positions_is_refused_or_warned(layer):
+    """A vector per image (a Linear's output) has no positions to perturb into a map: refused
+    naming the layer and its shape. A pooled (N, C, 1, 1) output has one position: its
+    importance is sound, so it is distilled, with a warning that its maps are constant."""
+    import warnings
+    import chip_fast
+    from tests.helpers import TinyNet
+    model = TinyNet().eval()
+    data = (_images(4), torch.arange(4) % 2)
+    if layer == "classifier":
+        with pytest.raises(ValueError, match=r"'classifier' returns \(1, 6\) .*neither"):
+            chip_fast.distill_all_classes(model, data, [layer], samples_per_class=8,
+                                          progress=False)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        imp = chip_fast.distill_all_classes(model, data, [layer], samples_per_class=8,
+                                            progress=False)
+    assert imp.weights[layer].shape == (6, 16)
+    assert any("one position per image" in str(w.message) for w in caught)
