@@ -73,11 +73,11 @@ def explain_func(model: torch.nn.Module, inputs: np.ndarray | torch.Tensor,
 
 
 def _explain(model: torch.nn.Module, importance: Any, x: torch.Tensor,
-             classes: Sequence[int] | None, layers: Sequence[str] | None,
+             classes: Sequence[int] | None, layers: str | Sequence[str] | None,
              positive: bool = True) -> np.ndarray:
     kw: dict[str, Any] = {"positive": positive}
     if layers is not None:   # None: the core's default, all the importance's layers
-        kw["layers"] = list(layers)
+        kw["layers"] = layers   # one name or several; explain checks them
     if getattr(model, "chip_fast_randomized_blocks", None):
         # the sanity check's re-initialised copy: a kept importance of the trained model is
         # applied to the changed activations on purpose (the check of the map step alone), so

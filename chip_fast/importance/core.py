@@ -9,6 +9,7 @@ sums), so the sparse fit can be redone with another penalty without redistilling
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -22,7 +23,38 @@ from ..solve.stability import samples_for
 from .file import ImportanceFileError, metadata_of, read_fields, write_importance
 
 
-@dataclass
+class ClassNotDistilledError(ValueError):
+    """Classes asked of an importance that does not hold them: images asked to be explained for
+    them (``rows``: image index -> its class that was not distilled) or a class's channels
+    (``rows`` empty). ``classes``: the classes that were not distilled, ascending."""
+
+    def __init__(self, message: str, rows: dict[int, int] | None = None,
+                 classes: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.rows = dict(rows or {})
+        self.classes = sorted({int(c) for c in classes} | set(self.rows.values()))
+
+
+def check_class_range(classes: Sequence[int], num_classes: int) -> None:
+    """Refuse class indices the model does not have, saying how many it has."""
+    bad = sorted({int(c) for c in classes if not 0 <= int(c) < num_classes})
+    if bad:
+        raise ValueError(f"class {', '.join(map(str, bad[:10]))} does not exist: the model has "
+                         f"{num_classes} classes (0-{num_classes - 1})")
+
+
+def _index(value: Any, what: str) -> int:
+    """``value`` as an int (a Python, NumPy or 0-d tensor integer), or a TypeError naming it."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {value!r} "
+                        f"({type(value).__name__})") from None
+
+
+@dataclass(repr=False)
 class Importance:
     """Distilled channel importance of one model at one or more layers.
 
@@ -76,20 +108,38 @@ class Importance:
         held = set(self.classes)
         return [int(c) for c in classes if int(c) not in held]
 
-    def require(self, *, layers: Iterable[str] = (), classes: Iterable[int] = (),
+    def require(self, *, layers: str | Iterable[str] = (), classes: int | Iterable[int] = (),
                 hint: str = "") -> None:
-        """Refuse ``layers`` or ``classes`` this importance does not hold, before any work: a
-        ValueError naming them and what the file holds, then ``hint`` (what to do instead)."""
-        layers = self.missing_layers(layers)
+        """Refuse ``layers`` or ``classes`` (one or several) this importance does not hold,
+        before any work: a ValueError naming the layers and what the file holds, or a
+        ClassNotDistilledError (a ValueError) naming the classes and those the file holds; then
+        ``hint`` (what to do instead)."""
+        layers = self.missing_layers([layers] if isinstance(layers, str) else layers)
         if layers:
             raise ValueError(f"layers {layers} were not distilled; the file holds {self.layers}")
-        absent = self.missing_classes(classes)
+        absent = self.missing_classes([classes] if isinstance(classes, int) else classes)
         if absent:
             held = sorted(self.classes)
             shown = ", ".join(map(str, held[:12])) + (", ..." if len(held) > 12 else "")
-            raise ValueError(f"classes {', '.join(map(str, absent[:10]))} are not distilled in "
-                             f"this importance file (it holds {len(held)} of "
-                             f"{self.num_classes} classes: {shown}){hint}")
+            raise ClassNotDistilledError(
+                f"classes {', '.join(map(str, absent[:10]))} are not distilled in this importance "
+                f"file (it holds {len(held)} of {self.num_classes} classes: {shown}){hint}",
+                classes=absent)
+
+    def check_channel_request(self, layer: str, cls: int, n: int | None = None) -> None:
+        """Refuse a request for class ``cls``'s channels at ``layer`` (``top_channels``) that
+        this importance cannot answer: a layer it lacks (listing its layers), a class the model
+        does not have, a class it did not distil (ClassNotDistilledError listing those it
+        holds), a count ``n`` that is not an integer >= 1 (``chip_fast.top_channels``)."""
+        if not isinstance(layer, str):
+            raise TypeError(f"layer must be a layer name (str), got {layer!r}; this importance "
+                            f"holds {self.layers}")
+        self.require(layers=[layer])
+        cls = _index(cls, "the class")
+        check_class_range([cls], self.num_classes)
+        self.require(classes=[cls], hint="; distil it, or ask for one of these")
+        if n is not None and _index(n, "the number of channels n") < 1:
+            raise ValueError(f"n={n}: the number of channels to show must be 1 or more")
 
     def standard_error(self, layer: str, cls: int) -> torch.Tensor:
         """(K,) standard errors of class ``cls``'s weights at ``layer`` (NaN where the file
@@ -128,9 +178,30 @@ class Importance:
         See ``chip_fast.solve.refit.held_out_r2``."""
         return held_out_r2(self, alpha)
 
+    def __repr__(self) -> str:
+        """One line: each layer's (classes x channels) weights and estimator, the distilled
+        classes, the samples per class, the model's class and fingerprint abbreviated."""
+        st = self.settings if isinstance(self.settings, dict) else {}
+        estimators = st.get("estimators") if isinstance(st.get("estimators"), dict) else {}
+        layers = ", ".join(
+            f"{layer} ({w.shape[0]}x{w.shape[1]}"
+            + (f", {estimators[layer]})" if layer in estimators else ")")
+            for layer, w in self.weights.items())
+        if not estimators and st.get("estimator"):
+            layers += f"; estimator {st['estimator']}"
+        fp = self.fingerprint if isinstance(self.fingerprint, dict) else {}
+        model = f"{fp.get('class', '?')} sha256 {str(fp.get('sha256', '?'))[:12]}"
+        return (f"Importance({len(self.weights)} layers (classes x channels): {layers}; "
+                f"{len(self.classes)} of {self.num_classes} classes distilled; "
+                f"samples_per_class {st.get('samples_per_class')}; model {model}"
+                f"{'; with atlas' if self.atlas is not None else ''})")
+
 
 def load_importance(path: str | Path) -> Importance:
     """Read an importance file, checking it completely: its integrity digests (a damaged or
     hand-edited file is refused, naming what differs), then its structure. Files written before
     the digests load with a warning. Nothing is unpickled (``chip_fast.importance.file``)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"load_importance takes the path of an importance file (str or Path), "
+                        f"got {type(path).__name__}")
     return Importance(**read_fields(path))

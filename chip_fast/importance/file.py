@@ -238,6 +238,9 @@ def read_fields(path: str | Path) -> dict[str, Any]:
     digests first (a damaged or edited file is refused naming what differs), then its
     structure. Nothing is unpickled."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not an importance file: give the file "
+                                "that distillation wrote (e.g. chip-fast distill --out m.chip)")
     if not path.is_file():
         raise FileNotFoundError(f"importance file {path} does not exist")
     entries, tensors = _read(path)

@@ -12,13 +12,18 @@ returns which ones, with the reason for each one it skipped.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ..importance.core import Importance
+# ClassNotDistilledError and check_class_range are defined with the Importance (top_channels
+# raises them too) and are importable from here as before.
+from ..importance.core import (ClassNotDistilledError, Importance, check_class_range,
+                               load_importance)
 from ..ops.class_maps import class_maps, normalize_maps
 from ..models.split import split_model
 
@@ -26,6 +31,10 @@ from ..models.split import split_model
 TOP_DISTILLED = "top-distilled"
 
 Classes = int | Sequence[int] | torch.Tensor | str | None
+Layers = str | Iterable[str] | None
+# Said wherever an input is refused for its type or shape.
+INPUT_HINT = ("chip_fast.preprocess_of(model) turns a PIL image into the model's input; stack "
+              "those into a batch")
 
 
 # Chosen on MobileNetV2's selection half, confirmed on its other half and checked on
@@ -90,14 +99,6 @@ def refine(maps: list[torch.Tensor]) -> torch.Tensor:
     return normalize_maps(out)
 
 
-class ClassNotDistilledError(ValueError):
-    """Images asked to be explained for classes the importance file does not hold."""
-
-    def __init__(self, message: str, rows: dict[int, int]) -> None:
-        super().__init__(message)
-        self.rows = rows   # image index -> its class that was not distilled
-
-
 @dataclass
 class Explanation:
     """What ``explain_available`` made of a batch of B images.
@@ -119,14 +120,6 @@ def _as_classes(classes, batch: int, device) -> torch.Tensor:
     if t.numel() != batch:
         raise ValueError(f"got {t.numel()} classes for {batch} images")
     return t
-
-
-def check_class_range(classes: Sequence[int], num_classes: int) -> None:
-    """Refuse class indices the model does not have, saying how many it has."""
-    bad = sorted({int(c) for c in classes if not 0 <= int(c) < num_classes})
-    if bad:
-        raise ValueError(f"class {', '.join(map(str, bad[:10]))} does not exist: the model has "
-                         f"{num_classes} classes (0-{num_classes - 1})")
 
 
 def not_distilled_message(importance: Importance, rows: dict[int, int], what: str) -> str:
@@ -154,35 +147,114 @@ def _choose_classes(importance: Importance, logits: torch.Tensor, classes: Class
     return _as_classes(classes, len(logits), logits.device)
 
 
-def _checked_request(model: nn.Module, importance: Importance, images: torch.Tensor,
-                     classes: Classes, layers: Sequence[str] | None, check_model: bool
-                     ) -> tuple[list[str], torch.Tensor | None]:
-    """Every check that needs no forward pass; returns the layers and the given classes."""
+def as_layers(layers: Layers, importance: Importance) -> list[str]:
+    """``layers`` as a list: one name (a str) or several; None or empty, the importance's."""
+    if isinstance(layers, str):
+        return [layers]
+    if layers is not None and not isinstance(layers, Iterable):
+        raise TypeError(f"layers must be a layer name or a list of them, got {layers!r}; the "
+                        f"importance holds {importance.layers}")
+    return list(layers or importance.layers)
+
+
+def check_refine_power(power: float) -> float:
+    """``refine_power`` as a float, refused unless a finite number >= 0 (0 counts a channel
+    as on or off; a negative, infinite or NaN power would make every map NaN or empty)."""
+    try:
+        value = float(power)
+    except (TypeError, ValueError):
+        raise TypeError(f"refine_power must be a number >= 0, got {power!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"refine_power={power!r} is not allowed: it must be a finite number "
+                         ">= 0 (1 gives METHOD.md's product, the default "
+                         f"{REFINE_POWER}, 0 counts each channel as on or off)")
+    return value
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Refuse what is not a floating-point (B, C, H, W) batch of finite values."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got "
+                        f"{type(images).__name__}; {INPUT_HINT}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor (B, C, H, W) as the model "
+                        f"takes it, got dtype {images.dtype}; {INPUT_HINT}")
     if images.dim() != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}; "
+                         f"{INPUT_HINT}")
+    if images.numel() == 0:
+        raise ValueError(f"images is empty (shape {tuple(images.shape)})")
+    finite = torch.isfinite(images).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more"
+                                                 if len(bad) > 10 else "")
+        raise ValueError(f"image {shown} of the batch contains NaN or infinite values: a map "
+                         "of them would mean nothing")
+
+
+def _as_importance(importance: Importance | str | Path) -> Importance:
+    """An Importance, or the one the file at that path holds (``load_importance``)."""
+    if isinstance(importance, (str, Path)):
+        return load_importance(importance)
+    if not isinstance(importance, Importance) and not hasattr(importance, "require"):
+        raise TypeError(f"importance must be a chip_fast.Importance or the path of an "
+                        f"importance file, got {type(importance).__name__}")
+    return importance
+
+
+def _checked_request(model: nn.Module, importance: Importance | str | Path,
+                     images: torch.Tensor, classes: Classes, layers: Layers,
+                     refine_power: float, check_model: bool
+                     ) -> tuple[Importance, list[str], torch.Tensor | None]:
+    """Every check that needs no forward pass; returns the importance, the layers and the
+    given classes."""
+    importance = _as_importance(importance)
+    check_images(images)
+    check_refine_power(refine_power)
     if check_model:
         importance.check_model(model)
-    layers = list(layers or importance.layers)
+    layers = as_layers(layers, importance)
     importance.require(layers=layers)
     given = None
+    if isinstance(classes, str) and classes != TOP_DISTILLED:
+        raise ValueError(f"classes={classes!r}: give class indices, None (top-1) or "
+                         f"{TOP_DISTILLED!r}")
     if classes is not None and not isinstance(classes, str):
         given = _as_classes(classes, len(images), images.device)
         check_class_range(given.tolist(), importance.num_classes)
-    return layers, given
+    return importance, layers, given
 
 
-def explain_available(model: nn.Module, importance: Importance, images: torch.Tensor,
-                      classes: Classes = None, *, layers: Sequence[str] | None = None,
-                      size: tuple[int, int] | None = None, positive: bool = True,
-                      refine_power: float = REFINE_POWER, check_model: bool = True
-                      ) -> Explanation:
-    """Maps of the images whose class the importance holds; the others are skipped with the
-    reason (see Explanation). Arguments as :func:`explain`."""
-    layers, given = _checked_request(model, importance, images, classes, layers, check_model)
+def _input_channels(model: nn.Module) -> int | None:
+    """The channels the model's first convolution takes; None where it has none."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else None
+
+
+def _forward(split, model: nn.Module, images: torch.Tensor):
+    """The split model's activations and logits; a failure that the images' channel count
+    explains is said in one sentence instead of the trace's."""
+    try:
+        return split.forward(images)
+    except RuntimeError as e:
+        expected = _input_channels(model)
+        if isinstance(e, torch.OutOfMemoryError) or expected in (None, images.shape[1]):
+            raise
+        raise ValueError(f"images have {images.shape[1]} channel"
+                         f"{'s' if images.shape[1] != 1 else ''} (shape "
+                         f"{tuple(images.shape)}), the model takes {expected}; "
+                         f"{INPUT_HINT}") from e
+
+
+def _explain(model: nn.Module, importance: Importance, images: torch.Tensor, classes: Classes,
+             given: torch.Tensor | None, layers: list[str], size: tuple[int, int] | None,
+             positive: bool, refine_power: float) -> Explanation:
+    """``explain_available`` after its checks."""
     split = split_model(model, layers)
     size = size or tuple(images.shape[-2:])
     with torch.inference_mode():
-        acts, logits = split.forward(images)
+        acts, logits = _forward(split, model, images)
         cls = given if given is not None else _choose_classes(importance, logits, classes)
         held = torch.zeros(max(importance.num_classes, int(cls.max()) + 1), dtype=torch.bool)
         held[importance.classes] = True
@@ -205,40 +277,72 @@ def explain_available(model: nn.Module, importance: Importance, images: torch.Te
             maps.append(layer_maps(a, w, index, cls[index], size, positive=positive,
                                    power=powers[layer])
                         if rows else images.new_zeros((0, *size)))
+            if rows and not bool(torch.isfinite(maps[-1]).all()):
+                raise ValueError(_not_finite(layer, powers[layer], refine_power))
     return Explanation(refine(maps), rows, cls, logits, skipped)
 
 
-def explain(model: nn.Module, importance: Importance, images: torch.Tensor,
-            classes: Classes = None, *, layers: Sequence[str] | None = None,
+def _not_finite(layer: str, power: float, refine_power: float) -> str:
+    """Why the map of ``layer`` came out NaN or infinite, in one sentence."""
+    if power != 1.0:
+        return (f"the map at layer {layer} is NaN or infinite: its activations raised to "
+                f"refine_power={refine_power:g} overflow; use a smaller refine_power (the "
+                f"default is {REFINE_POWER})")
+    return (f"the map at layer {layer} is NaN or infinite: the model's activations there are "
+            "not finite for these images")
+
+
+def explain_available(model: nn.Module, importance: Importance | str | Path,
+                      images: torch.Tensor, classes: Classes = None, *, layers: Layers = None,
+                      size: tuple[int, int] | None = None, positive: bool = True,
+                      refine_power: float = REFINE_POWER, check_model: bool = True
+                      ) -> Explanation:
+    """Maps of the images whose class the importance holds; the others are skipped with the
+    reason (see Explanation). Arguments and the errors of a bad request as :func:`explain`."""
+    importance, layers, given = _checked_request(model, importance, images, classes, layers,
+                                                 refine_power, check_model)
+    return _explain(model, importance, images, classes, given, layers, size, positive,
+                    float(refine_power))
+
+
+def explain(model: nn.Module, importance: Importance | str | Path, images: torch.Tensor,
+            classes: Classes = None, *, layers: Layers = None,
             size: tuple[int, int] | None = None, positive: bool = True,
             refine_power: float = REFINE_POWER, check_model: bool = True) -> torch.Tensor:
     """CHIP maps (B, H, W) in [0, 1] for ``images`` (B, 3, H, W) and one class per image.
 
+    ``importance``: an Importance, or the path of an importance file (read with
+    ``load_importance``). ``images``: a floating-point batch as the model takes it
+    (``chip_fast.preprocess_of(model)`` makes one image of a PIL image), finite.
     ``classes``: None explains each image's top-1 class; ``"top-distilled"`` each image's
     highest-scoring class among those the importance holds; or the class indices (one, or one
-    per image). With several layers (by default all of the importance's) the result is the
-    Refined CHIP map; with one, that layer's CHIP map. ``size`` defaults to the images' size.
-    ``positive`` (default) weights each layer's channels by their positive importance only;
-    ``positive=False`` uses every sign, as METHOD.md writes it (docs/evaluation.md measures
-    both). ``refine_power``: in a Refined map, the activations of each layer with a non-affine
-    tail enter at this power (``refine_layer_powers``); 1.0 gives METHOD.md's product of plain
-    maps. The model must be the one the importance was distilled from (checked by fingerprint
-    unless ``check_model=False``).
+    per image). ``layers``: one layer name or several, by default all of the importance's; with
+    several the result is the Refined CHIP map, with one that layer's CHIP map. ``size``
+    defaults to the images' size. ``positive`` (default) weights each layer's channels by their
+    positive importance only; ``positive=False`` uses every sign, as METHOD.md writes it
+    (docs/evaluation.md measures both). ``refine_power`` (a finite number >= 0): in a Refined
+    map, the activations of each layer with a non-affine tail enter at this power
+    (``refine_layer_powers``); 1.0 gives METHOD.md's product of plain maps, 0 counts each
+    channel as on or off. The model must be the one the importance was distilled from (checked
+    by fingerprint unless ``check_model=False``).
 
     A class index the model does not have raises ValueError; an image whose class the file does
     not hold raises ClassNotDistilledError naming it (given classes are checked before any
-    forward pass). :func:`explain_available` explains such a batch partly instead.
+    forward pass). :func:`explain_available` explains such a batch partly instead. Images that
+    are not a floating-point (B, C, H, W) batch raise TypeError or ValueError, as do images with
+    NaN or infinite values, a layer the importance lacks and a negative or non-finite
+    ``refine_power``; all before the model runs.
     """
-    _, given = _checked_request(model, importance, images, classes, layers, check_model)
+    importance, layers, given = _checked_request(model, importance, images, classes, layers,
+                                                 refine_power, check_model)
     if given is not None:
         absent = set(importance.missing_classes(given.tolist()))
         rows = {r: c for r, c in enumerate(given.tolist()) if c in absent}
         if rows:
             raise ClassNotDistilledError(not_distilled_message(importance, rows, "classes"),
                                          rows)
-    result = explain_available(model, importance, images, classes, layers=layers, size=size,
-                               positive=positive, refine_power=refine_power,
-                               check_model=False)
+    result = _explain(model, importance, images, classes, given, layers, size, positive,
+                      float(refine_power))
     if result.skipped:
         rows = {r: int(result.classes[r]) for r in result.skipped}
         what = "top-1 classes" if classes is None else "classes"

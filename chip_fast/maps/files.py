@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from ..data.sources import IMAGE_SUFFIXES, ImageError
-from .explain import REFINE_POWER, TOP_DISTILLED, check_class_range, explain_available
+from .explain import (REFINE_POWER, TOP_DISTILLED, Layers, as_layers, check_class_range,
+                      check_refine_power, explain_available)
 from ..importance.core import Importance
 from ..report.overlay import input_region, overlay_on_photo
-from ..data.preprocess import Preprocess
+from ..data.preprocess import Preprocess, to_rgb
 from ..util.progress import Progress
 from ..report.page import ExplainedPhoto, class_label, write_explain_index
 
@@ -37,8 +38,11 @@ class ExplainRun:
     index: Path | None = None
 
 
-def image_paths(items: Sequence[str | Path]) -> list[Path]:
-    """The image files named by ``items`` (files, or folders searched recursively)."""
+def image_paths(items: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files named by ``items`` (one or several files, or folders searched
+    recursively)."""
+    if isinstance(items, (str, Path)):
+        items = [items]
     paths: list[Path] = []
     for item in items:
         p = Path(item)
@@ -56,23 +60,28 @@ def image_paths(items: Sequence[str | Path]) -> list[Path]:
 
 
 def check_request(importance: Importance, out: Path, classes: list[int] | str | None,
-                  layers: Sequence[str] | None) -> None:
-    """Everything that can be refused before a model runs or an image is read."""
+                  layers: Layers, *, refine_power: float = REFINE_POWER) -> None:
+    """Everything that can be refused before a model runs or an image is read. ``layers``: one
+    layer name or several (None: the importance's)."""
+    check_refine_power(refine_power)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is an existing file; explain writes a folder of overlays "
                          "and maps: name a folder")
     if isinstance(classes, list):
         check_class_range(classes, importance.num_classes)
-    importance.require(layers=layers or (), classes=classes if isinstance(classes, list) else (),
+    importance.require(layers=as_layers(layers, importance),
+                       classes=classes if isinstance(classes, list) else (),
                        hint=f"; ask for those, or --classes {TOP_DISTILLED}")
 
 
-def _open_photo(path: Path):
+def open_photo(path: Path):
+    """The photo as 8-bit RGB, decoded now; a file PIL cannot read is an ImageError naming it
+    (the message distill gives)."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")   # grayscale and CMYK photos exist
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"cannot decode image {path}: {e}") from e
 
@@ -90,14 +99,16 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 def explain_files(model: nn.Module, importance: Importance, paths: Sequence[Path], out: Path,
                   prep: Preprocess, *, classes: list[int] | str | None = None,
-                  layers: Sequence[str] | None = None, positive: bool = True,
+                  layers: Layers = None, positive: bool = True,
                   refine_power: float = REFINE_POWER, on_error: str = "skip",
                   max_side: int = 2048, log: Callable[[str], None] | None = None) -> ExplainRun:
     """Explain every image of ``paths`` for ``classes`` (None: its top-1; ``"top-distilled"``:
     its best distilled class; or these classes, each) into ``out``; see the module doc.
     An image that cannot be decoded is skipped (``on_error="skip"``) or stops the run."""
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    check_request(importance, out, classes, layers)
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error={on_error!r}: give 'skip' or 'raise'")
+    check_request(importance, out, classes, layers, refine_power=refine_power)
     importance.check_model(model)
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
@@ -105,7 +116,7 @@ def explain_files(model: nn.Module, importance: Importance, paths: Sequence[Path
     progress = Progress(len(paths), "images", write=say)
     for path in paths:
         try:
-            photo = _open_photo(path)
+            photo = open_photo(path)
         except ImageError as e:
             if on_error == "raise":
                 raise
@@ -153,9 +164,9 @@ def _write_outputs(out: Path, stem: str, photo, heat: torch.Tensor, c: int, prob
 
 
 def write_index(run: ExplainRun, out: Path, importance: Importance, prep: Preprocess,
-                layers: Sequence[str] | None, positive: bool, model_name: str) -> Path:
+                layers: Layers, positive: bool, model_name: str) -> Path:
     """``out/index.html`` of the run."""
-    used = list(layers or importance.layers)
+    used = as_layers(layers, importance)
     method = ("Refined CHIP" if len(used) > 1 else "CHIP") + ("" if positive else " (signed)")
     geometry = ("resized to the input" if prep.mode == "resize" else
                 f"short side resized to {prep.resize}, centre {prep.size}x{prep.size} crop: the "
