@@ -355,6 +355,7 @@ def top_channels(importance: Importance, layer: str, cls: int, n: int = 5) -> li
     """(channel, weight, standard error) of the ``n`` channels of largest positive importance
     for class ``cls`` at ``layer``, largest first: the channels a (positive) CHIP map of the
     class is made of, with how sure the distillation is of each weight."""
+    importance.check_channel_request(layer, cls, n)
     w = importance.weights[layer][cls].float()
     se = importance.standard_error(layer, cls)
     vals, idx = w.clamp(min=0).topk(min(n, w.numel()))

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import argparse
 import html
+import sys
 from pathlib import Path
 
 from ..util.atomic import atomic_write_text
-from .args import add_command, add_model_args, model_of, parse_classes
+from .args import add_command, add_model_args, model_of, parse_classes, whole
 
 
 def configure(sub) -> None:
     s = add_command(sub, "atlas", "show what the channels that carry each class respond to")
     s.add_argument("--importance", required=True,
                    help="importance file distilled with --atlas K")
-    s.add_argument("--classes", help="classes to show, e.g. 281,967 (default: the first 20 "
-                                     "distilled)")
-    s.add_argument("--top", type=int, default=5, help="channels per class and layer")
-    s.add_argument("--images", nargs="*", default=[], help="photos to show the channels on")
+    s.add_argument("--classes", type=parse_classes,
+                   help="classes to show: indices and ranges, e.g. 281,967 or 0-9 (default: the "
+                        "first 20 distilled)")
+    s.add_argument("--top", type=whole(1), default=5, help="channels per class and layer")
+    s.add_argument("--images", nargs="*", default=[],
+                   help="photos to show the channels on: image files or folders")
+    s.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="an image that cannot be decoded: name it and go on, or stop")
     add_model_args(s, required=False)
     s.add_argument("--out", default="chip-atlas", help="output folder")
     s.set_defaults(func=run)
@@ -44,9 +49,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.importance} holds no channel atlas: distil with --atlas K "
                          "(API: distill_all_classes(..., atlas=K)) to keep one")
     names = imp.class_names or list(imagenet_classes()[1])
-    classes = parse_classes(args.classes) or imp.classes[:20]
+    classes = args.classes
+    if isinstance(classes, str):   # a Namespace made by hand: the parser gives a list
+        try:
+            classes = parse_classes(classes)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+    classes = classes or imp.classes[:20]
+    if args.top < 1:               # the parser refuses it; a Namespace made by hand may not
+        raise ValueError(f"--top {args.top}: show 1 or more channels per class and layer")
     imp.require(classes=classes)
-    model, photos = _photos(args, imp) if args.images else (None, [])
+    model, photos, skipped = _photos(args, imp) if args.images else (None, [], [])
+    if args.images and not photos:
+        print(f"chip-fast atlas: none of the {len(skipped)} image(s) could be decoded (named "
+              "above); nothing written", file=sys.stderr)
+        return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
@@ -63,24 +80,34 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "atlas.html",
                       page("CHIP channel atlas", patch_note(atlas), "".join(sections),
                            CSS + ATLAS_CSS))
-    print(f"open {out / 'atlas.html'}")
+    note = f" ({len(skipped)} image(s) skipped, named above)" if skipped else ""
+    print(f"open {out / 'atlas.html'}{note}")
     return 0
 
 
 def _photos(args: argparse.Namespace, imp) -> tuple:
-    """The model, and per photo (input (1, 3, H, W), the pixels it sees (H, W, 3) uint8, name)."""
+    """The model; per photo (input (1, 3, H, W), the pixels it sees (H, W, 3) uint8, name);
+    and the files skipped because they cannot be decoded (``--on-error skip``; ``raise``: the
+    first one stops the run with its name)."""
     import numpy as np
-    from PIL import Image
+    from ..data.sources import ImageError
+    from ..maps.files import image_paths, open_photo
     from ..models.loading import preprocess_of
     if not args.arch:
         raise ValueError("--images needs --arch (and --weights) to compute the activations")
+    paths = image_paths(args.images)   # files and folders, as explain: a missing one fails now
     model = model_of(args)
     imp.check_model(model)
     prep = preprocess_of(model)
-    out = []
-    for p in args.images:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            out.append((prep(im)[None], np.asarray(prep.geometry(im)), Path(p).name))
-    return model, out
-
+    out, skipped = [], []
+    for p in paths:
+        try:
+            im = open_photo(p)
+        except ImageError as e:
+            if args.on_error == "raise":
+                raise
+            skipped.append(p)
+            print(f"chip-fast atlas: skipped: {e}", file=sys.stderr, flush=True)
+            continue
+        out.append((prep(im)[None], np.asarray(prep.geometry(im)), p.name))
+    return model, out, skipped

@@ -12,7 +12,19 @@ import numpy as np
 import torch
 
 from ..data.preprocess import MODES
-from .args import add_command, add_model_args, model_of, parse_layers
+from .args import add_command, add_model_args, model_of, parse_layers, whole
+
+
+def threshold_step(text: str) -> float:
+    """--threshold-step: a fraction of the map's maximum in (0, 1]."""
+    try:
+        step = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < step <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: the step is a fraction of the map's maximum, "
+                                         "more than 0 and at most 1 (e.g. 0.01)")
+    return step
 
 
 def configure(sub) -> None:
@@ -35,8 +47,8 @@ def configure(sub) -> None:
     p.add_argument("--preprocess", choices=MODES, default="resize",
                    help="how photos become inputs (resize: the pre-scaled val photos keep "
                         "every box)")
-    p.add_argument("--size", type=int, default=224, help="input size in pixels")
-    p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--size", type=whole(1), default=224, help="input size in pixels")
+    p.add_argument("--limit", type=whole(1), help="first N images only")
     p.add_argument("--methods", help=f"comma list of {', '.join(METHOD_NAMES)} (default: "
                                      f"{DEFAULT_METHODS}; the chip ones with --importance)")
     p.add_argument("--only-distilled", action="store_true",
@@ -45,22 +57,24 @@ def configure(sub) -> None:
     p.add_argument("--layers", help="comma list of layer names (default: the importance's "
                                     "layers, else the last conv stage); the *-refined peers "
                                     "(RefineCAM) multiply the maps of all of them")
-    p.add_argument("--threshold-step", type=float, default=0.01,
+    p.add_argument("--threshold-step", type=threshold_step, default=0.01,
                    help="grid step of the MaxBoxAcc and MaxBoxAccV2 threshold searches "
                         "(Choe et al.: 0.01)")
-    p.add_argument("--faithfulness-limit", type=int, default=50,
-                   help="first N images get deletion/insertion curves")
-    p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
+    p.add_argument("--faithfulness-limit", type=whole(0), default=50,
+                   help="first N images get deletion/insertion curves (0: none)")
+    p.add_argument("--steps", type=whole(1), default=16, help="deletion/insertion steps")
     p.add_argument("--substrate", choices=SUBSTRATES, default="blur",
                    help="what deleted pixels become")
-    p.add_argument("--sanity-limit", type=int, default=50,
-                   help="first N images get the randomisation check")
+    p.add_argument("--sanity-limit", type=whole(0), default=50,
+                   help="first N images get the randomisation check (0: none)")
     p.add_argument("--sanity-data", help="photos (train/<wnid>/ folders) the importance was "
                                          "distilled from: the CHIP sanity check re-distils the "
                                          "randomised model from them with the file's settings "
                                          "(default: the trained importance is kept, which "
                                          "checks the map step only)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per progress step")
+    p.add_argument("--batch-size", type=whole(1), default=32, help="images per progress step")
+    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="an image that cannot be decoded: name it and go on, or stop")
     p.add_argument("--out", default="out/evaluate", help="output folder")
     p.add_argument("--no-plots", action="store_true", help="write no matplotlib plots")
     p.set_defaults(func=run)
@@ -97,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.runner import EvalSettings, evaluate, log_stderr as log
     from ..importance.core import load_importance
     from ..models.loading import preprocess_of
+    if not Path(args.val_dir).is_dir():   # before the model loads
+        raise ValueError(f"--val-dir {args.val_dir}: " + (
+            "no such folder" if not Path(args.val_dir).exists() else
+            "a file, not a folder (give the folder that holds images/ and the annotations)"))
     importance = load_importance(args.importance) if args.importance else None
     names = requested_methods(args.methods, importance, log)
     model = model_of(args)
@@ -121,6 +139,6 @@ def run(args: argparse.Namespace) -> int:
     log(f"[evaluate] {len(dataset)} images, {len(methods)} methods ({', '.join(methods)}), "
         f"batches of {args.batch_size}: a line per batch")
     results = evaluate(model, methods, dataset, args.out, settings, plots=not args.no_plots,
-                       log=log)
+                       log=log, on_error=getattr(args, "on_error", "skip"))
     print((Path(args.out) / "results.md").read_text())
     return 0 if all("error" not in r for r in results["methods"].values()) else 1

@@ -4,6 +4,7 @@ Owns pairing photos with their annotations; the geometry that moves boxes with t
 ``chip_fast.data.preprocess``'s, reading the annotation files ``annotations``'."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from ..data.classes import read_mapping
 from ..data.preprocess import Preprocess
-from ..data.sources import IMAGE_SUFFIXES
+from ..data.sources import IMAGE_SUFFIXES, ImageError
 from .annotations import AnnotationError, ImageBoxes, read_loc_csv, read_xml_dir
 
 
@@ -41,9 +42,10 @@ class LocDataset(torch.utils.data.Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> LocSample:
+        """Photo ``i`` with its boxes; a file that cannot be decoded is an ImageError naming it
+        (the evaluation skips it, or stops, as asked)."""
         path, gt = self.image_paths[i], self.truth[i]
-        with Image.open(path) as img:
-            img.load()
+        with _open_image(path) as img:
             boxes = gt.boxes
             if gt.size is not None and tuple(gt.size) != img.size:
                 # XML of the original release with a re-scaled photo: boxes follow the photo.
@@ -51,6 +53,26 @@ class LocDataset(torch.utils.data.Dataset):
             boxes = self.preprocess.boxes(boxes, img.size)
             x = self.preprocess(img)
         return LocSample(gt.image_id, x, self.labels[i], boxes)
+
+
+def _open_image(path: Path) -> Image.Image:
+    """The photo at ``path``, decoded now (a truncated or corrupt file fails here, by name)."""
+    from PIL import UnidentifiedImageError
+    try:
+        img = Image.open(path)
+        try:
+            img.load()
+        except BaseException:
+            img.close()
+            raise
+        return img
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"cannot decode image {path}: {e}") from e
+
+
+def _names(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
@@ -61,9 +83,16 @@ def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
 
     Images are taken in sorted file-name order; the first ``limit`` annotated ones are kept.
     ``preprocess`` (default: a 224x224 resize with the ImageNet normalisation) makes the model
-    inputs, and the boxes follow its geometry.
+    inputs, and the boxes follow its geometry. Annotations without an image and images without
+    an annotation are left out with a warning that counts them (and names a few).
     """
     val_dir = Path(val_dir)
+    if not val_dir.is_dir():
+        raise FileNotFoundError(f"validation folder {val_dir} does not exist" if not
+                                val_dir.exists() else f"{val_dir} is a file, not a validation "
+                                "folder (images/, LOC_val_solution.csv, LOC_synset_mapping.txt)")
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit is the number of images to keep, 1 or more; got {limit!r}")
     img_dir = val_dir / "images" if (val_dir / "images").is_dir() else val_dir
     synsets = Path(synsets) if synsets else val_dir / "LOC_synset_mapping.txt"
     if not synsets.is_file():
@@ -82,9 +111,11 @@ def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
                                         f"folder (xml/ or Annotations/)")
         truth = read_xml_dir(xml_dir)
         source = Path(xml_dir)
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    _warn_unpaired(images, truth, img_dir, source)
     paths, gts, labels = [], [], []
-    for p in sorted(img_dir.iterdir()):
-        if p.suffix.lower() not in IMAGE_SUFFIXES or p.stem not in truth:
+    for p in images:
+        if p.stem not in truth:
             continue
         gt = truth[p.stem]
         if gt.wnid not in index:
@@ -98,3 +129,18 @@ def load_val_dir(val_dir: str | Path, *, xml_dir: str | Path | None = None,
     if not paths:
         raise FileNotFoundError(f"{img_dir}: no images with annotations in {source}")
     return LocDataset(paths, gts, labels, preprocess)
+
+
+def _warn_unpaired(images: list[Path], truth: dict, img_dir: Path, source: Path) -> None:
+    """Say how many annotations have no image and how many images no annotation (both are
+    left out of the evaluation), naming a few of each."""
+    stems = {p.stem for p in images}
+    no_image = sorted(set(truth) - stems)
+    no_truth = [p.name for p in images if p.stem not in truth]
+    if no_image:
+        warnings.warn(f"{len(no_image)} of the {len(truth)} annotated images of {source} are not "
+                      f"in {img_dir} and are left out: {_names(no_image)}", stacklevel=3)
+    if no_truth:
+        warnings.warn(f"{len(no_truth)} of the {len(images)} images in {img_dir} have no "
+                      f"annotation in {source} and are left out: {_names(no_truth)}",
+                      stacklevel=3)

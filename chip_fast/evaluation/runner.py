@@ -17,6 +17,7 @@ import torch
 
 from . import metrics as M
 from . import wsol
+from ..data.sources import ImageError
 from ..util.atomic import atomic_write, atomic_write_text
 from ..util.progress import Progress
 from .dataset import LocSample
@@ -52,11 +53,46 @@ def _check_maps(maps: np.ndarray, name: str, n: int, size: tuple[int, int]) -> n
     return maps
 
 
-def _batches(dataset: Sequence[LocSample], batch_size: int):
+def check_settings(s: EvalSettings) -> None:
+    """Refuse settings that would divide by zero or score nothing while looking like a result,
+    before any image is read: a ValueError naming the setting and what it may be."""
+    def whole(name: str, value, least: int, none_ok: bool = False) -> None:
+        if value is None and none_ok:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"EvalSettings.{name} must be a whole number, {least} or more; "
+                             f"got {value!r}")
+    whole("batch_size", s.batch_size, 1)
+    whole("faithfulness_steps", s.faithfulness_steps, 1)
+    whole("faithfulness_batch", s.faithfulness_batch, 1)
+    whole("faithfulness_limit", s.faithfulness_limit, 0, none_ok=True)
+    whole("sanity_limit", s.sanity_limit, 0, none_ok=True)
+    if not 0 < s.v2_step <= 1:
+        raise ValueError(f"EvalSettings.v2_step is a fraction of the map's maximum, more than 0 "
+                         f"and at most 1; got {s.v2_step!r}")
+    if not len(s.thresholds):
+        raise ValueError("EvalSettings.thresholds is empty: give the box thresholds to search")
+
+
+def _batches(dataset: Sequence[LocSample], batch_size: int, on_error: str,
+             skipped: list[tuple[str, str]], log: Callable[[str], None]):
+    """(index of the batch's first image, images read, their tensors, labels, boxes and ids);
+    an image that cannot be decoded (ImageError, which names the file) is logged and left out
+    (``on_error="skip"``; a batch may then be smaller, or empty) or stops the run."""
     for lo in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]
-        yield (lo, torch.stack([s.image for s in items]), [s.label for s in items],
-               [s.boxes for s in items], [s.image_id for s in items])
+        hi = min(lo + batch_size, len(dataset))
+        items = []
+        for i in range(lo, hi):
+            try:
+                items.append(dataset[i])
+            except ImageError as e:
+                if on_error == "raise":
+                    raise
+                paths = getattr(dataset, "image_paths", None)
+                skipped.append((str(paths[i]) if paths is not None else f"image #{i}", str(e)))
+                log(f"[evaluate] skipped: {e}")
+        yield (lo, hi - lo, torch.stack([s.image for s in items]) if items else None,
+               [s.label for s in items], [s.boxes for s in items], [s.image_id for s in items])
 
 
 def log_stderr(line: str) -> None:
@@ -66,16 +102,21 @@ def log_stderr(line: str) -> None:
 
 def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequence[LocSample],
              out_dir: str | Path, settings: EvalSettings | None = None, *, plots: bool = True,
-             log: Callable[[str], None] = log_stderr) -> dict:
+             log: Callable[[str], None] = log_stderr, on_error: str = "skip") -> dict:
     """Score every map function of ``methods`` on the same images of ``dataset``.
 
     ``methods`` maps a display name to ``(model, images, classes) -> (B, H, W)`` in [0, 1]; a
     ``layer`` attribute on the function is reported. Writes ``results.json``, ``results.md``
     and (with matplotlib) plots to ``out_dir``; returns the results dict. A method that raises
     is reported with its error and skipped, so one bad peer does not lose the run. ``log``
-    gets a line per batch with the time left.
+    gets a line per batch with the time left. An image that cannot be decoded is named in
+    ``log`` and left out (``on_error="skip"``; listed in the results as ``skipped_images``) or
+    stops the run (``"raise"``). Settings that cannot work are refused before any image is read.
     """
     s = settings or EvalSettings()
+    check_settings(s)
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -89,15 +130,21 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
     acc = {name: {"ious": [], "v2": [], "point": [], "del": [], "ins": [], "rho": [],
                   "seconds": 0.0, "error": None, "sanity_error": None, "randomized_fn": None}
            for name in methods}
-    correct, ids, fraction = [], [], None
+    correct, ids, fraction, skipped = [], [], None, []
     n_batches = -(-len(dataset) // s.batch_size)
     progress = Progress(len(dataset), "images", write=lambda line: log(f"[evaluate] {line}"))
-    for b, (lo, x, labels, boxes, batch_ids) in enumerate(_batches(dataset, s.batch_size), 1):
+    batches = _batches(dataset, s.batch_size, on_error, skipped, log)
+    for b, (_lo, n_read, x, labels, boxes, batch_ids) in enumerate(batches, 1):
+        if x is None:   # every image of the batch was skipped (named above)
+            progress.step(f"batch {b}/{n_batches}: no image could be decoded", n_read)
+            continue
         x = x.to(dev)
         with torch.no_grad():
             correct += (model(x).argmax(1).cpu() == torch.tensor(labels)).tolist()
+        # the first n_faith / n_sanity images scored (not read: skipped ones do not count)
+        done = len(ids)
         ids += batch_ids
-        n_f, n_s = max(0, min(len(x), n_faith - lo)), max(0, min(len(x), n_sanity - lo))
+        n_f, n_s = max(0, min(len(x), n_faith - done)), max(0, min(len(x), n_sanity - done))
         for name, fn in methods.items():
             t0 = time.perf_counter()
             f = _score_batch(name, fn, acc[name], model, rnd_model, x, labels, boxes, n_f, n_s,
@@ -106,13 +153,17 @@ def evaluate(model: torch.nn.Module, methods: Mapping[str, MapFn], dataset: Sequ
             if b == 1:   # a first batch can take minutes: say what each method costs
                 log(f"[evaluate] batch 1/{n_batches}: {name} scored in "
                     f"{time.perf_counter() - t0:.1f} s")
-        progress.step(f"batch {b}/{n_batches} scored by {len(methods)} method(s)", len(x))
+        progress.step(f"batch {b}/{n_batches} scored by {len(methods)} method(s)", n_read)
 
+    if skipped:
+        log(f"[evaluate] {len(skipped)} of {len(dataset)} image(s) could not be decoded and "
+            f"were skipped (named above)")
     correct_arr = np.asarray(correct, bool)
     results = {
         "n_images": len(ids), "top1_acc": float(correct_arr.mean()) if len(ids) else None,
         "settings": asdict(s), "sanity_randomized_blocks": rnd_blocks,
-        "faithfulness_images": n_faith, "sanity_images": n_sanity,
+        "faithfulness_images": min(n_faith, len(ids)), "sanity_images": min(n_sanity, len(ids)),
+        "skipped_images": [{"image": where, "error": why} for where, why in skipped],
         "fraction": None if fraction is None else fraction.tolist(),
         "image_ids": ids, "top1_correct": correct_arr.tolist(),   # per photo, for compare.py
         "methods": {name: _summarise(name, fn, acc[name], correct_arr, thresholds, fraction, s)
@@ -204,7 +255,8 @@ COLUMNS = [("layer", "layer", "{}"), ("GT-known@0.2", "gt_known@0.2", "{:.3f}"),
 
 def markdown_table(results: dict) -> str:
     s = results["settings"]
-    lines = [f"{results['n_images']} images, top-1 accuracy {results['top1_acc']:.3f}; "
+    top1 = "-" if results["top1_acc"] is None else f"{results['top1_acc']:.3f}"
+    lines = [f"{results['n_images']} images, top-1 accuracy {top1}; "
              f"box accuracy at IoU >= {s['iou_threshold']}; MaxBoxAcc over "
              f"{len(s['thresholds'])} thresholds (largest component); MaxBoxAccV2 as "
              f"clovaai/wsolevaluation (every contour, IoU 0.3/0.5/0.7, thresholds every "
@@ -212,7 +264,8 @@ def markdown_table(results: dict) -> str:
              f"{results['faithfulness_images']} images, {s['faithfulness_steps']} steps, "
              f"substrate {s['substrate']}; sanity rho (Spearman, original vs "
              f"{', '.join(results['sanity_randomized_blocks']) or '-'} re-initialised) on "
-             f"{results['sanity_images']} images.", "",
+             f"{results['sanity_images']} images."
+             + _skipped_note(results.get("skipped_images") or []), "",
              "| method | " + " | ".join(c[0] for c in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     for name, r in results["methods"].items():
@@ -228,6 +281,15 @@ def markdown_table(results: dict) -> str:
         lines += ["", "† the trained model's importance kept on the randomised copy: only the "
                       "map step is checked (re-distil it for the whole method: --sanity-data)."]
     return "\n".join(lines) + "\n"
+
+
+def _skipped_note(skipped: list[dict]) -> str:
+    """The sentence of the table's header that names the images left out, if any."""
+    if not skipped:
+        return ""
+    shown = ", ".join(item["image"] for item in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return f" {len(skipped)} image(s) could not be decoded and were skipped: {shown}{more}."
 
 
 def write_plots(results: dict, out_dir: Path, log: Callable[[str], None] = print) -> None:
