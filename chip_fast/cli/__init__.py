@@ -8,6 +8,7 @@ and computes nothing itself."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -34,6 +35,24 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"chip-fast: {category.__name__}: {message}\n"
 
 
+# What a bare OSError from the file system means for a user of the command (the errno's text
+# alone, "[Errno 17] File exists", does not say what was in the way).
+_OS_HINTS = {errno.EEXIST: "a file is in the way of a folder the command creates",
+             errno.ENOTDIR: "a part of this path is a file, not a folder",
+             errno.EACCES: "no permission (choose an output folder you may write to)",
+             errno.EROFS: "the file system is read-only (choose another output folder)",
+             errno.ENOENT: "no such file or folder",
+             errno.ENOSPC: "the disk is full"}
+
+
+def _os_message(e: BaseException) -> str:
+    """``e`` as the line a user reads: an OSError of the file system as 'path: what it means'
+    (our own OSErrors, which carry a sentence and no errno, unchanged)."""
+    if isinstance(e, OSError) and e.errno in _OS_HINTS and e.filename is not None:
+        return f"{e.filename}: {_OS_HINTS[e.errno]} ({e.strerror})"
+    return str(e)
+
+
 def _size_threads() -> None:
     """torch's intra-op threads, at most the CPUs this process may use (affinity, cgroup quota):
     torch counts the machine's cores, and threads beyond the CPUs a job may run on wait on each
@@ -55,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"chip-fast {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, FloatingPointError, LockedError, ImportError) as e:
+    except (ValueError, OSError, FloatingPointError, LockedError, ImportError,
+            argparse.ArgumentTypeError) as e:
         # bad input, missing or unreadable files, another run's lock: the message is the answer
-        print(f"chip-fast {args.command}: error: {e}", file=sys.stderr)
+        print(f"chip-fast {args.command}: error: {_os_message(e)}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = formatwarning

@@ -50,10 +50,22 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
-    """--device, or CUDA where there is one."""
-    if args.device:
-        return torch.device(args.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """--device, or CUDA where there is one. A device this machine does not have is a
+    ValueError naming the ones it has (torch's own errors say neither)."""
+    if not args.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a device name: use cpu, cuda or "
+                         "cuda:N") from None
+    gpus = torch.cuda.device_count() if device.type == "cuda" else None
+    if gpus == 0:
+        raise ValueError(f"--device {args.device}: torch sees no CUDA device here (no GPU, "
+                         "driver or CUDA build of torch); use --device cpu")
+    if gpus is not None and device.index is not None and device.index >= gpus:
+        raise ValueError(f"--device {args.device}: this machine has cuda:0 to cuda:{gpus - 1}")
+    return device
 
 
 def model_of(args: argparse.Namespace, device: str | torch.device | None = None) -> nn.Module:
@@ -66,8 +78,11 @@ def parse_classes(text: str | None, names: bool = False) -> list[int | str] | No
     """'0-99,150,200-210' -> [0, ..., 99, 150, 200, ..., 210] (an argparse type: a bad list is
     an ArgumentTypeError saying what is wrong). ``names``: a part that is not an index or a range
     is kept as a class's wnid or name ('n01440764,tench'), which the data resolves."""
-    if text is None or not text.strip():
+    if text is None:
         return None
+    if not text.strip(",").strip():
+        raise argparse.ArgumentTypeError("empty class list: leave the option out for the "
+                                         "default classes")
     out: list[int | str] = []
     seen: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
@@ -96,6 +111,38 @@ def parse_classes(text: str | None, names: bool = False) -> list[int | str] | No
     return out or None
 
 
+def whole(least: int):
+    """An argparse type: a whole number, ``least`` or more (else a one-line error before any
+    work)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{n}: give {least} or more")
+        return n
+    parse.__name__ = f"whole number >= {least}"
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, 0 or more."""
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not s >= 0 or s == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds, 0 or more")
+    return s
+
+
 def parse_layers(text: str | None) -> list[str] | None:
-    """'a,b' -> ['a', 'b']; empty -> None (the default layers)."""
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+    """'a,b' -> ['a', 'b']; None -> None (the default layers); an empty list is refused (an
+    empty --layers is more likely a shell variable left unset than a wish for the defaults)."""
+    if text is None:
+        return None
+    layers = [x.strip() for x in text.split(",") if x.strip()]
+    if not layers:
+        raise ValueError("--layers is empty: leave it out for the default layers")
+    return layers

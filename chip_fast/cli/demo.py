@@ -10,7 +10,9 @@ def configure(sub) -> None:
     m = sub.add_parser("demo", help="distil and explain real photos with a real network, offline",
                        formatter_class=Formatter)
     m.add_argument("--out", default="chip-demo", help="output folder for the report")
-    m.add_argument("--samples-per-class", type=int, help="default: the demo's own (about a minute)")
+    m.add_argument("--samples-per-class", type=int,
+                   help="default: the demo's own, which keeps the whole demo to seconds on 2 "
+                        "CPU cores")
     m.add_argument("--seed", type=int, default=0, help="seed of the distillation")
     m.set_defaults(func=run)
 

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ..distill.settings import CONTROLS, MASK_DESIGNS, DistillSettings
-from .args import add_command, add_model_args, device_of, model_of, parse_classes, parse_layers
+from .args import (add_command, add_model_args, device_of, model_of, parse_classes,
+                   parse_layers, seconds)
 
 
 def configure(sub) -> None:
@@ -82,12 +83,12 @@ def _run_options(d: argparse.ArgumentParser) -> None:
                                         "--keep-checkpoint)")
     d.add_argument("--keep-checkpoint", action="store_true",
                    help="keep the checkpoint folder after success")
-    d.add_argument("--checkpoint-every", type=float, default=300.0, metavar="S",
-                   help="seconds between checkpoints")
+    d.add_argument("--checkpoint-every", type=seconds, default=300.0, metavar="S",
+                   help="seconds between checkpoints (0: after every unit of work)")
     d.add_argument("--max-memory", metavar="SIZE",
                    help="memory budget per process, e.g. 8GiB: chooses the batch size and the "
                         "samples per unit (recorded in the output; do not give --batch-size)")
-    d.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+    d.add_argument("--dist-timeout", type=seconds, default=600.0, metavar="S",
                    help="under torchrun: seconds a collective or a silent rank may take before "
                         "the job fails")
     d.add_argument("--on-error", choices=["skip", "raise"], default="skip",

@@ -9,9 +9,19 @@ from ..maps.explain import REFINE_POWER, TOP_DISTILLED
 from .args import add_command, add_model_args, model_of, parse_classes, parse_layers
 
 
-def explain_classes(text: str) -> list[int] | str | None:
-    """--classes of explain: a class list, or 'top-distilled'."""
-    return TOP_DISTILLED if text.strip() == TOP_DISTILLED else parse_classes(text)
+def explain_classes(text: str) -> list[int | str] | str | None:
+    """--classes of explain: a class list (indices, ranges, wnids or names), or
+    'top-distilled'."""
+    return TOP_DISTILLED if text.strip() == TOP_DISTILLED else parse_classes(text, names=True)
+
+
+def _indices(classes: list[int | str] | str | None, imp) -> list[int] | str | None:
+    """Wnids and names of --classes as indices, by the classes the importance file records (the
+    distillation data's), as distill resolves them."""
+    if not isinstance(classes, list) or all(isinstance(c, int) for c in classes):
+        return classes
+    from ..distill.inputs import class_indices
+    return class_indices(classes, imp.class_ids, imp.class_names)
 
 
 def configure(sub) -> None:
@@ -20,7 +30,8 @@ def configure(sub) -> None:
     e.add_argument("--importance", required=True, help="importance file from 'distill'")
     e.add_argument("--images", nargs="+", required=True, help="image files or folders")
     e.add_argument("--classes", type=explain_classes,
-                   help=f"classes to explain each image for, e.g. 281,285; or {TOP_DISTILLED}: "
+                   help=f"classes to explain each image for, e.g. 281,285 or tabby; or "
+                        f"{TOP_DISTILLED}: "
                         "each image's highest-scoring class among those distilled (default: "
                         "each image's top-1; images whose top-1 is not distilled are skipped)")
     e.add_argument("--layers", help="layers to use (default: all in the file, Refined CHIP)")
@@ -46,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loading import preprocess_of
     imp = load_importance(args.importance)
     out, layers = Path(args.out), parse_layers(args.layers)
-    check_request(imp, out, args.classes, layers)        # before the model loads
+    if args.max_side < 0:
+        raise ValueError(f"--max-side {args.max_side}: give a side in pixels, or 0 for never")
+    args.classes = _indices(args.classes, imp)
+    check_request(imp, out, args.classes, layers,   # before the model loads
+                  refine_power=args.refine_power)
     paths = image_paths(args.images)
     model = model_of(args)
     if args.classes is None and len(imp.classes) < imp.num_classes:

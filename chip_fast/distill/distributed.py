@@ -344,6 +344,9 @@ def pick_device(world: World, device: str | torch.device | None, model: nn.Modul
     else:
         dev = torch.device("cpu")
     if dev.type == "cuda":
+        if torch.cuda.device_count() == 0:
+            raise ValueError(f"device {device or dev} asked for, but torch sees no CUDA device "
+                             "here (no GPU, driver or CUDA build of torch): use device='cpu'")
         if dev.index >= torch.cuda.device_count():
             raise ValueError(f"rank {world.rank} wants {dev} but this machine has "
                              f"{torch.cuda.device_count()} GPU(s): start at most that many "

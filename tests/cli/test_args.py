@@ -29,3 +29,46 @@ def test_every_help_shows_its_defaults(capsys):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert shown in text and "(default: None)" not in text, command
+
+
+def test_a_device_this_machine_lacks_is_named_not_a_torch_traceback():
+    import argparse
+    import torch
+    from chip_fast.cli.args import device_of
+    with pytest.raises(ValueError, match="'gpu7' is not a device name: use cpu, cuda or cuda:N"):
+        device_of(argparse.Namespace(device="gpu7"))
+    assert device_of(argparse.Namespace(device="cpu")) == torch.device("cpu")
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        with pytest.raises(ValueError, match="torch sees no CUDA device here"):
+            device_of(argparse.Namespace(device="cuda:1"))
+    else:
+        with pytest.raises(ValueError, match=f"cuda:0 to cuda:{gpus - 1}"):
+            device_of(argparse.Namespace(device=f"cuda:{gpus}"))
+
+
+def test_empty_lists_are_refused_not_read_as_the_defaults():
+    import argparse
+    from chip_fast.cli.args import parse_layers
+    for text in ("", " ", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="empty class list"):
+            parse_classes(text)
+        with pytest.raises(ValueError, match="--layers is empty"):
+            parse_layers(text)
+    assert parse_layers(None) is None and parse_layers("a, b") == ["a", "b"]
+
+
+def test_a_file_system_error_says_what_was_in_the_way(tmp_path, capsys):
+    """A file where the output folder must go, a missing mapping file, a file given as the data
+    folder: one line naming the path and what it means, exit code 2."""
+    from tests.helpers import cli_error
+    (tmp_path / "afile").write_text("x")
+    err = cli_error(["distill", "--arch", "no_such_net", "--data", str(tmp_path / "afile"),
+                     "--out", str(tmp_path / "x.chip")], capsys)
+    assert "afile is a file: give the folder of class folders" in err
+    from chip_fast.cli import _os_message
+    e = FileExistsError(17, "File exists", str(tmp_path / "afile"))
+    assert _os_message(e) == (f"{tmp_path / 'afile'}: a file is in the way of a folder the "
+                              "command creates (File exists)")
+    assert _os_message(FileNotFoundError("image folder x does not exist")) == \
+        "image folder x does not exist"     # our own sentences stay as they are

@@ -17,6 +17,21 @@ def test_distill_then_explain(mobilenet_v2, sample_train, tmp_path, capsys):
     assert rc == 0
     pngs = sorted(p.name for p in (tmp_path / "overlays").glob("*.png"))
     assert pngs == ["n02123045_sample_class281.png", "n02123045_sample_class285.png"]
+    # classes by wnid or name, as distill takes them, resolved by the file's class table
+    rc = main(["explain", "--arch", "mobilenet_v2", "--weights", str(WEIGHTS), "--importance",
+               str(out), "--images", str(photo), "--classes", "tabby,n02124075", "--out",
+               str(tmp_path / "named"), "--device", "cpu"])
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "named").glob("*.png")) == pngs
+    capsys.readouterr()
+    err = cli_error(["explain", "--arch", "mobilenet_v2", "--weights", str(WEIGHTS),
+                     "--importance", str(out), "--images", str(photo), "--max-side", "-5",
+                     "--out", str(tmp_path / "o2")], capsys)
+    assert "--max-side -5" in err
+    err = cli_error(["explain", "--arch", "mobilenet_v2", "--weights", str(WEIGHTS),
+                     "--importance", str(out), "--images", str(photo), "--refine-power", "-1",
+                     "--out", str(tmp_path / "o3")], capsys)
+    assert "refine_power=-1" in err
 
 
 def test_errors_are_reported_not_raised(mobilenet_v2, sample_train, tmp_path, capsys):
