@@ -156,10 +156,7 @@ def select_classes(available: Sequence[int], wanted: Iterable[int | str] | None,
     if wanted is None:
         classes = list(available)
     else:
-        if isinstance(wanted, (str, int)):
-            wanted = [wanted]
-        tables = [_by_name(t) for t in (ids, names) if t]
-        classes = sorted({_class_index(c, tables, ids or names) for c in wanted})
+        classes = class_indices(wanted, ids, names)
         have = set(available)
         missing = [c for c in classes if c not in have]
         if missing:
@@ -169,6 +166,16 @@ def select_classes(available: Sequence[int], wanted: Iterable[int | str] | None,
     if not classes:
         raise ValueError("no class to distill")
     return classes
+
+
+def class_indices(wanted: Iterable[int | str] | int | str, ids: Sequence[str] | None = None,
+                  names: Sequence[str] | None = None) -> list[int]:
+    """Requested classes as sorted indices: each an index, or a wnid (``ids``) or class name
+    (``names``, either case); a name neither table knows is a ValueError showing examples."""
+    if isinstance(wanted, (str, int)):
+        wanted = [wanted]
+    tables = [_by_name(t) for t in (ids, names) if t]
+    return sorted({_class_index(c, tables, ids or names) for c in wanted})
 
 
 def _by_name(table: Sequence[str]) -> dict[str, list[int]]:
