@@ -35,6 +35,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"chip-fast: {category.__name__}: {message}\n"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on its own line above a live progress bar (tqdm.write clears and redraws the
+    bar), not glued to the bar's end where it is easy to miss."""
+    from tqdm import tqdm
+    tqdm.write(_one_line_warning(message, category, filename, lineno).rstrip("\n"),
+               file=file or sys.stderr)
+
+
 # What a bare OSError from the file system means for a user of the command (the errno's text
 # alone, "[Errno 17] File exists", does not say what was in the way).
 _OS_HINTS = {errno.EEXIST: "a file is in the way of a folder the command creates",
@@ -68,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s")
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    showwarning = warnings.showwarning
+    if showwarning is getattr(warnings, "_showwarning_orig", None):   # a caller's recorder wins
+        warnings.showwarning = _show_warning
     _size_threads()
     try:
         return int(args.func(args) or 0)
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chip-fast {args.command}: error: {_os_message(e)}", file=sys.stderr)
         return 2
     finally:
-        warnings.formatwarning = formatwarning
+        warnings.formatwarning, warnings.showwarning = formatwarning, showwarning
 
 
 __all__ = ["build_parser", "main"]

@@ -72,3 +72,23 @@ def test_a_file_system_error_says_what_was_in_the_way(tmp_path, capsys):
                               "command creates (File exists)")
     assert _os_message(FileNotFoundError("image folder x does not exist")) == \
         "image folder x does not exist"     # our own sentences stay as they are
+
+
+def test_warnings_print_on_their_own_line_and_the_display_is_restored(capsys):
+    """The CLI shows a warning as one line through tqdm.write (above a live bar); after main
+    the process's own warning display is back, and a caller that records warnings keeps
+    recording them."""
+    import warnings
+    from chip_fast import cli
+    cli._show_warning("look", UserWarning, "f.py", 1)
+    assert capsys.readouterr().err == "chip-fast: UserWarning: look\n"
+    before = warnings.showwarning
+    assert main(["distill", "--arch", "no_such_net", "--data", "/nonexistent", "--out",
+                 "/tmp/x.chip"]) == 2
+    assert warnings.showwarning is before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recorder = warnings.showwarning
+        main(["distill", "--arch", "no_such_net", "--data", "/nonexistent", "--out",
+              "/tmp/x.chip"])
+        assert warnings.showwarning is recorder
