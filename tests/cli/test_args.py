@@ -86,7 +86,7 @@ def test_warnings_print_on_their_own_line_and_the_display_is_restored(capsys):
     assert main(["distill", "--arch", "no_such_net", "--data", "/nonexistent", "--out",
                  "/tmp/x.chip"]) == 2
     assert warnings.showwarning is before
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         recorder = warnings.showwarning
         main(["distill", "--arch", "no_such_net", "--data", "/nonexistent", "--out",
