@@ -96,6 +96,15 @@ def write_folder(root, wnids=("n01440764", "n01443537"), per_class=2, size=40):
     return root
 
 
+def jpeg_bytes(seed: int = 0) -> bytes:
+    """A small random JPEG's bytes (its first half makes a truncated one)."""
+    import io
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buf, "JPEG")
+    return buf.getvalue()
+
+
 def cli_error(argv, capsys) -> str:
     """Run the CLI; it must exit with 2 and one line on stderr, which is returned."""
     from chip_fast.cli import main

@@ -7,17 +7,14 @@ A tiny random-weight classifier with a distilled atlas stands in for a real mode
 model loading is replaced by it), so every test runs in about a second."""
 from __future__ import annotations
 
-import io
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import chip_fast
 import chip_fast.cli.atlas as atlas_cli
 from chip_fast.cli import build_parser, main
-from tests.helpers import TinyNet, cli_error
+from tests.helpers import TinyNet, cli_error, jpeg_bytes
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +32,14 @@ def atlas_file(tiny, tmp_path_factory):
     return str(imp.save(tmp_path_factory.mktemp("imp") / "tiny.chip"))
 
 
-def _jpeg_bytes(seed: int = 0) -> bytes:
-    buf = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def photos(tmp_path):
     """A folder with a good JPEG and a truncated one (the first half of a JPEG's bytes)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     good, bad = folder / "good.JPEG", folder / "bad.JPEG"
-    good.write_bytes(_jpeg_bytes())
-    data = _jpeg_bytes(1)
+    good.write_bytes(jpeg_bytes())
+    data = jpeg_bytes(1)
     bad.write_bytes(data[:len(data) // 2])
     return folder, good, bad
 

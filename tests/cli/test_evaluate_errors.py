@@ -8,26 +8,16 @@ A tiny random-weight classifier stands in for the model (the CLI's model loading
 it) on a folder of five small JPEGs, so every test runs in about a second."""
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import chip_fast.cli.evaluate as evaluate_cli
 from chip_fast.cli import main
-from tests.helpers import TinyNet, cli_error
+from tests.helpers import TinyNet, cli_error, jpeg_bytes
 
 WNIDS = [f"n0000000{i}" for i in range(6)]
-
-
-def _jpeg_bytes(seed: int) -> bytes:
-    buf = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -40,11 +30,11 @@ def val_dir(tmp_path):
         "".join(f"{w} class {i}\n" for i, w in enumerate(WNIDS)))
     rows = []
     for k in range(4):
-        data = _jpeg_bytes(k)
+        data = jpeg_bytes(k)
         (root / "images" / f"im{k}.JPEG").write_bytes(data if k < 3 else data[:len(data) // 2])
         rows.append(f"im{k},{WNIDS[k]} 2 2 30 30")
     rows.append(f"ghost,{WNIDS[0]} 1 1 5 5")
-    (root / "images" / "orphan.JPEG").write_bytes(_jpeg_bytes(9))
+    (root / "images" / "orphan.JPEG").write_bytes(jpeg_bytes(9))
     (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n"
                                                + "\n".join(rows) + "\n")
     return root
