@@ -61,6 +61,16 @@ def _os_message(e: BaseException) -> str:
     return str(e)
 
 
+def _default_warning_display() -> bool:
+    """Whether warnings are shown the standard way, so that showing them through tqdm changes
+    only where they print: not where a caller replaced the display or records warnings
+    (catch_warnings(record=True) keeps showwarning and swaps the private _showwarnmsg_impl, so
+    both are asked; where either is unknown, the display is left alone)."""
+    impl = getattr(warnings, "_showwarnmsg_impl", None)
+    return (warnings.showwarning is getattr(warnings, "_showwarning_orig", None)
+            and getattr(impl, "__module__", None) in ("warnings", "_py_warnings"))
+
+
 def _size_threads() -> None:
     """torch's intra-op threads, at most the CPUs this process may use (affinity, cgroup quota):
     torch counts the machine's cores, and threads beyond the CPUs a job may run on wait on each
@@ -77,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     showwarning = warnings.showwarning
-    if showwarning is getattr(warnings, "_showwarning_orig", None):   # a caller's recorder wins
+    if _default_warning_display():
         warnings.showwarning = _show_warning
     _size_threads()
     try:
