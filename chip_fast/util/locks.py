@@ -157,12 +157,17 @@ class FileLock:
         fd = _HELD.pop(key)[0]
         if fd is None:
             return
-        if fcntl is not None:
-            # Removed while still held, so no other run can lock this name's old file after us.
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-        _unlock(fd)
-        os.close(fd)
+        try:
+            if fcntl is not None:
+                # Removed while still held, so no other run can lock this name's old file after
+                # us. A folder that became unwritable leaves the file behind: harmless (an
+                # unheld lock file is stale and ignored), and the error that ended the run must
+                # not be replaced by this one.
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+        finally:
+            _unlock(fd)
+            os.close(fd)
 
     def __enter__(self) -> "FileLock":
         return self.acquire()

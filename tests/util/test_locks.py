@@ -114,3 +114,20 @@ def test_second_cli_distill_on_the_same_out_fails_at_once(tmp_path, holder, caps
     assert rc == 2 and f"pid {other.pid}" in err and "in use by another chip-fast run" in err
     assert err.count("\n") == 1 and not out.exists()
     assert not (tmp_path / "x.chip.ckpt").exists()
+
+
+def test_a_lock_file_that_cannot_be_removed_does_not_hide_the_runs_own_error(tmp_path,
+                                                                               monkeypatch):
+    """A folder that became unwritable mid-run: releasing the lock must let the run's own error
+    through (and still unlock), not raise its own PermissionError in its place."""
+    lock = FileLock(tmp_path / "out.chip.lock")
+
+    def refuse(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+    with pytest.raises(RuntimeError, match="the run's own error"):
+        with lock.acquire():
+            monkeypatch.setattr(Path, "unlink", refuse)
+            raise RuntimeError("the run's own error")
+    monkeypatch.undo()
+    with FileLock(tmp_path / "out.chip.lock").acquire():   # unlocked: it can be taken again
+        pass
