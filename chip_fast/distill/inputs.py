@@ -157,6 +157,11 @@ def select_classes(available: Sequence[int], wanted: Iterable[int | str] | None,
         classes = list(available)
     else:
         classes = class_indices(wanted, ids, names)
+        table = len(ids or names or ())
+        beyond = [c for c in classes if table and not 0 <= c < table]
+        if beyond:
+            raise ValueError(f"class {', '.join(map(str, beyond[:10]))} does not exist: the "
+                             f"data's class table has {table} classes (0-{table - 1})")
         have = set(available)
         missing = [c for c in classes if c not in have]
         if missing:

@@ -33,6 +33,10 @@ def test_unknown_names_and_missing_classes_say_what_the_data_has():
         select_classes([0, 1], ["fish"], ["a", "b"], ["fish", "fish"])
     with pytest.raises(TypeError, match="index, a wnid or a class name"):
         select_classes([0, 1], [1.5])
+    # an index past the data's class table does not exist, as explain says of the model's
+    with pytest.raises(ValueError, match=r"class 5000 does not exist: the data's class table "
+                                         r"has 3 classes \(0-2\)"):
+        select_classes([0, 1], [5000], IDS, NAMES)
 
 
 def test_a_folder_is_distilled_by_wnid_and_on_the_command_line(tiny_net, tmp_path, capsys):
