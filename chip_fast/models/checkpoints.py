@@ -45,10 +45,19 @@ def load_strict(model: nn.Module, state: dict, path: Path, what: str) -> nn.Modu
     if missing or unexpected:
         raise ValueError(f"{path} is not a state_dict of {what}: "
                          f"{_keys(missing, 'missing')}{_keys(unexpected, 'unexpected')}".rstrip("; "))
+    ours = model.state_dict()
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in ours.items()
+              if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if shapes:   # torch's own message is a paragraph; one line, the first few named
+        shown = "; ".join(f"{k}: file {a}, model {b}" for k, a, b in shapes[:3])
+        raise ValueError(f"{path} does not fit {what}: {len(shapes)} tensor(s) differ in shape "
+                         f"({shown}{'; ...' if len(shapes) > 3 else ''}); a classifier trained "
+                         "for other classes needs the model built with that many outputs (in "
+                         "Python, then chip_fast.distill_all_classes)")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:   # same keys, other shapes: torch's message names them
-        raise ValueError(f"{path} does not fit {what}: {str(e)[:600]}") from e
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit {what}: {' '.join(str(e).split())[:600]}") from e
     return model
 
 
