@@ -49,15 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.importance} holds no channel atlas: distil with --atlas K "
                          "(API: distill_all_classes(..., atlas=K)) to keep one")
     names = imp.class_names or list(imagenet_classes()[1])
-    classes = args.classes
-    if isinstance(classes, str):   # a Namespace made by hand: the parser gives a list
-        try:
-            classes = parse_classes(classes)
-        except argparse.ArgumentTypeError as e:
-            raise ValueError(str(e)) from None
-    classes = classes or imp.classes[:20]
-    if args.top < 1:               # the parser refuses it; a Namespace made by hand may not
-        raise ValueError(f"--top {args.top}: show 1 or more channels per class and layer")
+    classes = args.classes or imp.classes[:20]   # the parser checked --classes and --top
     imp.require(classes=classes)
     model, photos, skipped = _photos(args, imp) if args.images else (None, [], [])
     if args.images and not photos:
@@ -90,8 +82,8 @@ def _photos(args: argparse.Namespace, imp) -> tuple:
     and the files skipped because they cannot be decoded (``--on-error skip``; ``raise``: the
     first one stops the run with its name)."""
     import numpy as np
-    from ..data.sources import ImageError
-    from ..maps.files import image_paths, open_photo
+    from ..data.sources import ImageError, open_photo
+    from ..maps.files import image_paths
     from ..models.loading import preprocess_of
     if not args.arch:
         raise ValueError("--images needs --arch (and --weights) to compute the activations")
