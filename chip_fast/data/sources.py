@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import rng
 from .classes import imagenet_classes, read_mapping
-from .preprocess import Preprocess
+from .preprocess import Preprocess, to_rgb
 
 logger = logging.getLogger("chip_fast")
 
@@ -41,7 +41,6 @@ def load_image(path: str | Path, preprocess: Preprocess,
     With ``decode_device`` (e.g. "cuda"), JPEGs are decoded by torchvision on that device (nvJPEG
     on CUDA) and preprocessed there; other formats, and JPEGs it rejects, go through PIL.
     """
-    from PIL import Image, UnidentifiedImageError
     if decode_device is not None and Path(path).suffix.lower() in (".jpg", ".jpeg"):
         from torchvision.io import ImageReadMode, decode_jpeg, read_file
         try:
@@ -50,10 +49,17 @@ def load_image(path: str | Path, preprocess: Preprocess,
             return preprocess(image)
         except RuntimeError:
             pass  # CMYK and other JPEG flavours nvJPEG refuses: PIL reads them or names the file
+    return preprocess(open_photo(path))
+
+
+def open_photo(path: str | Path):
+    """The photo at ``path`` as an 8-bit RGB PIL image, decoded now; a file PIL cannot read is
+    an ImageError naming it (the one message of every command that reads photos)."""
+    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             im.load()
-            return preprocess(im)
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"cannot decode image {path}: {e}") from e
 

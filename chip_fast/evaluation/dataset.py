@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data.classes import read_mapping
 from ..data.preprocess import Preprocess
-from ..data.sources import IMAGE_SUFFIXES, ImageError
+from ..data.sources import IMAGE_SUFFIXES, open_photo
 from .annotations import AnnotationError, ImageBoxes, read_loc_csv, read_xml_dir
 
 
@@ -45,7 +44,7 @@ class LocDataset(torch.utils.data.Dataset):
         """Photo ``i`` with its boxes; a file that cannot be decoded is an ImageError naming it
         (the evaluation skips it, or stops, as asked)."""
         path, gt = self.image_paths[i], self.truth[i]
-        with _open_image(path) as img:
+        with open_photo(path) as img:
             boxes = gt.boxes
             if gt.size is not None and tuple(gt.size) != img.size:
                 # XML of the original release with a re-scaled photo: boxes follow the photo.
@@ -53,21 +52,6 @@ class LocDataset(torch.utils.data.Dataset):
             boxes = self.preprocess.boxes(boxes, img.size)
             x = self.preprocess(img)
         return LocSample(gt.image_id, x, self.labels[i], boxes)
-
-
-def _open_image(path: Path) -> Image.Image:
-    """The photo at ``path``, decoded now (a truncated or corrupt file fails here, by name)."""
-    from PIL import UnidentifiedImageError
-    try:
-        img = Image.open(path)
-        try:
-            img.load()
-        except BaseException:
-            img.close()
-            raise
-        return img
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot decode image {path}: {e}") from e
 
 
 def _names(items: list[str], n: int = 5) -> str:

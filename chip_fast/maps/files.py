@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.sources import IMAGE_SUFFIXES, ImageError
+from ..data.sources import IMAGE_SUFFIXES, ImageError, open_photo
 from .explain import (REFINE_POWER, TOP_DISTILLED, Layers, as_layers, check_class_range,
                       check_refine_power, explain_available)
 from ..importance.core import Importance
 from ..report.overlay import input_region, overlay_on_photo
-from ..data.preprocess import Preprocess, to_rgb
+from ..data.preprocess import Preprocess
 from ..util.progress import Progress
 from ..report.page import ExplainedPhoto, class_label, write_explain_index
 
@@ -72,18 +72,6 @@ def check_request(importance: Importance, out: Path, classes: list[int] | str | 
     importance.require(layers=as_layers(layers, importance),
                        classes=classes if isinstance(classes, list) else (),
                        hint=f"; ask for those, or --classes {TOP_DISTILLED}")
-
-
-def open_photo(path: Path):
-    """The photo as 8-bit RGB, decoded now; a file PIL cannot read is an ImageError naming it
-    (the message distill gives)."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot decode image {path}: {e}") from e
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
