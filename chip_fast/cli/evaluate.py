@@ -139,6 +139,6 @@ def run(args: argparse.Namespace) -> int:
     log(f"[evaluate] {len(dataset)} images, {len(methods)} methods ({', '.join(methods)}), "
         f"batches of {args.batch_size}: a line per batch")
     results = evaluate(model, methods, dataset, args.out, settings, plots=not args.no_plots,
-                       log=log, on_error=getattr(args, "on_error", "skip"))
+                       log=log, on_error=args.on_error)
     print((Path(args.out) / "results.md").read_text())
     return 0 if all("error" not in r for r in results["methods"].values()) else 1
